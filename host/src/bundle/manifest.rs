@@ -1,0 +1,345 @@
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The manifest's file name inside a bundle or plugin crate.
+pub const MANIFEST_FILE: &str = "tessera.toml";
+
+/// A bundle's `tessera.toml`.
+///
+/// ```toml
+/// name = "calculator"
+/// version = "0.1.0"
+/// kind = "agent"
+/// description = "Evaluates arithmetic exactly."
+/// tags = ["math"]
+/// examples = ["What is 12 * (3 + 4)?"]
+///
+/// [capabilities]
+/// model = true          # may call tessera:expert/model
+/// experts = []          # experts it may call; "*" for any
+///
+/// [limits]              # each clamped by the host's policy
+/// memory-mib = 64
+/// deadline-ms = 10000
+/// fuel = 2_000_000_000
+/// model-calls = 4
+/// generated-tokens = 1024
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Manifest {
+    /// Unique name: lowercase letters, digits and dashes.
+    pub name: String,
+    /// Semantic version `MAJOR.MINOR.PATCH`.
+    pub version: String,
+    /// Which world the component implements.
+    #[serde(default)]
+    pub kind: BundleKind,
+    /// What the expert is good at, for people and routers.
+    #[serde(default)]
+    pub description: String,
+    /// Topic labels.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Example prompts it answers well.
+    #[serde(default)]
+    pub examples: Vec<String>,
+    /// The component file, relative to the bundle directory. Set by
+    /// `tessera build`; absent in a plugin crate's own manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub component: Option<PathBuf>,
+    /// The component's sha256 (hex), checked at load. Set by `tessera build`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// What the expert may use.
+    #[serde(default)]
+    pub capabilities: Capabilities,
+    /// What it asks for; the host clamps each limit to its policy.
+    #[serde(default)]
+    pub limits: LimitsSpec,
+}
+
+/// The world a bundle's component implements.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BundleKind {
+    /// An expert (`agent` world): answers requests.
+    #[default]
+    Agent,
+    /// A router (`router` world): ranks experts for a request.
+    Router,
+    /// A fine-tune adapter (`adapter` world).
+    Adapter,
+}
+
+impl BundleKind {
+    /// The WIT world's name.
+    pub fn world_name(self) -> &'static str {
+        match self {
+            BundleKind::Agent => "agent",
+            BundleKind::Router => "router",
+            BundleKind::Adapter => "adapter",
+        }
+    }
+}
+
+/// What a bundle is granted. Everything is denied unless listed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Capabilities {
+    /// May call `tessera:expert/model`.
+    #[serde(default)]
+    pub model: bool,
+    /// Experts it may call through `experts.call`; `"*"` grants all.
+    #[serde(default)]
+    pub experts: Vec<String>,
+}
+
+impl Capabilities {
+    /// Whether calling expert `name` is granted.
+    pub fn may_call(&self, name: &str) -> bool {
+        self.experts.iter().any(|e| e == "*" || e == name)
+    }
+}
+
+/// Limits a bundle asks for. `None` takes the host's default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LimitsSpec {
+    /// Linear memory, MiB.
+    pub memory_mib: Option<u64>,
+    /// Wall-clock deadline of one invocation, milliseconds.
+    pub deadline_ms: Option<u64>,
+    /// Fuel (roughly, wasm instructions) for one invocation.
+    pub fuel: Option<u64>,
+    /// Model calls per invocation.
+    pub model_calls: Option<u32>,
+    /// Tokens the model may generate per invocation.
+    pub generated_tokens: Option<u32>,
+}
+
+/// A manifest that could not be read or is invalid. Each case names the file
+/// and, where it can, the field and what was expected.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ManifestError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The manifest file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for a manifest (unknown or mistyped field).
+    #[error("{path}: {message}")]
+    Parse {
+        /// The manifest file.
+        path: PathBuf,
+        /// The parser's message, with line, column and field.
+        message: String,
+    },
+    /// A field has a value outside what it accepts.
+    #[error("{path}: field `{field}`: expected {expected}, found {found}")]
+    Invalid {
+        /// The manifest file.
+        path: PathBuf,
+        /// The field, for example `limits.memory-mib`.
+        field: &'static str,
+        /// What it accepts.
+        expected: &'static str,
+        /// What it holds.
+        found: String,
+    },
+}
+
+impl Manifest {
+    /// Read and validate `path`.
+    pub fn from_file(path: &Path) -> Result<Manifest, ManifestError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Parse and validate manifest text; `path` is only used in errors.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
+        let manifest: Manifest = toml::from_str(text).map_err(|e| ManifestError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        manifest.validate(path)?;
+        Ok(manifest)
+    }
+
+    /// The manifest a bare `.wasm` runs with: default limits, model access,
+    /// no expert calls.
+    pub fn for_bare_component(name: &str) -> Manifest {
+        Manifest {
+            name: name.to_string(),
+            version: "0.0.0".into(),
+            kind: BundleKind::Agent,
+            description: String::new(),
+            tags: Vec::new(),
+            examples: Vec::new(),
+            component: None,
+            sha256: None,
+            capabilities: Capabilities {
+                model: true,
+                experts: Vec::new(),
+            },
+            limits: LimitsSpec::default(),
+        }
+    }
+
+    /// The manifest as TOML text.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a manifest always serialises")
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ManifestError> {
+        let invalid = |field, expected, found: String| ManifestError::Invalid {
+            path: path.to_path_buf(),
+            field,
+            expected,
+            found,
+        };
+        if !is_valid_name(&self.name) {
+            return Err(invalid(
+                "name",
+                "1 to 64 lowercase letters, digits and dashes, starting with a letter",
+                format!("{:?}", self.name),
+            ));
+        }
+        if !is_valid_version(&self.version) {
+            return Err(invalid(
+                "version",
+                "a semantic version such as \"0.1.0\"",
+                format!("{:?}", self.version),
+            ));
+        }
+        if let Some(sha) = &self.sha256
+            && (sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(invalid("sha256", "64 hex digits", format!("{sha:?}")));
+        }
+        for expert in &self.capabilities.experts {
+            if expert != "*" && !is_valid_name(expert) {
+                return Err(invalid(
+                    "capabilities.experts",
+                    "expert names (lowercase letters, digits, dashes) or \"*\"",
+                    format!("{expert:?}"),
+                ));
+            }
+        }
+        let positive = [
+            ("limits.memory-mib", self.limits.memory_mib),
+            ("limits.deadline-ms", self.limits.deadline_ms),
+            ("limits.fuel", self.limits.fuel),
+        ];
+        for (field, value) in positive {
+            if value == Some(0) {
+                return Err(invalid(field, "a number greater than 0", "0".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some('a'..='z'))
+        && name.len() <= 64
+        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '-'))
+}
+
+fn is_valid_version(version: &str) -> bool {
+    let core = version.split(['-', '+']).next().unwrap_or("");
+    let parts: Vec<&str> = core.split('.').collect();
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Manifest, ManifestError> {
+        Manifest::from_toml(text, Path::new("bundle/tessera.toml"))
+    }
+
+    #[test]
+    fn full_manifest_round_trips() {
+        let m = parse(
+            r#"
+            name = "calculator"
+            version = "0.1.0"
+            kind = "agent"
+            description = "Exact arithmetic."
+            tags = ["math"]
+            examples = ["2+2?"]
+            [capabilities]
+            model = true
+            experts = ["summariser"]
+            [limits]
+            memory-mib = 32
+            deadline-ms = 500
+            fuel = 1000
+            model-calls = 2
+            generated-tokens = 64
+            "#,
+        )
+        .unwrap();
+        assert_eq!(m.limits.memory_mib, Some(32));
+        assert!(m.capabilities.may_call("summariser"));
+        assert!(!m.capabilities.may_call("other"));
+        assert_eq!(parse(&m.to_toml()).unwrap(), m);
+    }
+
+    #[test]
+    fn unknown_field_names_file_and_field() {
+        let err = parse("name = \"a\"\nversion = \"0.1.0\"\n[limits]\nmemory = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bundle/tessera.toml"), "{err}");
+        assert!(err.contains("unknown field `memory`"), "{err}");
+        assert!(err.contains("memory-mib"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_field() {
+        let err = parse("name = \"a\"\nversion = \"0.1.0\"\n[limits]\nfuel = \"lots\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("fuel"), "{err}");
+        assert!(err.contains("line 4"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_refused_by_field() {
+        let err = parse("name = \"Big Name\"\nversion = \"0.1.0\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("field `name`"), "{err}");
+        let err = parse("name = \"a\"\nversion = \"one\"\n").unwrap_err().to_string();
+        assert!(err.contains("field `version`"), "{err}");
+        let err = parse("name = \"a\"\nversion = \"1.0.0\"\nkind = \"robot\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kind"), "{err}");
+        let err = parse("name = \"a\"\nversion = \"1.0.0\"\n[limits]\ndeadline-ms = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("limits.deadline-ms"), "{err}");
+    }
+
+    #[test]
+    fn missing_name_is_reported() {
+        let err = parse("version = \"0.1.0\"\n").unwrap_err().to_string();
+        assert!(err.contains("missing field `name`"), "{err}");
+    }
+}

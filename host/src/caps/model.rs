@@ -1,0 +1,243 @@
+//! `tessera:expert/model`: the host's models, behind grants and budgets.
+
+use crate::audit::TokenCount;
+use crate::bindings::model::Host;
+use crate::bindings::types::{
+    Completion, Error, FinishReason, Message, Role, Sampling, TokenLogprob, Usage,
+};
+use crate::inference::{
+    ChatMessage, ChatRole, DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, Finish, Generation,
+    ModelError, SamplingParams,
+};
+use crate::sandbox::InvocationState;
+
+const INTERFACE: &str = "tessera:expert/model";
+
+impl InvocationState {
+    /// Grants and budgets, checked before every model call.
+    fn check_model_access(&mut self, generates: bool) -> Result<(), Error> {
+        if !self.model_allowed {
+            return Err(Error::Denied(
+                "the model cannot be called from `describe`".into(),
+            ));
+        }
+        if !self.capabilities.model {
+            return Err(Error::Denied(format!(
+                "expert `{}` may not use the model: add `model = true` under [capabilities] in its tessera.toml",
+                self.expert_name()
+            )));
+        }
+        if self.recorder.model_calls >= self.limits.model_calls {
+            return Err(Error::LimitExceeded(format!(
+                "model call limit reached: {} calls per request (limits.model-calls)",
+                self.limits.model_calls
+            )));
+        }
+        if generates && self.recorder.generated_tokens >= self.limits.generated_tokens {
+            return Err(Error::LimitExceeded(format!(
+                "generated token limit reached: {} tokens per request (limits.generated-tokens)",
+                self.limits.generated_tokens
+            )));
+        }
+        self.recorder.model_calls += 1;
+        Ok(())
+    }
+
+    fn sampling_params(&self, sampling: Sampling) -> Result<SamplingParams, Error> {
+        let remaining = self
+            .limits
+            .generated_tokens
+            .saturating_sub(self.recorder.generated_tokens);
+        let temperature = sampling.temperature.unwrap_or(DEFAULT_TEMPERATURE);
+        if !(temperature.is_finite() && temperature >= 0.0) {
+            return Err(Error::InvalidInput(format!(
+                "sampling.temperature must be a number >= 0, got {temperature}"
+            )));
+        }
+        let top_p = sampling.top_p.unwrap_or(1.0);
+        if !(top_p > 0.0 && top_p <= 1.0) {
+            return Err(Error::InvalidInput(format!(
+                "sampling.top-p must be in (0, 1], got {top_p}"
+            )));
+        }
+        Ok(SamplingParams {
+            temperature,
+            top_p,
+            top_k: sampling.top_k,
+            max_tokens: sampling
+                .max_tokens
+                .unwrap_or(DEFAULT_MAX_TOKENS)
+                .min(remaining),
+            seed: sampling.seed,
+            stop: sampling.stop,
+        })
+    }
+
+    fn finish_generation(&mut self, generation: Generation) -> Completion {
+        self.recorder.generated_tokens = self
+            .recorder
+            .generated_tokens
+            .saturating_add(generation.completion_tokens);
+        Completion {
+            text: generation.text,
+            finish_reason: match generation.finish {
+                Finish::Stop => FinishReason::Stop,
+                Finish::Length => FinishReason::Length,
+            },
+            usage: Usage {
+                prompt_tokens: generation.prompt_tokens,
+                completion_tokens: generation.completion_tokens,
+            },
+            token_logprobs: generation
+                .token_logprobs
+                .into_iter()
+                .map(|(token, logprob)| TokenLogprob { token, logprob })
+                .collect(),
+        }
+    }
+    /// Checks and sampling defaults for a generating call.
+    fn prepare_generation(&mut self, sampling: Sampling) -> Result<SamplingParams, Error> {
+        self.check_model_access(true)?;
+        self.sampling_params(sampling)
+    }
+
+    /// Count the tokens, record the call and convert the result.
+    fn end_generation(
+        &mut self,
+        record: crate::sandbox::CallRecord,
+        result: Result<Generation, Error>,
+    ) -> Result<Completion, Error> {
+        let result = result.map(|g| self.finish_generation(g));
+        let (bytes_out, tokens, error) = match &result {
+            Ok(c) => (
+                c.text.len() as u64,
+                Some(TokenCount {
+                    prompt: c.usage.prompt_tokens,
+                    completion: c.usage.completion_tokens,
+                }),
+                None,
+            ),
+            Err(e) => (0, None, Some(e.to_string())),
+        };
+        self.end_call(record, bytes_out, tokens, error, None);
+        result
+    }
+}
+
+fn model_error(e: ModelError) -> Error {
+    match e {
+        ModelError::InvalidInput(m) => Error::InvalidInput(m),
+        ModelError::UnknownAdapter(a) => Error::InvalidInput(format!("unknown adapter `{a}`")),
+        other => Error::Model(other.to_string()),
+    }
+}
+
+fn chat_message(m: Message) -> ChatMessage {
+    ChatMessage {
+        role: match m.role {
+            Role::System => ChatRole::System,
+            Role::User => ChatRole::User,
+            Role::Assistant => ChatRole::Assistant,
+            Role::Tool => ChatRole::Tool,
+        },
+        content: m.content,
+    }
+}
+
+impl Host for InvocationState {
+    async fn chat(
+        &mut self,
+        messages: Vec<Message>,
+        sampling: Sampling,
+        adapter: Option<String>,
+    ) -> wasmtime::Result<Result<Completion, Error>> {
+        let bytes_in = super::strings_len(messages.iter().map(|m| &m.content));
+        let record = self.begin_call(INTERFACE, "chat", bytes_in);
+        let result = match self.prepare_generation(sampling) {
+            Ok(params) => {
+                let messages = messages.into_iter().map(chat_message).collect();
+                let engine = self.ensemble.model().clone();
+                engine.chat(messages, params, adapter).await.map_err(model_error)
+            }
+            Err(e) => Err(e),
+        };
+        Ok(self.end_generation(record, result))
+    }
+
+    async fn complete(
+        &mut self,
+        prompt: String,
+        sampling: Sampling,
+        adapter: Option<String>,
+    ) -> wasmtime::Result<Result<Completion, Error>> {
+        let record = self.begin_call(INTERFACE, "complete", prompt.len() as u64);
+        let result = match self.prepare_generation(sampling) {
+            Ok(params) => {
+                let engine = self.ensemble.model().clone();
+                engine.complete(prompt, params, adapter).await.map_err(model_error)
+            }
+            Err(e) => Err(e),
+        };
+        Ok(self.end_generation(record, result))
+    }
+
+    async fn tokenize(&mut self, text: String) -> wasmtime::Result<Result<Vec<u32>, Error>> {
+        let record = self.begin_call(INTERFACE, "tokenize", text.len() as u64);
+        let result = match self.check_model_access(false) {
+            Ok(()) => {
+                let engine = self.ensemble.model().clone();
+                engine.tokenize(text).await.map_err(model_error)
+            }
+            Err(e) => Err(e),
+        };
+        let (bytes_out, error) = match &result {
+            Ok(ids) => ((ids.len() * 4) as u64, None),
+            Err(e) => (0, Some(e.to_string())),
+        };
+        self.end_call(record, bytes_out, None, error, None);
+        Ok(result)
+    }
+
+    async fn score(
+        &mut self,
+        prompt: String,
+        continuation: String,
+        adapter: Option<String>,
+    ) -> wasmtime::Result<Result<f64, Error>> {
+        let record = self.begin_call(
+            INTERFACE,
+            "score",
+            (prompt.len() + continuation.len()) as u64,
+        );
+        let result = match self.check_model_access(false) {
+            Ok(()) => {
+                let engine = self.ensemble.model().clone();
+                engine
+                    .score(prompt, continuation, adapter)
+                    .await
+                    .map_err(model_error)
+            }
+            Err(e) => Err(e),
+        };
+        let error = result.as_ref().err().map(ToString::to_string);
+        self.end_call(record, 8, None, error, None);
+        Ok(result)
+    }
+
+    async fn embed(&mut self, texts: Vec<String>) -> wasmtime::Result<Result<Vec<Vec<f32>>, Error>> {
+        let record = self.begin_call(INTERFACE, "embed", super::strings_len(&texts));
+        let result = match self.check_model_access(false) {
+            Ok(()) => {
+                let engine = self.ensemble.model().clone();
+                engine.embed(texts).await.map_err(model_error)
+            }
+            Err(e) => Err(e),
+        };
+        let (bytes_out, error) = match &result {
+            Ok(vectors) => (vectors.iter().map(|v| v.len() as u64 * 4).sum(), None),
+            Err(e) => (0, Some(e.to_string())),
+        };
+        self.end_call(record, bytes_out, None, error, None);
+        Ok(result)
+    }
+}

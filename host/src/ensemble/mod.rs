@@ -1,0 +1,474 @@
+//! The experts loaded on a host and how a request reaches one of them.
+//!
+//! [`Ensemble::invoke`] runs an expert in a fresh store, with its limits,
+//! and returns its answer together with the [`Trace`] of what it did.
+
+mod error;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use wasmtime::Trap;
+
+pub use error::{InvokeError, InvokeErrorKind};
+
+use crate::audit::{Outcome, Trace};
+use crate::bindings::agent::AgentPre;
+use crate::bindings::types::{ExpertInfo, Request, Response};
+use crate::bundle::{Bundle, BundleKind, Manifest};
+use crate::inference::ModelEngine;
+use crate::sandbox::{
+    DeadlineExceeded, InvocationState, LoadError, LoadedComponent, Sandbox,
+};
+
+/// Deadline of the `describe` call made at load time.
+pub const DESCRIBE_DEADLINE_MS: u64 = 2_000;
+/// Fuel of the `describe` call made at load time.
+pub const DESCRIBE_FUEL: u64 = 100_000_000;
+
+/// An expert loaded on the host.
+pub struct Expert {
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// What it said about itself at load time, merged with the manifest
+    /// (the manifest wins on name and version; tags and examples are
+    /// joined).
+    pub info: ExpertInfo,
+    /// The compiled component.
+    pub component: LoadedComponent,
+    pre: Option<AgentPre<InvocationState>>,
+}
+
+impl Expert {
+    /// The expert's name.
+    pub fn name(&self) -> &str {
+        &self.manifest.name
+    }
+}
+
+/// The result of one invocation: the answer (or error) and its trace.
+#[derive(Debug)]
+pub struct Invocation {
+    /// The expert's answer, or why there is none.
+    pub result: Result<Response, InvokeError>,
+    /// What the invocation did.
+    pub trace: Trace,
+}
+
+/// Why a bundle could not be added to the ensemble.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AddError {
+    /// The component could not be loaded.
+    #[error("{name}: {source}")]
+    Load {
+        /// The bundle's name.
+        name: String,
+        /// What went wrong.
+        source: LoadError,
+    },
+    /// The manifest's kind and the component's world differ.
+    #[error(
+        "{name}: the manifest says kind = \"{declared}\" but the component implements the {actual} world"
+    )]
+    KindMismatch {
+        /// The bundle's name.
+        name: String,
+        /// From the manifest.
+        declared: &'static str,
+        /// From the component.
+        actual: &'static str,
+    },
+    /// `describe` failed.
+    #[error("{name}: `describe` failed: {source}")]
+    Describe {
+        /// The bundle's name.
+        name: String,
+        /// What went wrong.
+        source: InvokeError,
+    },
+}
+
+/// The experts of one host, the sandbox they run in and the model they
+/// share.
+pub struct Ensemble {
+    sandbox: Sandbox,
+    model: Arc<dyn ModelEngine>,
+    experts: RwLock<BTreeMap<String, Arc<Expert>>>,
+}
+
+impl Ensemble {
+    /// An empty ensemble.
+    pub fn new(sandbox: Sandbox, model: Arc<dyn ModelEngine>) -> Arc<Ensemble> {
+        Arc::new(Ensemble {
+            sandbox,
+            model,
+            experts: RwLock::new(BTreeMap::new()),
+        })
+    }
+
+    /// The sandbox.
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
+    }
+
+    /// The model engine.
+    pub fn model(&self) -> &Arc<dyn ModelEngine> {
+        &self.model
+    }
+
+    /// The expert called `name`.
+    pub fn expert(&self, name: &str) -> Option<Arc<Expert>> {
+        self.experts
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// Every loaded expert, by name.
+    pub fn experts(&self) -> Vec<Arc<Expert>> {
+        self.experts
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Load a bundle: compile (or fetch from cache) its component, check
+    /// its world against the manifest, ask an agent to `describe` itself,
+    /// and register it under its name (replacing an older one).
+    pub async fn add(self: &Arc<Self>, bundle: Bundle) -> Result<Arc<Expert>, AddError> {
+        let name = bundle.manifest.name.clone();
+        let component = self
+            .sandbox
+            .load(&bundle.wasm, &bundle.sha256)
+            .map_err(|source| AddError::Load {
+                name: name.clone(),
+                source,
+            })?;
+        let actual = component.info.world.kind();
+        if actual != bundle.manifest.kind {
+            return Err(AddError::KindMismatch {
+                name,
+                declared: bundle.manifest.kind.world_name(),
+                actual: actual.world_name(),
+            });
+        }
+        let mut manifest = bundle.manifest;
+        let mut info = ExpertInfo {
+            name: manifest.name.clone(),
+            version: manifest.version.clone(),
+            description: manifest.description.clone(),
+            tags: manifest.tags.clone(),
+            examples: manifest.examples.clone(),
+        };
+        let pre = if actual == BundleKind::Agent {
+            let pre = AgentPre::new(component.pre.clone()).map_err(|e| AddError::Load {
+                name: name.clone(),
+                source: LoadError::Link(format!("{e:#}")),
+            })?;
+            let described = self
+                .describe(&name, &pre)
+                .await
+                .map_err(|source| AddError::Describe {
+                    name: name.clone(),
+                    source,
+                })?;
+            // A bare component's manifest is synthesised; let it take the
+            // name the component gives itself.
+            if manifest.version == "0.0.0" && manifest.description.is_empty() {
+                manifest.name = described.name.clone();
+                manifest.version = described.version.clone();
+                info.name = described.name.clone();
+                info.version = described.version.clone();
+            }
+            if info.description.is_empty() {
+                info.description = described.description;
+            }
+            merge(&mut info.tags, described.tags);
+            merge(&mut info.examples, described.examples);
+            Some(pre)
+        } else {
+            None
+        };
+        let expert = Arc::new(Expert {
+            manifest,
+            info,
+            component,
+            pre,
+        });
+        self.experts
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(expert.name().to_string(), expert.clone());
+        Ok(expert)
+    }
+
+    /// Remove the expert `name`; in-flight invocations finish on it.
+    pub fn remove(&self, name: &str) -> Option<Arc<Expert>> {
+        self.experts
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name)
+    }
+
+    async fn describe(
+        self: &Arc<Self>,
+        name: &str,
+        pre: &AgentPre<InvocationState>,
+    ) -> Result<ExpertInfo, InvokeError> {
+        let mut limits = self.sandbox.policy().limits_for(&Default::default());
+        limits.deadline_ms = DESCRIBE_DEADLINE_MS;
+        limits.fuel = DESCRIBE_FUEL;
+        let deadline = Instant::now() + limits.deadline();
+        let mut state = InvocationState::new(
+            self.clone(),
+            vec![name.to_string()],
+            Default::default(),
+            limits,
+            deadline,
+        );
+        state.model_allowed = false;
+        let mut store = self.sandbox.new_store(state);
+        let run = async {
+            let agent = pre.instantiate_async(&mut store).await?;
+            agent.call_describe(&mut store).await
+        };
+        match tokio::time::timeout_at(deadline.into(), run).await {
+            Ok(Ok(info)) => Ok(info),
+            Ok(Err(e)) => Err(classify(e, store.data())),
+            Err(_) => Err(InvokeError::new(
+                InvokeErrorKind::Deadline,
+                format!("deadline of {DESCRIBE_DEADLINE_MS} ms exceeded"),
+            )),
+        }
+    }
+
+    /// Run the expert `name` on `req`.
+    pub async fn invoke(self: &Arc<Self>, name: &str, req: Request) -> Invocation {
+        self.clone()
+            .invoke_nested(name.to_string(), req, Vec::new(), None)
+            .await
+    }
+
+    /// Run `name` for a caller whose call stack is `stack`, inside the
+    /// caller's deadline. Boxed: experts calling experts make this
+    /// recursive.
+    pub(crate) fn invoke_nested(
+        self: Arc<Self>,
+        name: String,
+        req: Request,
+        stack: Vec<String>,
+        outer_deadline: impl Into<Option<Instant>>,
+    ) -> Pin<Box<dyn Future<Output = Invocation> + Send>> {
+        let outer_deadline = outer_deadline.into();
+        Box::pin(async move {
+            let Some(expert) = self.expert(&name) else {
+                let error = InvokeError::new(
+                    InvokeErrorKind::UnknownExpert,
+                    format!("no expert named `{name}` is loaded"),
+                );
+                return Invocation {
+                    trace: failed_trace(&name, stack.len() as u32, &error),
+                    result: Err(error),
+                };
+            };
+            self.run(expert, req, stack, outer_deadline).await
+        })
+    }
+
+    async fn run(
+        self: &Arc<Self>,
+        expert: Arc<Expert>,
+        req: Request,
+        mut stack: Vec<String>,
+        outer_deadline: Option<Instant>,
+    ) -> Invocation {
+        let started = Instant::now();
+        let started_at_unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let depth = stack.len() as u32;
+        let limits = self.sandbox.policy().limits_for(&expert.manifest.limits);
+        let own_deadline = started + limits.deadline();
+        let deadline = outer_deadline.map_or(own_deadline, |d| d.min(own_deadline));
+        stack.push(expert.name().to_string());
+
+        let Some(pre) = &expert.pre else {
+            let error = InvokeError::new(
+                InvokeErrorKind::NotAnExpert,
+                format!(
+                    "`{}` is a {} bundle, not an expert; only agents answer requests",
+                    expert.name(),
+                    expert.manifest.kind.world_name()
+                ),
+            );
+            return Invocation {
+                trace: failed_trace(expert.name(), depth, &error),
+                result: Err(error),
+            };
+        };
+
+        let state = InvocationState::new(
+            self.clone(),
+            stack,
+            expert.manifest.capabilities.clone(),
+            limits,
+            deadline,
+        );
+        let mut store = self.sandbox.new_store(state);
+        let run = async {
+            let agent = pre.instantiate_async(&mut store).await?;
+            agent.call_handle(&mut store, &req).await
+        };
+        // Epoch interruption stops a guest that computes past its deadline;
+        // this timeout stops one that waits past it (on the model, say).
+        let outcome = tokio::time::timeout_at(deadline.into(), run).await;
+        let fuel_left = store.get_fuel().unwrap_or(0);
+        let max_response = self.sandbox.policy().max_response_bytes;
+        let result = match outcome {
+            Ok(Ok(Ok(response))) if response.content.len() > max_response => {
+                Err(InvokeError::new(
+                    InvokeErrorKind::ResponseTooLarge,
+                    format!(
+                        "the answer is {} bytes, over the host's limit of {max_response} bytes",
+                        response.content.len()
+                    ),
+                ))
+            }
+            Ok(Ok(Ok(response))) => Ok(response),
+            Ok(Ok(Err(guest_error))) => Err(InvokeError::from_guest(guest_error)),
+            Ok(Err(e)) => Err(classify(e, store.data())),
+            Err(_) => Err(deadline_error(limits.deadline_ms)),
+        };
+        let state = store.into_data();
+        let (stdout, stderr, output_dropped_bytes) = state.take_stdio();
+        let recorder = state.recorder;
+        let trace = Trace {
+            expert: expert.name().to_string(),
+            version: expert.manifest.version.clone(),
+            component_sha256: expert.component.sha256.clone(),
+            depth,
+            limits,
+            started_at_unix_ms,
+            duration_us: started.elapsed().as_micros() as u64,
+            fuel_consumed: limits.fuel.saturating_sub(fuel_left),
+            peak_memory_bytes: state.limiter.peak_bytes() as u64,
+            model_calls: recorder.model_calls,
+            generated_tokens: recorder.generated_tokens,
+            host_calls: recorder.host_calls,
+            logs: recorder.logs,
+            logs_dropped: recorder.logs_dropped,
+            stdout,
+            stderr,
+            output_dropped_bytes,
+            outcome: match &result {
+                Ok(r) => Outcome::Ok {
+                    content_bytes: r.content.len() as u64,
+                },
+                Err(e) => Outcome::Error {
+                    kind: e.kind.as_str().to_string(),
+                    message: e.message.clone(),
+                },
+            },
+        };
+        Invocation { result, trace }
+    }
+}
+
+fn merge(into: &mut Vec<String>, from: Vec<String>) {
+    for item in from {
+        if !into.contains(&item) {
+            into.push(item);
+        }
+    }
+}
+
+fn deadline_error(deadline_ms: u64) -> InvokeError {
+    InvokeError::new(
+        InvokeErrorKind::Deadline,
+        format!("deadline of {deadline_ms} ms exceeded (limits.deadline-ms)"),
+    )
+}
+
+/// Turn a trap or host error into the error a caller sees, using what the
+/// store recorded (a refused memory growth, a panic message).
+fn classify(error: wasmtime::Error, state: &InvocationState) -> InvokeError {
+    if error.downcast_ref::<DeadlineExceeded>().is_some() {
+        return deadline_error(state.limits.deadline_ms);
+    }
+    if let Some(refused) = state.limiter.refused() {
+        return InvokeError::new(
+            InvokeErrorKind::MemoryLimit,
+            format!(
+                "memory limit of {} MiB exceeded: the expert tried to grow its memory to {} MiB (limits.memory-mib)",
+                state.limits.memory_bytes / (1024 * 1024),
+                refused / (1024 * 1024)
+            ),
+        );
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => InvokeError::new(
+            InvokeErrorKind::OutOfFuel,
+            format!(
+                "fuel limit of {} exhausted (limits.fuel)",
+                state.limits.fuel
+            ),
+        ),
+        Some(Trap::StackOverflow) => InvokeError::new(
+            InvokeErrorKind::StackOverflow,
+            "the expert overflowed its stack (unbounded recursion?)".to_string(),
+        ),
+        Some(Trap::Interrupt) => deadline_error(state.limits.deadline_ms),
+        Some(trap) => match &state.recorder.panic_message {
+            Some(message) => InvokeError::new(
+                InvokeErrorKind::Panic,
+                format!("the expert panicked: {message}"),
+            ),
+            None => InvokeError::new(
+                InvokeErrorKind::Trap,
+                format!("the expert trapped: {trap}"),
+            ),
+        },
+        None => InvokeError::new(InvokeErrorKind::Trap, format!("the expert failed: {error:#}")),
+    }
+}
+
+fn failed_trace(name: &str, depth: u32, error: &InvokeError) -> Trace {
+    Trace {
+        expert: name.to_string(),
+        version: String::new(),
+        component_sha256: String::new(),
+        depth,
+        limits: crate::sandbox::Limits {
+            memory_bytes: 0,
+            deadline_ms: 0,
+            fuel: 0,
+            model_calls: 0,
+            generated_tokens: 0,
+        },
+        started_at_unix_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        duration_us: 0,
+        fuel_consumed: 0,
+        peak_memory_bytes: 0,
+        model_calls: 0,
+        generated_tokens: 0,
+        host_calls: Vec::new(),
+        logs: Vec::new(),
+        logs_dropped: 0,
+        stdout: String::new(),
+        stderr: String::new(),
+        output_dropped_bytes: 0,
+        outcome: Outcome::Error {
+            kind: error.kind.as_str().to_string(),
+            message: error.message.clone(),
+        },
+    }
+}

@@ -1,0 +1,195 @@
+//! The model engine behind `tessera:expert/model`.
+//!
+//! Experts never see an engine directly: `caps::model` checks grants and
+//! budgets, then hands calls to a [`ModelEngine`]. The real engine (burn,
+//! SmolLM2 and MiniLM) lives here once built; until then the shipped host
+//! uses [`NoModel`], which says plainly that no model is loaded.
+
+use async_trait::async_trait;
+
+/// Temperature when a call does not set one.
+pub const DEFAULT_TEMPERATURE: f32 = 0.7;
+/// Tokens generated when a call does not set `max-tokens`.
+pub const DEFAULT_MAX_TOKENS: u32 = 256;
+
+/// Who wrote a chat message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChatRole {
+    /// Instructions.
+    System,
+    /// The question.
+    User,
+    /// An answer.
+    Assistant,
+    /// Tool output.
+    Tool,
+}
+
+/// One chat message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatMessage {
+    /// Who wrote it.
+    pub role: ChatRole,
+    /// What they wrote.
+    pub content: String,
+}
+
+/// Sampling settings with every default filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    /// 0 is greedy.
+    pub temperature: f32,
+    /// Nucleus sampling mass.
+    pub top_p: f32,
+    /// Keep the `top_k` best tokens.
+    pub top_k: Option<u32>,
+    /// Most tokens to generate (already clamped to the expert's budget).
+    pub max_tokens: u32,
+    /// Sampler seed; `None` draws one.
+    pub seed: Option<u64>,
+    /// Stop strings.
+    pub stop: Vec<String>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            temperature: DEFAULT_TEMPERATURE,
+            top_p: 1.0,
+            top_k: None,
+            max_tokens: DEFAULT_MAX_TOKENS,
+            seed: None,
+            stop: Vec::new(),
+        }
+    }
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// End of turn or a stop string.
+    Stop,
+    /// Token limit.
+    Length,
+}
+
+/// A finished generation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    /// The text.
+    pub text: String,
+    /// Why it ended.
+    pub finish: Finish,
+    /// Prompt tokens.
+    pub prompt_tokens: u32,
+    /// Generated tokens.
+    pub completion_tokens: u32,
+    /// (token text, logprob) per generated token.
+    pub token_logprobs: Vec<(String, f32)>,
+}
+
+/// Why a model call failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ModelError {
+    /// No model is loaded in this host.
+    #[error("{0}")]
+    NotLoaded(String),
+    /// The named adapter is not loaded.
+    #[error("unknown adapter `{0}`")]
+    UnknownAdapter(String),
+    /// The input cannot be processed (too long, empty, ...).
+    #[error("{0}")]
+    InvalidInput(String),
+    /// The engine failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// A language and embedding model engine shared by every expert.
+#[async_trait]
+pub trait ModelEngine: Send + Sync + 'static {
+    /// The base model's name, for `/v1/models` and traces.
+    fn model_name(&self) -> &str;
+
+    /// Answer a conversation using the model's chat template.
+    async fn chat(
+        &self,
+        messages: Vec<ChatMessage>,
+        params: SamplingParams,
+        adapter: Option<String>,
+    ) -> Result<Generation, ModelError>;
+
+    /// Continue raw text.
+    async fn complete(
+        &self,
+        prompt: String,
+        params: SamplingParams,
+        adapter: Option<String>,
+    ) -> Result<Generation, ModelError>;
+
+    /// Token ids of `text`, without BOS.
+    async fn tokenize(&self, text: String) -> Result<Vec<u32>, ModelError>;
+
+    /// Summed log-likelihood of `continuation` after `prompt`.
+    async fn score(
+        &self,
+        prompt: String,
+        continuation: String,
+        adapter: Option<String>,
+    ) -> Result<f64, ModelError>;
+
+    /// One L2-normalised embedding per text.
+    async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, ModelError>;
+}
+
+/// The engine of a host with no model loaded: every call fails with a
+/// message that says so.
+#[derive(Debug, Clone, Default)]
+pub struct NoModel;
+
+impl NoModel {
+    fn error() -> ModelError {
+        ModelError::NotLoaded(
+            "no model is loaded in this host: this build of tessera has no inference engine yet, so experts that call the model cannot answer"
+                .into(),
+        )
+    }
+}
+
+#[async_trait]
+impl ModelEngine for NoModel {
+    fn model_name(&self) -> &str {
+        "none"
+    }
+
+    async fn chat(
+        &self,
+        _: Vec<ChatMessage>,
+        _: SamplingParams,
+        _: Option<String>,
+    ) -> Result<Generation, ModelError> {
+        Err(Self::error())
+    }
+
+    async fn complete(
+        &self,
+        _: String,
+        _: SamplingParams,
+        _: Option<String>,
+    ) -> Result<Generation, ModelError> {
+        Err(Self::error())
+    }
+
+    async fn tokenize(&self, _: String) -> Result<Vec<u32>, ModelError> {
+        Err(Self::error())
+    }
+
+    async fn score(&self, _: String, _: String, _: Option<String>) -> Result<f64, ModelError> {
+        Err(Self::error())
+    }
+
+    async fn embed(&self, _: Vec<String>) -> Result<Vec<Vec<f32>>, ModelError> {
+        Err(Self::error())
+    }
+}

@@ -1,0 +1,89 @@
+//! On-disk cache of compiled components, keyed by the component's sha256
+//! and the engine's settings, so a restart with many bundles compiles
+//! nothing.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+/// The environment variable that moves the cache.
+pub const CACHE_DIR_ENV: &str = "TESSERA_CACHE_DIR";
+
+/// A directory of `<sha256>-<engine>.cwasm` files.
+#[derive(Debug, Clone)]
+pub struct CompileCache {
+    dir: PathBuf,
+    engine_key: String,
+}
+
+impl CompileCache {
+    /// A cache in `dir` (created if missing) for components compiled by
+    /// `engine`.
+    pub fn new(dir: &Path, engine: &Engine) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        // The compatibility hash covers the wasmtime version, target and
+        // every setting that changes generated code; a cached artifact from
+        // another configuration is never looked up.
+        let mut hasher = DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        Ok(CompileCache {
+            dir: dir.to_path_buf(),
+            engine_key: format!("{:016x}", hasher.finish()),
+        })
+    }
+
+    /// The default location: `$TESSERA_CACHE_DIR`, else the user's cache
+    /// directory.
+    pub fn default_dir() -> PathBuf {
+        if let Some(dir) = std::env::var_os(CACHE_DIR_ENV) {
+            return PathBuf::from(dir);
+        }
+        dirs::cache_dir()
+            .unwrap_or_else(std::env::temp_dir)
+            .join("tessera")
+            .join("components")
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, sha256: &str) -> PathBuf {
+        self.dir.join(format!("{sha256}-{}.cwasm", self.engine_key))
+    }
+
+    /// The cached compilation of the component with digest `sha256`, if
+    /// there is a usable one. A corrupt or stale entry is removed.
+    pub fn load(&self, engine: &Engine, sha256: &str) -> Option<Component> {
+        let path = self.path(sha256);
+        if !path.is_file() {
+            return None;
+        }
+        // SAFETY: the file was written by `store` below from
+        // `Component::serialize` of the same engine configuration, into a
+        // directory owned by the user running the host; wasmtime checks the
+        // header and the compatibility of the artifact before using it.
+        match unsafe { Component::deserialize_file(engine, &path) } {
+            Ok(component) => Some(component),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "dropping unusable compile cache entry");
+                let _ = std::fs::remove_file(&path);
+                None
+            }
+        }
+    }
+
+    /// Save `component` under `sha256`. Written to a temporary file and
+    /// renamed, so readers never see a partial artifact.
+    pub fn store(&self, sha256: &str, component: &Component) -> std::io::Result<()> {
+        let bytes = component.serialize().map_err(std::io::Error::other)?;
+        let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
+        tmp.write_all(&bytes)?;
+        tmp.persist(self.path(sha256)).map_err(|e| e.error)?;
+        Ok(())
+    }
+}

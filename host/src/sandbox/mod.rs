@@ -1,0 +1,270 @@
+//! The sandbox: a wasmtime engine set up for many small, untrusted
+//! components, and the per-invocation stores they run in.
+//!
+//! - The component model with async support: guests run on fibers, so an
+//!   expert waiting on the model holds no thread.
+//! - The pooling allocator: instantiation reuses pre-reserved slots.
+//! - Epoch interruption: a background ticker advances the epoch; every tick
+//!   a running guest yields to the executor, and past its deadline it traps.
+//! - Fuel, always counted: the CPU figure validators read.
+//! - A memory [`ResourceLimiter`](wasmtime::ResourceLimiter) per store.
+//! - WASI 0.2 linked with nothing granted, for components that import it.
+//! - An on-disk cache of compiled components.
+
+mod cache;
+mod limiter;
+mod limits;
+mod state;
+mod stdio;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
+use wasmtime::{
+    CallHook, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
+    UpdateDeadline,
+};
+
+pub use cache::{CACHE_DIR_ENV, CompileCache};
+pub use limiter::{MAX_TABLE_ELEMENTS, MemoryLimiter};
+pub use limits::*;
+pub use state::InvocationState;
+pub(crate) use state::CallRecord;
+
+use crate::bundle::{ComponentError, ComponentInfo};
+
+/// How often the epoch advances; a running guest yields this often and
+/// notices its deadline within one tick.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+/// Wasm stack per invocation. Deep recursion past it traps as a stack
+/// overflow.
+pub const MAX_WASM_STACK: usize = 1024 * 1024;
+
+/// The engine, linker and compile cache shared by every expert on a host.
+pub struct Sandbox {
+    engine: Engine,
+    linker: Linker<InvocationState>,
+    policy: HostPolicy,
+    cache: Option<CompileCache>,
+}
+
+/// A component compiled and linked, ready to instantiate.
+#[derive(Clone)]
+pub struct LoadedComponent {
+    /// What its bytes say: world, imports, exports.
+    pub info: ComponentInfo,
+    /// sha256 of the component, hex.
+    pub sha256: String,
+    /// Whether the compilation came from the cache.
+    pub from_cache: bool,
+    pub(crate) pre: InstancePre<InvocationState>,
+}
+
+/// Why the sandbox could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SandboxError {
+    /// wasmtime refused the configuration.
+    #[error("cannot configure the WebAssembly engine: {0}")]
+    Engine(String),
+    /// The compile cache directory cannot be used.
+    #[error("cannot use the compile cache at {path}: {source}")]
+    Cache {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// Why a component could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// Not a component of one of our worlds.
+    #[error(transparent)]
+    Component(#[from] ComponentError),
+    /// wasmtime could not compile it (invalid WebAssembly).
+    #[error("the component does not compile: {0}")]
+    Compile(String),
+    /// Its imports do not match what the host provides.
+    #[error("the component cannot be linked: {0}")]
+    Link(String),
+}
+
+/// The error a store raises when an invocation outlives its deadline.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("deadline exceeded")]
+pub struct DeadlineExceeded;
+
+impl Sandbox {
+    /// A sandbox with `policy`, caching compiled components in `cache_dir`
+    /// (no cache when `None`).
+    pub fn new(policy: HostPolicy, cache_dir: Option<&Path>) -> Result<Sandbox, SandboxError> {
+        let engine = Engine::new(&engine_config(&policy))
+            .map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
+        spawn_epoch_ticker(&engine);
+
+        let mut linker = Linker::new(&engine);
+        // The agent world imports every Tessera interface; routers and
+        // adapters import subsets of it, so one linker serves all three.
+        crate::bindings::agent::Agent::add_to_linker::<_, HasSelf<InvocationState>>(
+            &mut linker,
+            |state| state,
+        )
+        .map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
+
+        let cache = cache_dir
+            .map(|dir| {
+                CompileCache::new(dir, &engine).map_err(|source| SandboxError::Cache {
+                    path: dir.to_path_buf(),
+                    source,
+                })
+            })
+            .transpose()?;
+        Ok(Sandbox {
+            engine,
+            linker,
+            policy,
+            cache,
+        })
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The host policy.
+    pub fn policy(&self) -> &HostPolicy {
+        &self.policy
+    }
+
+    /// The compile cache, if any.
+    pub fn cache(&self) -> Option<&CompileCache> {
+        self.cache.as_ref()
+    }
+
+    /// Check, compile (or fetch from the cache) and link a component.
+    pub fn load(&self, wasm: &[u8], sha256: &str) -> Result<LoadedComponent, LoadError> {
+        let info = ComponentInfo::parse(wasm)?;
+        let cached = self
+            .cache
+            .as_ref()
+            .and_then(|cache| cache.load(&self.engine, sha256));
+        let from_cache = cached.is_some();
+        let component = match cached {
+            Some(component) => component,
+            None => {
+                let component = Component::new(&self.engine, wasm)
+                    .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+                if let Some(cache) = &self.cache
+                    && let Err(e) = cache.store(sha256, &component)
+                {
+                    tracing::warn!(dir = %cache.dir().display(), error = %e, "cannot write compile cache");
+                }
+                component
+            }
+        };
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        Ok(LoadedComponent {
+            info,
+            sha256: sha256.to_string(),
+            from_cache,
+            pre,
+        })
+    }
+
+    /// A store for one invocation: memory limiter, fuel, deadline and the
+    /// call hook that keeps the trace's fuel figures.
+    pub(crate) fn new_store(&self, state: InvocationState) -> Store<InvocationState> {
+        let fuel = state.limits.fuel;
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        store
+            .set_fuel(fuel)
+            .expect("fuel consumption is enabled in the engine config");
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|ctx| {
+            if Instant::now() >= ctx.data().deadline {
+                Err(wasmtime::Error::new(DeadlineExceeded))
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        store.call_hook(track_fuel);
+        store
+    }
+}
+
+/// Keeps the fuel figures of host calls, and charges a caller for the fuel
+/// its nested experts burned.
+fn track_fuel(
+    mut ctx: wasmtime::StoreContextMut<'_, InvocationState>,
+    hook: CallHook,
+) -> wasmtime::Result<()> {
+    match hook {
+        CallHook::CallingHost => {
+            let left = ctx.get_fuel()?;
+            let rec = &mut ctx.data_mut().recorder;
+            rec.fuel_at_host_entry = rec.initial_fuel.saturating_sub(left);
+        }
+        CallHook::ReturningFromHost => {
+            let charge = std::mem::take(&mut ctx.data_mut().recorder.pending_fuel_charge);
+            let mut left = ctx.get_fuel()?;
+            if charge > 0 {
+                left = left.saturating_sub(charge);
+                ctx.set_fuel(left)?;
+            }
+            let rec = &mut ctx.data_mut().recorder;
+            if let Some(index) = rec.open_call.take() {
+                rec.host_calls[index].fuel_after = rec.initial_fuel.saturating_sub(left);
+            }
+            if charge > 0 && left == 0 {
+                return Err(Trap::OutOfFuel.into());
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn engine_config(policy: &HostPolicy) -> Config {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.consume_fuel(true);
+    config.epoch_interruption(true);
+    config.max_wasm_stack(MAX_WASM_STACK);
+
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(policy.pool_instances);
+    pool.total_core_instances(policy.pool_instances.saturating_mul(4));
+    pool.total_memories(policy.pool_instances.saturating_mul(2));
+    pool.total_tables(policy.pool_instances.saturating_mul(4));
+    pool.total_stacks(policy.pool_instances);
+    pool.max_memory_size(usize::try_from(policy.max_memory_bytes).unwrap_or(usize::MAX));
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    config
+}
+
+/// Advance `engine`'s epoch every [`EPOCH_TICK`] until the engine is
+/// dropped.
+fn spawn_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("tessera-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawning the epoch thread");
+}

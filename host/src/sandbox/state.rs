@@ -1,0 +1,176 @@
+//! The data of one invocation's `Store`: limits, grants, the trace being
+//! recorded and the (empty) WASI context.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::limiter::MemoryLimiter;
+use super::limits::Limits;
+use super::stdio::CappedOutput;
+use crate::audit::{HostCall, LogLine, TokenCount, Trace};
+use crate::bundle::Capabilities;
+use crate::ensemble::Ensemble;
+
+/// Store data for one invocation of one expert.
+pub struct InvocationState {
+    pub(crate) ensemble: Arc<Ensemble>,
+    /// Expert names from the outermost caller to this expert (inclusive).
+    pub(crate) call_stack: Vec<String>,
+    pub(crate) capabilities: Capabilities,
+    pub(crate) limits: Limits,
+    pub(crate) started: Instant,
+    pub(crate) deadline: Instant,
+    /// `describe` runs with the model switched off.
+    pub(crate) model_allowed: bool,
+    pub(crate) limiter: MemoryLimiter,
+    pub(crate) recorder: Recorder,
+    stdout: CappedOutput,
+    stderr: CappedOutput,
+    table: ResourceTable,
+    wasi: Option<WasiCtx>,
+}
+
+/// What the host calls of an invocation add to its trace.
+#[derive(Debug, Default)]
+pub(crate) struct Recorder {
+    pub(crate) host_calls: Vec<HostCall>,
+    pub(crate) logs: Vec<LogLine>,
+    pub(crate) log_bytes: usize,
+    pub(crate) logs_dropped: u64,
+    pub(crate) model_calls: u32,
+    pub(crate) generated_tokens: u32,
+    pub(crate) panic_message: Option<String>,
+    pub(crate) initial_fuel: u64,
+    /// Fuel burned when the guest last entered the host.
+    pub(crate) fuel_at_host_entry: u64,
+    /// Fuel of nested experts, charged when the current host call returns.
+    pub(crate) pending_fuel_charge: u64,
+    /// The host call whose `fuel_after` is set when it returns.
+    pub(crate) open_call: Option<usize>,
+}
+
+/// A host call being recorded; see [`InvocationState::begin_call`].
+pub struct CallRecord {
+    index: usize,
+    started: Instant,
+}
+
+impl InvocationState {
+    pub(crate) fn new(
+        ensemble: Arc<Ensemble>,
+        call_stack: Vec<String>,
+        capabilities: Capabilities,
+        limits: Limits,
+        deadline: Instant,
+    ) -> Self {
+        let policy = ensemble.sandbox().policy();
+        let stdio_cap = policy.max_stdio_bytes;
+        InvocationState {
+            call_stack,
+            capabilities,
+            limits,
+            started: Instant::now(),
+            deadline,
+            model_allowed: true,
+            limiter: MemoryLimiter::new(limits.memory_bytes),
+            recorder: Recorder {
+                initial_fuel: limits.fuel,
+                ..Recorder::default()
+            },
+            stdout: CappedOutput::new(stdio_cap),
+            stderr: CappedOutput::new(stdio_cap),
+            table: ResourceTable::new(),
+            wasi: None,
+            ensemble,
+        }
+    }
+
+    /// The expert this state belongs to.
+    pub(crate) fn expert_name(&self) -> &str {
+        self.call_stack.last().map_or("", String::as_str)
+    }
+
+    pub(crate) fn elapsed_us(&self) -> u64 {
+        self.started.elapsed().as_micros() as u64
+    }
+
+    /// Start recording a host call.
+    pub(crate) fn begin_call(
+        &mut self,
+        interface: &str,
+        function: &str,
+        bytes_in: u64,
+    ) -> CallRecord {
+        let fuel = self.recorder.fuel_at_host_entry;
+        let at_us = self.elapsed_us();
+        self.recorder.host_calls.push(HostCall {
+            interface: interface.to_string(),
+            function: function.to_string(),
+            at_us,
+            duration_us: 0,
+            bytes_in,
+            bytes_out: 0,
+            fuel_before: fuel,
+            fuel_after: fuel,
+            tokens: None,
+            error: None,
+            nested: None,
+        });
+        let index = self.recorder.host_calls.len() - 1;
+        self.recorder.open_call = Some(index);
+        CallRecord {
+            index,
+            started: Instant::now(),
+        }
+    }
+
+    /// Finish recording a host call.
+    pub(crate) fn end_call(
+        &mut self,
+        record: CallRecord,
+        bytes_out: u64,
+        tokens: Option<TokenCount>,
+        error: Option<String>,
+        nested: Option<Trace>,
+    ) {
+        let call = &mut self.recorder.host_calls[record.index];
+        call.duration_us = record.started.elapsed().as_micros() as u64;
+        call.bytes_out = bytes_out;
+        call.tokens = tokens;
+        call.error = error;
+        call.nested = nested.map(Box::new);
+    }
+
+    /// What the guest wrote to stdout and stderr, and the bytes dropped.
+    pub(crate) fn take_stdio(&self) -> (String, String, u64) {
+        let (out, out_dropped) = self.stdout.take();
+        let (err, err_dropped) = self.stderr.take();
+        (out, err, out_dropped + err_dropped)
+    }
+}
+
+impl WasiView for InvocationState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        // Built on first use: most experts never touch WASI, and this keeps
+        // their invocations free of its set-up cost.
+        let (stdout, stderr) = (self.stdout.clone(), self.stderr.clone());
+        let ctx = self.wasi.get_or_insert_with(|| {
+            // Deny by default: no args, env, preopened directories or
+            // network; stdin is empty; stdout and stderr are captured.
+            WasiCtx::builder()
+                .stdout(stdout)
+                .stderr(stderr)
+                .allow_tcp(false)
+                .allow_udp(false)
+                .allow_ip_name_lookup(false)
+                .build()
+        });
+        WasiCtxView {
+            ctx,
+            table: &mut self.table,
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! # tessera-sdk: write Tessera experts in Rust
+//!
+//! An *expert* is a WebAssembly component that answers chat requests. The
+//! Tessera host runs it in a sandbox, lends it the host's language model
+//! ([`model`]), lets it call other experts ([`experts`]) and records what it
+//! did ([`log`]) in an audit trace.
+//!
+//! Implement [`Expert`] for a type and export it with [`export_expert!`]:
+//!
+//! ```no_run
+//! use tessera_sdk::prelude::*;
+//!
+//! struct Haiku;
+//!
+//! impl Expert for Haiku {
+//!     fn describe() -> ExpertInfo {
+//!         ExpertInfo::new("haiku", "Answers every question as a haiku.")
+//!             .tag("poetry")
+//!             .example("Write a haiku about the sea")
+//!     }
+//!
+//!     fn handle(req: Request) -> Result<Response, Error> {
+//!         let question = req.require_user_message()?;
+//!         let answer = model::chat(
+//!             &[
+//!                 Message::system("Answer with a haiku: three lines, 5-7-5 syllables."),
+//!                 Message::user(question),
+//!             ],
+//!             &req.sampling.clone().max_tokens(64),
+//!         )?;
+//!         Ok(Response::from_completion(answer))
+//!     }
+//! }
+//!
+//! export_expert!(Haiku);
+//! ```
+//!
+//! Build it with `tessera build path/to/crate` and try it with
+//! `tessera run path/to/crate --prompt "..."`. The crate must be a `cdylib`
+//! and carry a `tessera.toml` manifest; see the plugin guide in the
+//! repository's `docs/plugin-guide.md`.
+//!
+//! Routers ([`Router`], [`export_router!`]) and fine-tune adapters
+//! ([`Adapter`], [`export_adapter!`]) are written the same way.
+#![deny(missing_docs)]
+
+// The generated code names the runtime through `tessera_sdk::`, as plugin
+// crates see it; make that path work inside this crate too.
+extern crate self as tessera_sdk;
+
+mod helpers;
+
+/// The generated bindings, one module per world. Use the re-exports at the
+/// crate root instead; these are public only for the export macros.
+#[doc(hidden)]
+pub mod bindings {
+    /// The `agent` world: experts.
+    pub mod agent {
+        wit_bindgen::generate!({
+            world: "agent",
+            path: "../wit",
+            pub_export_macro: true,
+            export_macro_name: "export",
+            default_bindings_module: "tessera_sdk::bindings::agent",
+            runtime_path: "tessera_sdk::__private::wit_bindgen::rt",
+            additional_derives: [Clone, PartialEq],
+        });
+    }
+
+    /// The `router` world: routers.
+    pub mod router {
+        wit_bindgen::generate!({
+            world: "router",
+            path: "../wit",
+            pub_export_macro: true,
+            export_macro_name: "export",
+            default_bindings_module: "tessera_sdk::bindings::router",
+            runtime_path: "tessera_sdk::__private::wit_bindgen::rt",
+            with: {
+                "tessera:expert/types@0.1.0": crate::bindings::agent::tessera::expert::types,
+                "tessera:expert/model@0.1.0": crate::bindings::agent::tessera::expert::model,
+                "tessera:expert/log@0.1.0": crate::bindings::agent::tessera::expert::log,
+            },
+        });
+    }
+
+    /// The `adapter` world: fine-tune adapters.
+    pub mod adapter {
+        wit_bindgen::generate!({
+            world: "adapter",
+            path: "../wit",
+            pub_export_macro: true,
+            export_macro_name: "export",
+            default_bindings_module: "tessera_sdk::bindings::adapter",
+            runtime_path: "tessera_sdk::__private::wit_bindgen::rt",
+            with: {
+                "tessera:expert/types@0.1.0": crate::bindings::agent::tessera::expert::types,
+                "tessera:expert/log@0.1.0": crate::bindings::agent::tessera::expert::log,
+            },
+        });
+    }
+}
+
+use bindings::agent::tessera::expert as wit;
+
+pub use wit::types::{
+    AdapterInfo, Completion, Error, ExpertInfo, FinishReason, Message, Request, Response, Role,
+    RouteChoice, Sampling, TokenLogprob, Usage,
+};
+
+/// Everything an expert usually needs, in one `use`.
+pub mod prelude {
+    pub use crate::{
+        Adapter, AdapterInfo, Completion, Error, Expert, ExpertInfo, FinishReason, Message,
+        Request, Response, Role, RouteChoice, Router, Sampling, Usage, experts, export_adapter,
+        export_expert, export_router, log, model,
+    };
+}
+
+/// An expert: describes itself and answers requests.
+///
+/// A fresh instance of the component handles every request, so keep no
+/// state between calls (statics are reset).
+pub trait Expert {
+    /// Name, description, tags and example prompts. Called at load time; it
+    /// must not call the model.
+    fn describe() -> ExpertInfo;
+
+    /// Answer one request.
+    fn handle(req: Request) -> Result<Response, Error>;
+}
+
+/// A router: ranks candidate experts for a request, best first.
+pub trait Router {
+    /// Rank `candidates` for `req`. Return an empty list to let the base
+    /// model answer.
+    fn route(req: Request, candidates: Vec<ExpertInfo>) -> Result<Vec<RouteChoice>, Error>;
+}
+
+/// A fine-tune adapter's component: describes the LoRA weights shipped with
+/// it and may rewrite requests and responses.
+pub trait Adapter {
+    /// Base model, rank, alpha and target modules.
+    fn describe() -> AdapterInfo;
+
+    /// Rewrite a request before the model sees it. The default passes it
+    /// through.
+    fn pre_request(req: Request) -> Result<Request, Error> {
+        Ok(req)
+    }
+
+    /// Rewrite a response before the caller sees it. The default passes it
+    /// through.
+    fn post_response(resp: Response) -> Result<Response, Error> {
+        Ok(resp)
+    }
+}
+
+/// The host's language and embedding models.
+///
+/// Every call counts against the expert's limits (model calls and generated
+/// tokens, from its manifest) and needs `capabilities.model = true`.
+pub mod model {
+    use crate::wit::model as raw;
+    use crate::{Completion, Error, Message, Sampling};
+
+    /// Answer a conversation with the base model and its chat template.
+    pub fn chat(messages: &[Message], sampling: &Sampling) -> Result<Completion, Error> {
+        raw::chat(messages, sampling, None)
+    }
+
+    /// Like [`chat`], through the fine-tune adapter named `adapter`.
+    pub fn chat_with_adapter(
+        messages: &[Message],
+        sampling: &Sampling,
+        adapter: &str,
+    ) -> Result<Completion, Error> {
+        raw::chat(messages, sampling, Some(adapter))
+    }
+
+    /// Ask one question (a single user message) and get the answer text.
+    pub fn ask(question: &str, sampling: &Sampling) -> Result<String, Error> {
+        chat(&[Message::user(question)], sampling).map(|c| c.text)
+    }
+
+    /// Continue raw text, without a chat template.
+    pub fn complete(prompt: &str, sampling: &Sampling) -> Result<Completion, Error> {
+        raw::complete(prompt, sampling, None)
+    }
+
+    /// The model's token ids for `text`.
+    pub fn tokenize(text: &str) -> Result<Vec<u32>, Error> {
+        raw::tokenize(text)
+    }
+
+    /// Log-likelihood of `continuation` after `prompt` (natural log, summed
+    /// over tokens).
+    pub fn score(prompt: &str, continuation: &str) -> Result<f64, Error> {
+        raw::score(prompt, continuation, None)
+    }
+
+    /// One L2-normalised sentence embedding per text.
+    pub fn embed(texts: &[String]) -> Result<Vec<Vec<f32>>, Error> {
+        raw::embed(texts)
+    }
+}
+
+/// Other experts on the same host.
+pub mod experts {
+    use crate::{Error, Request, Response};
+
+    /// Call the expert `name`. The manifest must grant it under
+    /// `capabilities.experts`; the host refuses cycles and deep nesting.
+    pub fn call(name: &str, req: &Request) -> Result<Response, Error> {
+        crate::wit::experts::call(name, req)
+    }
+}
+
+/// Structured logging into the invocation's audit trace.
+pub mod log {
+    pub use crate::wit::log::Level;
+
+    /// Write a line with key/value fields.
+    pub fn with_fields(level: Level, message: &str, fields: &[(&str, &str)]) {
+        let fields: Vec<(String, String)> = fields
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        crate::wit::log::log(level, message, &fields);
+    }
+
+    /// Write a debug line.
+    pub fn debug(message: &str) {
+        crate::wit::log::log(Level::Debug, message, &[]);
+    }
+
+    /// Write an info line.
+    pub fn info(message: &str) {
+        crate::wit::log::log(Level::Info, message, &[]);
+    }
+
+    /// Write a warning.
+    pub fn warn(message: &str) {
+        crate::wit::log::log(Level::Warn, message, &[]);
+    }
+
+    /// Write an error line.
+    pub fn error(message: &str) {
+        crate::wit::log::log(Level::Error, message, &[]);
+    }
+}
+
+/// Support for the export macros. Not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    pub use wit_bindgen;
+
+    /// Send panic messages to the host's log before the instance traps, so
+    /// the error the caller sees says what went wrong.
+    pub fn install_panic_hook() {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            std::panic::set_hook(Box::new(|info| {
+                crate::log::with_fields(
+                    crate::log::Level::Error,
+                    &info.to_string(),
+                    &[("panic", "true")],
+                );
+            }));
+        });
+    }
+}
+
+/// Export a type implementing [`Expert`] as this component's expert.
+///
+/// Use it once per crate, at the top level.
+#[macro_export]
+macro_rules! export_expert {
+    ($ty:ty) => {
+        #[doc(hidden)]
+        pub struct __TesseraExpertExport;
+
+        impl $crate::bindings::agent::Guest for __TesseraExpertExport {
+            fn describe() -> $crate::ExpertInfo {
+                $crate::__private::install_panic_hook();
+                <$ty as $crate::Expert>::describe()
+            }
+
+            fn handle(req: $crate::Request) -> ::core::result::Result<$crate::Response, $crate::Error> {
+                $crate::__private::install_panic_hook();
+                <$ty as $crate::Expert>::handle(req)
+            }
+        }
+
+        $crate::bindings::agent::export!(__TesseraExpertExport with_types_in $crate::bindings::agent);
+    };
+}
+
+/// Export a type implementing [`Router`] as this component's router.
+#[macro_export]
+macro_rules! export_router {
+    ($ty:ty) => {
+        #[doc(hidden)]
+        pub struct __TesseraRouterExport;
+
+        impl $crate::bindings::router::Guest for __TesseraRouterExport {
+            fn route(
+                req: $crate::Request,
+                candidates: ::std::vec::Vec<$crate::ExpertInfo>,
+            ) -> ::core::result::Result<::std::vec::Vec<$crate::RouteChoice>, $crate::Error> {
+                $crate::__private::install_panic_hook();
+                <$ty as $crate::Router>::route(req, candidates)
+            }
+        }
+
+        $crate::bindings::router::export!(__TesseraRouterExport with_types_in $crate::bindings::router);
+    };
+}
+
+/// Export a type implementing [`Adapter`] as this component's adapter.
+#[macro_export]
+macro_rules! export_adapter {
+    ($ty:ty) => {
+        #[doc(hidden)]
+        pub struct __TesseraAdapterExport;
+
+        impl $crate::bindings::adapter::Guest for __TesseraAdapterExport {
+            fn describe() -> $crate::AdapterInfo {
+                $crate::__private::install_panic_hook();
+                <$ty as $crate::Adapter>::describe()
+            }
+
+            fn pre_request(req: $crate::Request) -> ::core::result::Result<$crate::Request, $crate::Error> {
+                $crate::__private::install_panic_hook();
+                <$ty as $crate::Adapter>::pre_request(req)
+            }
+
+            fn post_response(resp: $crate::Response) -> ::core::result::Result<$crate::Response, $crate::Error> {
+                $crate::__private::install_panic_hook();
+                <$ty as $crate::Adapter>::post_response(resp)
+            }
+        }
+
+        $crate::bindings::adapter::export!(__TesseraAdapterExport with_types_in $crate::bindings::adapter);
+    };
+}
