@@ -2,7 +2,7 @@
 //!
 //! 1. Pick a toolchain: rustup's `wasm32-unknown-unknown` target when it is
 //!    installed, else Debian's `rustc-web` + `rust-web-src`, building std
-//!    from source (`-Zbuild-std`).
+//!    from reason (`-Zbuild-std`).
 //! 2. `cargo build --release --target wasm32-unknown-unknown` (cargo itself
 //!    skips unchanged crates).
 //! 3. Encode the core module as a component with `wit-component`, unless
@@ -78,12 +78,12 @@ pub enum BuildError {
     #[error(transparent)]
     Toolchain(#[from] ToolchainError),
     /// cargo could not be started.
-    #[error("cannot run {program}: {source}")]
+    #[error("cannot run {program}: {reason}")]
     Spawn {
         /// The cargo binary.
         program: String,
         /// The I/O error.
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     /// cargo failed.
     #[error("cargo build failed for {crate_dir}{}", if output.is_empty() { String::new() } else { format!(":\n{output}") })]
@@ -109,12 +109,12 @@ pub enum BuildError {
         message: String,
     },
     /// The component is not of one of our worlds.
-    #[error("{path}: {source}")]
+    #[error("{path}: {reason}")]
     World {
         /// The component.
         path: PathBuf,
         /// Why.
-        source: crate::bundle::ComponentError,
+        reason: crate::bundle::ComponentError,
     },
     /// The manifest's kind and the component's world differ.
     #[error(
@@ -129,12 +129,12 @@ pub enum BuildError {
         actual: World,
     },
     /// Writing the bundle failed.
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}: {reason}")]
     Write {
         /// The file.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        reason: std::io::Error,
     },
 }
 
@@ -154,9 +154,9 @@ pub fn build_plugin(crate_dir: &Path, opts: &BuildOptions) -> Result<BuildOutput
     };
 
     let core_path = cargo_build(crate_dir, &toolchain, opts.quiet)?;
-    let core = std::fs::read(&core_path).map_err(|source| BuildError::Write {
+    let core = std::fs::read(&core_path).map_err(|reason| BuildError::Write {
         path: core_path.clone(),
-        source,
+        reason,
     })?;
 
     let bundle_dir = opts
@@ -170,16 +170,16 @@ pub fn build_plugin(crate_dir: &Path, opts: &BuildOptions) -> Result<BuildOutput
         && std::fs::read_to_string(&stamp_path).is_ok_and(|s| s.trim() == core_sha);
 
     let component = if up_to_date {
-        std::fs::read(&component_path).map_err(|source| BuildError::Write {
+        std::fs::read(&component_path).map_err(|reason| BuildError::Write {
             path: component_path.clone(),
-            source,
+            reason,
         })?
     } else {
         encode_component(&core, &core_path)?
     };
-    let info = ComponentInfo::parse(&component).map_err(|source| BuildError::World {
+    let info = ComponentInfo::parse(&component).map_err(|reason| BuildError::World {
         path: component_path.clone(),
-        source,
+        reason,
     })?;
     if info.world.kind() != manifest.kind {
         return Err(BuildError::KindMismatch {
@@ -198,16 +198,16 @@ pub fn build_plugin(crate_dir: &Path, opts: &BuildOptions) -> Result<BuildOutput
         std::fs::read_to_string(&manifest_out).map_or(true, |old| old != manifest_text);
     if !up_to_date || manifest_changed {
         write(&bundle_dir.join(".tmp-component"), &component)?;
-        std::fs::create_dir_all(&bundle_dir).map_err(|source| BuildError::Write {
+        std::fs::create_dir_all(&bundle_dir).map_err(|reason| BuildError::Write {
             path: bundle_dir.clone(),
-            source,
+            reason,
         })?;
         // Rename into place so that a host watching the directory never
         // reads half a component.
         std::fs::rename(bundle_dir.join(".tmp-component"), &component_path).map_err(
-            |source| BuildError::Write {
+            |reason| BuildError::Write {
                 path: component_path.clone(),
-                source,
+                reason,
             },
         )?;
         write(&manifest_out, manifest_text.as_bytes())?;
@@ -227,14 +227,14 @@ pub fn build_plugin(crate_dir: &Path, opts: &BuildOptions) -> Result<BuildOutput
 
 fn write(path: &Path, bytes: &[u8]) -> Result<(), BuildError> {
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|source| BuildError::Write {
+        std::fs::create_dir_all(parent).map_err(|reason| BuildError::Write {
             path: parent.to_path_buf(),
-            source,
+            reason,
         })?;
     }
-    std::fs::write(path, bytes).map_err(|source| BuildError::Write {
+    std::fs::write(path, bytes).map_err(|reason| BuildError::Write {
         path: path.to_path_buf(),
-        source,
+        reason,
     })
 }
 
@@ -249,7 +249,7 @@ fn cargo_build(crate_dir: &Path, toolchain: &Toolchain, quiet: bool) -> Result<P
     let program = format!("{:?}", cmd.get_program());
     let output = cmd
         .output()
-        .map_err(|source| BuildError::Spawn { program, source })?;
+        .map_err(|reason| BuildError::Spawn { program, reason })?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         let tail: Vec<&str> = stderr.lines().rev().take(40).collect();

@@ -4,7 +4,7 @@
 use std::fmt;
 
 use serde::Serialize;
-use wasmparser::{Encoding, Parser, Payload};
+use wasmparser::{ComponentExternalKind, ComponentTypeRef, Encoding, Parser, Payload};
 
 use super::BundleKind;
 
@@ -67,9 +67,9 @@ impl fmt::Display for World {
 pub struct ComponentInfo {
     /// The world it implements.
     pub world: World,
-    /// Everything it imports, by name.
+    /// The interfaces it imports, by name.
     pub imports: Vec<String>,
-    /// Everything it exports, by name.
+    /// The functions it exports, by name.
     pub exports: Vec<String>,
     /// Whether it imports WASI (then WASI is linked, with nothing granted).
     pub uses_wasi: bool,
@@ -139,13 +139,19 @@ impl ComponentInfo {
                 Payload::ComponentImportSection(reader) if depth == 1 => {
                     for import in reader {
                         let import = import.map_err(|e| ComponentError::Malformed(e.to_string()))?;
-                        imports.push(import.name.name.to_string());
+                        // Types a world `use`s are imported too; only
+                        // instances (interfaces) need the host.
+                        if matches!(import.ty, ComponentTypeRef::Instance(_)) {
+                            imports.push(import.name.name.to_string());
+                        }
                     }
                 }
                 Payload::ComponentExportSection(reader) if depth == 1 => {
                     for export in reader {
                         let export = export.map_err(|e| ComponentError::Malformed(e.to_string()))?;
-                        exports.push(export.name.name.to_string());
+                        if export.kind == ComponentExternalKind::Func {
+                            exports.push(export.name.name.to_string());
+                        }
                     }
                 }
                 _ => {}

@@ -125,12 +125,12 @@ pub struct LimitsSpec {
 #[non_exhaustive]
 pub enum ManifestError {
     /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {reason}")]
     Read {
         /// The manifest file.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     /// The file is not valid TOML for a manifest (unknown or mistyped field).
     #[error("{path}: {message}")]
@@ -157,9 +157,9 @@ pub enum ManifestError {
 impl Manifest {
     /// Read and validate `path`.
     pub fn from_file(path: &Path) -> Result<Manifest, ManifestError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+        let text = std::fs::read_to_string(path).map_err(|reason| ManifestError::Read {
             path: path.to_path_buf(),
-            source,
+            reason,
         })?;
         Self::from_toml(&text, path)
     }

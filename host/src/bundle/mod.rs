@@ -30,12 +30,12 @@ pub enum BundleError {
     #[error(transparent)]
     Manifest(#[from] ManifestError),
     /// The component file could not be read.
-    #[error("cannot read component {path}: {source}")]
+    #[error("cannot read component {path}: {reason}")]
     ReadComponent {
         /// The file.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     /// The manifest names no component.
     #[error(
@@ -89,9 +89,9 @@ impl Bundle {
                 });
             }
         };
-        let wasm = std::fs::read(&component).map_err(|source| BundleError::ReadComponent {
+        let wasm = std::fs::read(&component).map_err(|reason| BundleError::ReadComponent {
             path: component.clone(),
-            source,
+            reason,
         })?;
         let sha256 = sha256_hex(&wasm);
         if let Some(expected) = &manifest.sha256
@@ -112,9 +112,9 @@ impl Bundle {
     }
 
     fn open_wasm(path: &Path) -> Result<Bundle, BundleError> {
-        let wasm = std::fs::read(path).map_err(|source| BundleError::ReadComponent {
+        let wasm = std::fs::read(path).map_err(|reason| BundleError::ReadComponent {
             path: path.to_path_buf(),
-            source,
+            reason,
         })?;
         let name = path
             .file_stem()

@@ -63,12 +63,12 @@ pub struct Invocation {
 #[non_exhaustive]
 pub enum AddError {
     /// The component could not be loaded.
-    #[error("{name}: {source}")]
+    #[error("{name}: {reason}")]
     Load {
         /// The bundle's name.
         name: String,
         /// What went wrong.
-        source: LoadError,
+        reason: LoadError,
     },
     /// The manifest's kind and the component's world differ.
     #[error(
@@ -83,12 +83,12 @@ pub enum AddError {
         actual: &'static str,
     },
     /// `describe` failed.
-    #[error("{name}: `describe` failed: {source}")]
+    #[error("{name}: `describe` failed: {reason}")]
     Describe {
         /// The bundle's name.
         name: String,
         /// What went wrong.
-        source: InvokeError,
+        reason: InvokeError,
     },
 }
 
@@ -147,9 +147,9 @@ impl Ensemble {
         let component = self
             .sandbox
             .load(&bundle.wasm, &bundle.sha256)
-            .map_err(|source| AddError::Load {
+            .map_err(|reason| AddError::Load {
                 name: name.clone(),
-                source,
+                reason,
             })?;
         let actual = component.info.world.kind();
         if actual != bundle.manifest.kind {
@@ -170,14 +170,14 @@ impl Ensemble {
         let pre = if actual == BundleKind::Agent {
             let pre = AgentPre::new(component.pre.clone()).map_err(|e| AddError::Load {
                 name: name.clone(),
-                source: LoadError::Link(format!("{e:#}")),
+                reason: LoadError::Link(format!("{e:#}")),
             })?;
             let described = self
                 .describe(&name, &pre)
                 .await
-                .map_err(|source| AddError::Describe {
+                .map_err(|reason| AddError::Describe {
                     name: name.clone(),
-                    source,
+                    reason,
                 })?;
             // A bare component's manifest is synthesised; let it take the
             // name the component gives itself.

@@ -69,12 +69,12 @@ pub enum SandboxError {
     #[error("cannot configure the WebAssembly engine: {0}")]
     Engine(String),
     /// The compile cache directory cannot be used.
-    #[error("cannot use the compile cache at {path}: {source}")]
+    #[error("cannot use the compile cache at {path}: {reason}")]
     Cache {
         /// The directory.
         path: std::path::PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        reason: std::io::Error,
     },
 }
 
@@ -119,9 +119,9 @@ impl Sandbox {
 
         let cache = cache_dir
             .map(|dir| {
-                CompileCache::new(dir, &engine).map_err(|source| SandboxError::Cache {
+                CompileCache::new(dir, &engine).map_err(|reason| SandboxError::Cache {
                     path: dir.to_path_buf(),
-                    source,
+                    reason,
                 })
             })
             .transpose()?;

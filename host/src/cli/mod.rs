@@ -1,0 +1,77 @@
+//! The `tessera` subcommands. Each returns an exit code; errors print once,
+//! in `main`.
+
+mod build;
+mod inspect;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Tessera: a host for a super-ensemble of sandboxed WebAssembly experts.
+#[derive(Debug, Parser)]
+#[command(name = "tessera", version, about, long_about = None)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Command,
+
+    /// Where compiled components are cached [default: $TESSERA_CACHE_DIR or the user cache dir].
+    #[arg(long, global = true, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+
+    /// Do not read or write the compile cache.
+    #[arg(long, global = true)]
+    no_cache: bool,
+
+    /// Log more (repeat for more); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Build a Rust plugin crate into a component and a bundle.
+    Build(build::BuildArgs),
+    /// Run an expert on one prompt and print its answer.
+    Run(run::RunArgs),
+    /// Describe a bundle or component: world, imports, exports, manifest, sha256.
+    Inspect(inspect::InspectArgs),
+}
+
+/// Run the parsed command.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    init_logging(args.verbose);
+    let cache_dir = if args.no_cache {
+        None
+    } else {
+        Some(
+            args.cache_dir
+                .unwrap_or_else(tessera_host::sandbox::CompileCache::default_dir),
+        )
+    };
+    match args.command {
+        Command::Build(a) => build::run(a),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Run(a) => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(run::run(a, cache_dir))
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,104 @@
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tessera_host::build::{BuildOptions, build_plugin};
+use tessera_host::bundle::{Bundle, MANIFEST_FILE};
+use tessera_host::ensemble::Ensemble;
+use tessera_host::inference::NoModel;
+use tessera_host::sandbox::{HostPolicy, Sandbox};
+use tessera_host::types::{Message, Request, Role};
+
+/// Arguments of `tessera run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The expert: a bundle directory, a plugin crate (built first if
+    /// needed), or a .wasm component.
+    #[arg(value_name = "BUNDLE_OR_WASM")]
+    path: PathBuf,
+
+    /// The user message.
+    #[arg(short, long)]
+    prompt: String,
+
+    /// A system message to put first.
+    #[arg(long)]
+    system: Option<String>,
+
+    /// Other experts to load, so that this one can call them.
+    #[arg(long = "with", value_name = "BUNDLE")]
+    with: Vec<PathBuf>,
+
+    /// Print {"answer", "error", "trace"} as JSON instead of the answer.
+    #[arg(long)]
+    trace: bool,
+}
+
+pub async fn run(args: RunArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let sandbox = Sandbox::new(HostPolicy::default(), cache_dir.as_deref())?;
+    // The inference engine is not built yet: experts that call the model get
+    // a clear `model` error saying so.
+    let ensemble = Ensemble::new(sandbox, Arc::new(NoModel));
+    for path in &args.with {
+        let bundle = open(path)?;
+        ensemble.add(bundle).await?;
+    }
+    let expert = ensemble.add(open(&args.path)?).await?;
+
+    let mut messages = Vec::new();
+    if let Some(system) = args.system {
+        messages.push(Message {
+            role: Role::System,
+            content: system,
+        });
+    }
+    messages.push(Message {
+        role: Role::User,
+        content: args.prompt,
+    });
+    let invocation = ensemble
+        .invoke(expert.name(), Request::from_messages(messages))
+        .await;
+
+    if args.trace {
+        let (answer, error) = match &invocation.result {
+            Ok(r) => (Some(&r.content), None),
+            Err(e) => (None, Some(serde_json::json!({"kind": e.kind.as_str(), "message": e.message}))),
+        };
+        let doc = serde_json::json!({
+            "answer": answer,
+            "error": error,
+            "trace": invocation.trace,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    }
+    match invocation.result {
+        Ok(response) => {
+            if !args.trace {
+                println!("{}", response.content);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!(
+                "error: expert `{}` failed ({}): {}",
+                expert.name(),
+                e.kind.as_str(),
+                e.message
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// Open a bundle; a plugin crate is built first (cargo skips unchanged
+/// sources, so this is quick when nothing changed).
+fn open(path: &Path) -> anyhow::Result<Bundle> {
+    if path.join("Cargo.toml").is_file() && path.join(MANIFEST_FILE).is_file() {
+        let out = build_plugin(path, &BuildOptions::default())
+            .with_context(|| format!("building {}", path.display()))?;
+        return Ok(Bundle::open(&out.bundle_dir)?);
+    }
+    Ok(Bundle::open(path)?)
+}
