@@ -425,6 +425,12 @@ fn classify(error: wasmtime::Error, state: &InvocationState) -> InvokeError {
             "the expert overflowed its stack (unbounded recursion?)".to_string(),
         ),
         Some(Trap::Interrupt) => deadline_error(state.limits.deadline_ms),
+        Some(Trap::MemoryOutOfBounds) if state.recorder.panic_message.is_none() => {
+            InvokeError::new(
+                InvokeErrorKind::Trap,
+                "the expert trapped: out-of-bounds memory access (in Rust guests this is usually a stack overflow: their stack lives in linear memory)",
+            )
+        }
         Some(trap) => match &state.recorder.panic_message {
             Some(message) => InvokeError::new(
                 InvokeErrorKind::Panic,

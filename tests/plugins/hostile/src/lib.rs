@@ -1,0 +1,98 @@
+//! An expert that misbehaves in the way its prompt names. The containment
+//! tests run each behaviour and check the host stays in charge.
+
+use std::hint::black_box;
+
+use tessera_sdk::prelude::*;
+
+struct Hostile;
+
+impl Expert for Hostile {
+    fn describe() -> ExpertInfo {
+        ExpertInfo::new("hostile", "Misbehaves on request.")
+    }
+
+    fn handle(req: Request) -> Result<Response, Error> {
+        match req.require_user_message()? {
+            "spin" => spin(),
+            "hog" => hog(),
+            "recurse" => Ok(Response::new(recurse(black_box(1)).to_string())),
+            "snoop" => Ok(Response::new(snoop())),
+            "spew" => spew(),
+            "huge" => Ok(Response::new("x".repeat(6 * 1024 * 1024))),
+            "panic" => panic!("boom: the expert gave up"),
+            "cycle" => experts::call("hostile", &Request::from_prompt("cycle")),
+            "model" => model::ask("hello", &Sampling::default()).map(Response::new),
+            other => Err(Error::invalid_input(format!("unknown behaviour {other:?}"))),
+        }
+    }
+}
+
+/// Burn CPU forever.
+fn spin() -> Result<Response, Error> {
+    let mut x: u64 = 0;
+    loop {
+        x = black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+    }
+}
+
+/// Allocate until the allocator gives up.
+fn hog() -> Result<Response, Error> {
+    let mut blocks: Vec<Vec<u8>> = Vec::new();
+    loop {
+        blocks.push(black_box(vec![1u8; 1 << 20]));
+    }
+}
+
+/// Recurse without end (the exit is never taken).
+fn recurse(n: u64) -> u64 {
+    if black_box(n) == u64::MAX {
+        return 0;
+    }
+    recurse(n + 1).wrapping_add(black_box(n))
+}
+
+/// Try to reach files, environment, arguments and the network via WASI.
+fn snoop() -> String {
+    use wasip2::sockets::network::IpAddressFamily;
+
+    let preopens = wasip2::filesystem::preopens::get_directories().len();
+    let env = wasip2::cli::environment::get_environment().len();
+    let args = wasip2::cli::environment::get_arguments().len();
+    let tcp = match wasip2::sockets::tcp_create_socket::create_tcp_socket(IpAddressFamily::Ipv4) {
+        Ok(_) => "open".to_string(),
+        Err(e) => format!("{e:?}"),
+    };
+    let udp = match wasip2::sockets::udp_create_socket::create_udp_socket(IpAddressFamily::Ipv4) {
+        Ok(_) => "open".to_string(),
+        Err(e) => format!("{e:?}"),
+    };
+    let network = wasip2::sockets::instance_network::instance_network();
+    let dns = match wasip2::sockets::ip_name_lookup::resolve_addresses(&network, "example.com") {
+        Ok(_) => "resolving".to_string(),
+        Err(e) => format!("{e:?}"),
+    };
+    format!("preopens={preopens} env={env} args={args} tcp={tcp} udp={udp} dns={dns}")
+}
+
+/// Write far more to stdout, stderr and the log than the host keeps.
+fn spew() -> Result<Response, Error> {
+    let line = [b'a'; 4096];
+    let stdout = wasip2::cli::stdout::get_stdout();
+    let stderr = wasip2::cli::stderr::get_stderr();
+    for _ in 0..256 {
+        stdout
+            .blocking_write_and_flush(&line)
+            .map_err(|e| Error::internal(format!("stdout: {e:?}")))?;
+        stderr
+            .blocking_write_and_flush(&line)
+            .map_err(|e| Error::internal(format!("stderr: {e:?}")))?;
+    }
+    let text = "y".repeat(1000);
+    for _ in 0..10_000 {
+        log::info(&text);
+    }
+    Ok(Response::new("spewed"))
+}
+
+export_expert!(Hostile);
