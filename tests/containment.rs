@@ -1,0 +1,332 @@
+//! Containment: real hostile components, built from source, against the
+//! sandbox. Each test names the misbehaviour it pins.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tessera_host::bundle::{Bundle, ComponentError};
+use tessera_host::ensemble::{AddError, InvokeErrorKind};
+use tessera_host::inference::NoModel;
+use tessera_host::sandbox::{HostPolicy, LoadError};
+use tessera_host::types::Request;
+use tessera_tests::{bundle, host, host_with, load, load_as, plugin, repo_root, test_policy};
+
+const HOSTILE: &str = "tests/plugins/hostile";
+const ECHO: &str = "tests/plugins/echo";
+/// The hostile manifest's `limits.deadline-ms`.
+const HOSTILE_DEADLINE_MS: u64 = 500;
+
+async fn run_hostile(behaviour: &str) -> tessera_host::ensemble::Invocation {
+    let host = host();
+    load(&host, HOSTILE).await;
+    host.invoke("hostile", Request::from_prompt(behaviour)).await
+}
+
+fn error_kind(inv: &tessera_host::ensemble::Invocation) -> InvokeErrorKind {
+    match &inv.result {
+        Ok(r) => panic!("expected an error, got answer {:?}", r.content),
+        Err(e) => e.kind,
+    }
+}
+
+#[tokio::test]
+async fn infinite_loop_ends_at_its_deadline() {
+    let started = Instant::now();
+    let inv = run_hostile("spin").await;
+    let elapsed = started.elapsed();
+    assert_eq!(error_kind(&inv), InvokeErrorKind::Deadline, "{:?}", inv.result);
+    assert!(inv.result.unwrap_err().message.contains("500 ms"));
+    // The contract: stopped within the deadline + 20%.
+    let limit = Duration::from_millis(HOSTILE_DEADLINE_MS * 12 / 10);
+    assert!(
+        Duration::from_micros(inv.trace.duration_us) <= limit,
+        "ran {} µs, limit {limit:?}",
+        inv.trace.duration_us
+    );
+    assert!(elapsed >= Duration::from_millis(HOSTILE_DEADLINE_MS));
+    assert!(inv.trace.fuel_consumed > 0, "fuel is counted even when trapped");
+}
+
+#[tokio::test]
+async fn fuel_exhaustion_is_reported() {
+    let policy = HostPolicy {
+        max_fuel: 20_000_000,
+        ..test_policy()
+    };
+    let host = host_with(policy, Arc::new(NoModel));
+    load(&host, HOSTILE).await;
+    let inv = host.invoke("hostile", Request::from_prompt("spin")).await;
+    assert_eq!(error_kind(&inv), InvokeErrorKind::OutOfFuel, "{:?}", inv.result);
+    assert_eq!(inv.trace.fuel_consumed, 20_000_000);
+}
+
+#[tokio::test]
+async fn memory_growth_past_the_limit_is_a_limit_error() {
+    let inv = run_hostile("hog").await;
+    assert_eq!(error_kind(&inv), InvokeErrorKind::MemoryLimit, "{:?}", inv.result);
+    let message = inv.result.unwrap_err().message;
+    assert!(message.contains("32 MiB"), "{message}");
+    assert!(inv.trace.peak_memory_bytes <= 32 * 1024 * 1024);
+}
+
+#[tokio::test]
+async fn unbounded_recursion_traps_and_is_reported() {
+    let inv = run_hostile("recurse").await;
+    assert_eq!(error_kind(&inv), InvokeErrorKind::StackOverflow, "{:?}", inv.result);
+    assert!(inv.result.unwrap_err().message.contains("stack"));
+}
+
+#[tokio::test]
+async fn wasi_grants_nothing() {
+    let inv = run_hostile("snoop").await;
+    let answer = inv.result.expect("snoop answers with what it found").content;
+    assert!(answer.contains("preopens=0"), "files: {answer}");
+    assert!(answer.contains("env=0"), "environment: {answer}");
+    assert!(answer.contains("args=0"), "arguments: {answer}");
+    assert!(answer.contains("tcp=access-denied"), "tcp: {answer}");
+    assert!(answer.contains("udp=access-denied"), "udp: {answer}");
+    assert!(!answer.contains("dns=resolving"), "dns: {answer}");
+}
+
+#[tokio::test]
+async fn giant_output_is_capped() {
+    let inv = run_hostile("spew").await;
+    assert_eq!(inv.result.expect("spew finishes").content, "spewed");
+    let policy = test_policy();
+    let t = &inv.trace;
+    assert!(t.stdout.len() + t.stderr.len() <= policy.max_stdio_bytes * 2);
+    assert!(!t.stdout.is_empty());
+    // 1 MiB each to stdout and stderr, minus what was kept.
+    assert!(t.output_dropped_bytes >= 2 * 1024 * 1024 - 2 * policy.max_stdio_bytes as u64);
+    let log_bytes: usize = t.logs.iter().map(|l| l.message.len()).sum();
+    assert!(log_bytes <= policy.max_log_bytes);
+    assert!(t.logs_dropped > 9_000, "dropped {}", t.logs_dropped);
+}
+
+#[tokio::test]
+async fn oversized_answer_is_refused() {
+    let inv = run_hostile("huge").await;
+    assert_eq!(error_kind(&inv), InvokeErrorKind::ResponseTooLarge);
+}
+
+#[tokio::test]
+async fn panic_becomes_an_error_with_its_message() {
+    let inv = run_hostile("panic").await;
+    assert_eq!(error_kind(&inv), InvokeErrorKind::Panic);
+    let message = inv.result.unwrap_err().message;
+    assert!(message.contains("boom: the expert gave up"), "{message}");
+    assert!(inv.trace.logs.iter().any(|l| l.level == "error"));
+}
+
+#[tokio::test]
+async fn calling_itself_is_a_cycle_error() {
+    let inv = run_hostile("cycle").await;
+    assert_eq!(error_kind(&inv), InvokeErrorKind::Denied);
+    let message = inv.result.unwrap_err().message;
+    assert!(message.contains("call cycle refused: hostile -> hostile"), "{message}");
+    let call = &inv.trace.host_calls[0];
+    assert_eq!(call.interface, "tessera:expert/experts");
+    assert!(call.error.as_deref().unwrap().starts_with("denied"));
+}
+
+#[tokio::test]
+async fn model_use_without_grant_is_denied() {
+    let inv = run_hostile("model").await;
+    assert_eq!(error_kind(&inv), InvokeErrorKind::Denied);
+    assert!(inv.result.unwrap_err().message.contains("model = true"));
+}
+
+#[tokio::test]
+async fn call_depth_is_limited() {
+    let host = host();
+    for i in 1..=6 {
+        load_as(&host, HOSTILE, |m| {
+            m.name = format!("relay-{i}");
+            m.capabilities.experts = vec!["*".into()];
+        })
+        .await;
+    }
+    let chain = "relay-2,relay-3,relay-4";
+    let ok = host
+        .invoke("relay-1", Request::from_prompt("relay").with_metadata("chain", chain))
+        .await;
+    assert_eq!(ok.result.unwrap().content, "relay-2 > relay-3 > relay-4 > end of chain");
+    // Nested calls show in the trace, one level per call.
+    let level2 = ok.trace.host_calls[0].nested.as_ref().unwrap();
+    assert_eq!(level2.expert, "relay-2");
+    assert_eq!(level2.depth, 1);
+    assert_eq!(level2.host_calls[0].nested.as_ref().unwrap().depth, 2);
+    // The caller pays for its callees' fuel.
+    assert!(ok.trace.fuel_consumed > level2.fuel_consumed);
+    assert!(ok.trace.host_calls[0].fuel_after > ok.trace.host_calls[0].fuel_before);
+
+    let too_deep = "relay-2,relay-3,relay-4,relay-5,relay-6";
+    let inv = host
+        .invoke("relay-1", Request::from_prompt("relay").with_metadata("chain", too_deep))
+        .await;
+    assert_eq!(error_kind(&inv), InvokeErrorKind::LimitExceeded);
+    assert!(inv.result.unwrap_err().message.contains("call depth limit of 4"));
+}
+
+#[tokio::test]
+async fn ungranted_expert_call_is_denied() {
+    let host = host();
+    load(&host, ECHO).await;
+    load_as(&host, HOSTILE, |m| {
+        m.name = "relay".into();
+        m.capabilities.experts = vec!["other".into()];
+    })
+    .await;
+    let inv = host
+        .invoke("relay", Request::from_prompt("relay").with_metadata("chain", "echo"))
+        .await;
+    assert_eq!(error_kind(&inv), InvokeErrorKind::Denied);
+    assert!(inv.result.unwrap_err().message.contains("may not call `echo`"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn others_finish_while_a_hostile_expert_spins() {
+    let host = host();
+    load(&host, HOSTILE).await;
+    load(&host, ECHO).await;
+    let spinning = {
+        let host = host.clone();
+        tokio::spawn(async move { host.invoke("hostile", Request::from_prompt("spin")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for i in 0..20 {
+        let inv = host.invoke("echo", Request::from_prompt(format!("ping {i}"))).await;
+        assert_eq!(inv.result.unwrap().content, format!("ping {i}"));
+    }
+    assert!(!spinning.is_finished(), "the echoes finished while the spinner still ran");
+    let spun = spinning.await.unwrap();
+    assert_eq!(error_kind(&spun), InvokeErrorKind::Deadline);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_spinning_expert_yields_on_a_single_thread() {
+    // With one executor thread, only the epoch yields let the echo run.
+    let host = host();
+    load(&host, HOSTILE).await;
+    load(&host, ECHO).await;
+    let spin = host.invoke("hostile", Request::from_prompt("spin"));
+    let echo = async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let started = Instant::now();
+        let inv = host.invoke("echo", Request::from_prompt("still here")).await;
+        (inv, started.elapsed())
+    };
+    let (spun, (echoed, _)) = tokio::join!(spin, echo);
+    assert_eq!(echoed.result.unwrap().content, "still here");
+    assert_eq!(error_kind(&spun), InvokeErrorKind::Deadline);
+}
+
+fn load_error(result: Result<Arc<tessera_host::ensemble::Expert>, AddError>) -> String {
+    match result {
+        Ok(e) => panic!("{} loaded, but should have been refused", e.name()),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[tokio::test]
+async fn malformed_wasm_is_refused() {
+    let dir = tempdir();
+    let path = dir.join("garbage.wasm");
+    std::fs::write(&path, b"definitely not wasm").unwrap();
+    let err = load_error(host().add(Bundle::open(&path).unwrap()).await);
+    assert!(err.contains("not a valid WebAssembly binary"), "{err}");
+
+    // A truncated component: the right header, then nothing useful.
+    let mut wasm = std::fs::read(plugin(ECHO).join("echo.wasm")).unwrap();
+    wasm.truncate(wasm.len() / 2);
+    std::fs::write(&path, &wasm).unwrap();
+    let err = load_error(host().add(Bundle::open(&path).unwrap()).await);
+    assert!(err.contains("not a valid WebAssembly binary"), "{err}");
+}
+
+#[tokio::test]
+async fn core_module_is_refused() {
+    plugin(ECHO);
+    let core = repo_root().join("tests/plugins/target/wasm32-unknown-unknown/release/echo.wasm");
+    let err = load_error(host().add(Bundle::open(&core).unwrap()).await);
+    assert!(err.contains("core WebAssembly module, not a component"), "{err}");
+}
+
+#[tokio::test]
+async fn component_of_the_wrong_world_is_refused() {
+    // A router's component given as a bare .wasm, which runs as an agent.
+    let router = plugin("tests/plugins/router-stub").join("router-stub.wasm");
+    let err = load_error(host().add(Bundle::open(&router).unwrap()).await);
+    assert!(err.contains("kind = \"agent\""), "{err}");
+    assert!(err.contains("router world"), "{err}");
+
+    // With its own manifest it loads, but it is not an expert.
+    let host = host();
+    host.add(bundle("tests/plugins/router-stub")).await.unwrap();
+    let inv = host.invoke("router-stub", Request::from_prompt("hi")).await;
+    assert_eq!(error_kind(&inv), InvokeErrorKind::NotAnExpert);
+}
+
+#[test]
+fn component_errors_name_the_problem() {
+    let err = ComponentError::CoreModule.to_string();
+    assert!(err.contains("tessera build"));
+    assert!(matches!(
+        LoadError::from(ComponentError::CoreModule),
+        LoadError::Component(_)
+    ));
+}
+
+#[tokio::test]
+async fn compiled_components_are_cached_on_disk() {
+    let dir = tempdir();
+    let make = || {
+        tessera_host::ensemble::Ensemble::new(
+            tessera_host::sandbox::Sandbox::new(test_policy(), Some(&dir)).unwrap(),
+            Arc::new(NoModel),
+        )
+    };
+    let first = make().add(bundle(ECHO)).await.unwrap();
+    assert!(!first.component.from_cache);
+    let second_host = make();
+    let second = second_host.add(bundle(ECHO)).await.unwrap();
+    assert!(second.component.from_cache);
+    let inv = second_host.invoke("echo", Request::from_prompt("cached")).await;
+    assert_eq!(inv.result.unwrap().content, "cached");
+
+    // A corrupt cache entry is dropped and the component recompiled.
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        std::fs::write(entry.unwrap().path(), b"corrupt").unwrap();
+    }
+    let third = make().add(bundle(ECHO)).await.unwrap();
+    assert!(!third.component.from_cache);
+}
+
+#[tokio::test]
+async fn tampered_component_fails_its_digest() {
+    let dir = tempdir();
+    let src = plugin(ECHO);
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+    }
+    let mut wasm = std::fs::read(dir.join("echo.wasm")).unwrap();
+    let last = wasm.len() - 1;
+    wasm[last] ^= 1;
+    std::fs::write(dir.join("echo.wasm"), wasm).unwrap();
+    let err = Bundle::open(&dir).unwrap_err().to_string();
+    assert!(err.contains("sha256"), "{err}");
+}
+
+fn tempdir() -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "tessera-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

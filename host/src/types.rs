@@ -30,4 +30,10 @@ impl Request {
             metadata: Vec::new(),
         }
     }
+
+    /// Add a metadata entry.
+    pub fn with_metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Request {
+        self.metadata.push((key.into(), value.into()));
+        self
+    }
 }

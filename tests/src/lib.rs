@@ -1,1 +1,93 @@
+//! Shared harness of the end-to-end tests: builds plugin crates from source
+//! (once per test process), makes hosts with small pools, and provides a
+//! deterministic fake model engine.
 
+pub mod fake;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use tessera_host::build::{BuildOptions, build_plugin};
+use tessera_host::bundle::Bundle;
+use tessera_host::ensemble::{Ensemble, Expert};
+use tessera_host::inference::{ModelEngine, NoModel};
+use tessera_host::sandbox::{HostPolicy, Sandbox};
+
+pub use fake::FakeEngine;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the repository")
+        .to_path_buf()
+}
+
+/// Build the plugin crate at `rel` (relative to the repository root) and
+/// return its bundle directory. Each crate is built once per process;
+/// cargo makes later builds no-ops anyway.
+pub fn plugin(rel: &str) -> PathBuf {
+    static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let built = BUILT.get_or_init(Default::default);
+    // One build at a time: cargo would serialise them on its lock anyway.
+    let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(dir) = built.get(rel) {
+        return dir.clone();
+    }
+    let opts = BuildOptions {
+        quiet: true,
+        ..BuildOptions::default()
+    };
+    let out = build_plugin(&repo_root().join(rel), &opts)
+        .unwrap_or_else(|e| panic!("building {rel}: {e}"));
+    built.insert(rel.to_string(), out.bundle_dir.clone());
+    out.bundle_dir
+}
+
+/// Open the bundle of plugin `rel`, building it first.
+pub fn bundle(rel: &str) -> Bundle {
+    Bundle::open(&plugin(rel)).unwrap_or_else(|e| panic!("opening {rel}: {e}"))
+}
+
+/// A policy for tests: the defaults, with a small instance pool so that
+/// many hosts fit in one test process's address space.
+pub fn test_policy() -> HostPolicy {
+    HostPolicy {
+        pool_instances: 16,
+        ..HostPolicy::default()
+    }
+}
+
+/// A host with `policy` and `model`, without a compile cache.
+pub fn host_with(policy: HostPolicy, model: Arc<dyn ModelEngine>) -> Arc<Ensemble> {
+    Ensemble::new(Sandbox::new(policy, None).expect("sandbox"), model)
+}
+
+/// A host with the test policy and no model.
+pub fn host() -> Arc<Ensemble> {
+    host_with(test_policy(), Arc::new(NoModel))
+}
+
+/// Load plugin `rel` into `ensemble`.
+pub async fn load(ensemble: &Arc<Ensemble>, rel: &str) -> Arc<Expert> {
+    ensemble
+        .add(bundle(rel))
+        .await
+        .unwrap_or_else(|e| panic!("loading {rel}: {e}"))
+}
+
+/// Load plugin `rel` under another name, with its manifest changed by
+/// `edit` (same component).
+pub async fn load_as(
+    ensemble: &Arc<Ensemble>,
+    rel: &str,
+    edit: impl FnOnce(&mut tessera_host::bundle::Manifest),
+) -> Arc<Expert> {
+    let mut bundle = bundle(rel);
+    edit(&mut bundle.manifest);
+    ensemble
+        .add(bundle)
+        .await
+        .unwrap_or_else(|e| panic!("loading {rel}: {e}"))
+}

@@ -44,7 +44,7 @@ impl Host for InvocationState {
     ) -> wasmtime::Result<Result<Response, Error>> {
         let record = self.begin_call(INTERFACE, "call", super::request_len(&req));
         if let Err(e) = self.check_call(&name) {
-            self.end_call(record, 0, None, Some(e.to_string()), None);
+            self.end_call(record, 0, None, Some(super::error_line(&e)), None);
             return Ok(Err(e));
         }
         let invocation = self
@@ -60,7 +60,7 @@ impl Host for InvocationState {
         let result = invocation.result.map_err(|e| e.to_guest());
         let (bytes_out, error) = match &result {
             Ok(resp) => (resp.content.len() as u64, None),
-            Err(e) => (0, Some(e.to_string())),
+            Err(e) => (0, Some(super::error_line(&e))),
         };
         self.end_call(record, bytes_out, None, error, Some(invocation.trace));
         Ok(result)

@@ -117,7 +117,7 @@ impl InvocationState {
                 }),
                 None,
             ),
-            Err(e) => (0, None, Some(e.to_string())),
+            Err(e) => (0, None, Some(super::error_line(&e))),
         };
         self.end_call(record, bytes_out, tokens, error, None);
         result
@@ -192,7 +192,7 @@ impl Host for InvocationState {
         };
         let (bytes_out, error) = match &result {
             Ok(ids) => ((ids.len() * 4) as u64, None),
-            Err(e) => (0, Some(e.to_string())),
+            Err(e) => (0, Some(super::error_line(&e))),
         };
         self.end_call(record, bytes_out, None, error, None);
         Ok(result)
@@ -219,7 +219,7 @@ impl Host for InvocationState {
             }
             Err(e) => Err(e),
         };
-        let error = result.as_ref().err().map(ToString::to_string);
+        let error = result.as_ref().err().map(super::error_line);
         self.end_call(record, 8, None, error, None);
         Ok(result)
     }
@@ -235,7 +235,7 @@ impl Host for InvocationState {
         };
         let (bytes_out, error) = match &result {
             Ok(vectors) => (vectors.iter().map(|v| v.len() as u64 * 4).sum(), None),
-            Err(e) => (0, Some(e.to_string())),
+            Err(e) => (0, Some(super::error_line(&e))),
         };
         self.end_call(record, bytes_out, None, error, None);
         Ok(result)

@@ -60,14 +60,14 @@ impl CompileCache {
     /// there is a usable one. A corrupt or stale entry is removed.
     pub fn load(&self, engine: &Engine, sha256: &str) -> Option<Component> {
         let path = self.path(sha256);
-        if !path.is_file() {
-            return None;
-        }
-        // SAFETY: the file was written by `store` below from
-        // `Component::serialize` of the same engine configuration, into a
-        // directory owned by the user running the host; wasmtime checks the
-        // header and the compatibility of the artifact before using it.
-        match unsafe { Component::deserialize_file(engine, &path) } {
+        // Read into memory rather than mapping the file: a cache file
+        // truncated under a running host must not fault its code pages.
+        let bytes = std::fs::read(&path).ok()?;
+        // SAFETY: the bytes come from `store` below (`Component::serialize`
+        // of an engine with the same compatibility hash, which is part of
+        // the file name) in a directory owned by the user running the host;
+        // wasmtime checks the header and compatibility before using them.
+        match unsafe { Component::deserialize(engine, &bytes) } {
             Ok(component) => Some(component),
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "dropping unusable compile cache entry");

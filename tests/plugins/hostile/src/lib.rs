@@ -23,9 +23,21 @@ impl Expert for Hostile {
             "panic" => panic!("boom: the expert gave up"),
             "cycle" => experts::call("hostile", &Request::from_prompt("cycle")),
             "model" => model::ask("hello", &Sampling::default()).map(Response::new),
+            "relay" => relay(&req),
             other => Err(Error::invalid_input(format!("unknown behaviour {other:?}"))),
         }
     }
+}
+
+/// Call the first expert named in metadata `chain` (comma-separated),
+/// passing the rest of the chain on: a chain of experts calling experts.
+fn relay(req: &Request) -> Result<Response, Error> {
+    let chain = req.metadata("chain").unwrap_or("");
+    let Some((next, rest)) = chain.split_once(',').or((!chain.is_empty()).then_some((chain, ""))) else {
+        return Ok(Response::new("end of chain"));
+    };
+    let answer = experts::call(next, &Request::from_prompt("relay").with_metadata("chain", rest))?;
+    Ok(Response::new(format!("{next} > {}", answer.content)))
 }
 
 /// Burn CPU forever.
@@ -61,16 +73,16 @@ fn snoop() -> String {
     let args = wasip2::cli::environment::get_arguments().len();
     let tcp = match wasip2::sockets::tcp_create_socket::create_tcp_socket(IpAddressFamily::Ipv4) {
         Ok(_) => "open".to_string(),
-        Err(e) => format!("{e:?}"),
+        Err(e) => e.name().to_string(),
     };
     let udp = match wasip2::sockets::udp_create_socket::create_udp_socket(IpAddressFamily::Ipv4) {
         Ok(_) => "open".to_string(),
-        Err(e) => format!("{e:?}"),
+        Err(e) => e.name().to_string(),
     };
     let network = wasip2::sockets::instance_network::instance_network();
     let dns = match wasip2::sockets::ip_name_lookup::resolve_addresses(&network, "example.com") {
         Ok(_) => "resolving".to_string(),
-        Err(e) => format!("{e:?}"),
+        Err(e) => e.name().to_string(),
     };
     format!("preopens={preopens} env={env} args={args} tcp={tcp} udp={udp} dns={dns}")
 }
