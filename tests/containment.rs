@@ -19,7 +19,8 @@ const HOSTILE_DEADLINE_MS: u64 = 500;
 async fn run_hostile(behaviour: &str) -> tessera_host::ensemble::Invocation {
     let host = host();
     load(&host, HOSTILE).await;
-    host.invoke("hostile", Request::from_prompt(behaviour)).await
+    host.invoke("hostile", Request::from_prompt(behaviour))
+        .await
 }
 
 fn error_kind(inv: &tessera_host::ensemble::Invocation) -> InvokeErrorKind {
@@ -34,7 +35,12 @@ async fn infinite_loop_ends_at_its_deadline() {
     let started = Instant::now();
     let inv = run_hostile("spin").await;
     let elapsed = started.elapsed();
-    assert_eq!(error_kind(&inv), InvokeErrorKind::Deadline, "{:?}", inv.result);
+    assert_eq!(
+        error_kind(&inv),
+        InvokeErrorKind::Deadline,
+        "{:?}",
+        inv.result
+    );
     assert!(inv.result.unwrap_err().message.contains("500 ms"));
     // The contract: stopped within the deadline + 20%.
     let limit = Duration::from_millis(HOSTILE_DEADLINE_MS * 12 / 10);
@@ -44,7 +50,10 @@ async fn infinite_loop_ends_at_its_deadline() {
         inv.trace.duration_us
     );
     assert!(elapsed >= Duration::from_millis(HOSTILE_DEADLINE_MS));
-    assert!(inv.trace.fuel_consumed > 0, "fuel is counted even when trapped");
+    assert!(
+        inv.trace.fuel_consumed > 0,
+        "fuel is counted even when trapped"
+    );
 }
 
 #[tokio::test]
@@ -56,14 +65,24 @@ async fn fuel_exhaustion_is_reported() {
     let host = host_with(policy, Arc::new(NoModel));
     load(&host, HOSTILE).await;
     let inv = host.invoke("hostile", Request::from_prompt("spin")).await;
-    assert_eq!(error_kind(&inv), InvokeErrorKind::OutOfFuel, "{:?}", inv.result);
+    assert_eq!(
+        error_kind(&inv),
+        InvokeErrorKind::OutOfFuel,
+        "{:?}",
+        inv.result
+    );
     assert_eq!(inv.trace.fuel_consumed, 20_000_000);
 }
 
 #[tokio::test]
 async fn memory_growth_past_the_limit_is_a_limit_error() {
     let inv = run_hostile("hog").await;
-    assert_eq!(error_kind(&inv), InvokeErrorKind::MemoryLimit, "{:?}", inv.result);
+    assert_eq!(
+        error_kind(&inv),
+        InvokeErrorKind::MemoryLimit,
+        "{:?}",
+        inv.result
+    );
     let message = inv.result.unwrap_err().message;
     assert!(message.contains("32 MiB"), "{message}");
     assert!(inv.trace.peak_memory_bytes <= 32 * 1024 * 1024);
@@ -72,14 +91,22 @@ async fn memory_growth_past_the_limit_is_a_limit_error() {
 #[tokio::test]
 async fn unbounded_recursion_traps_and_is_reported() {
     let inv = run_hostile("recurse").await;
-    assert_eq!(error_kind(&inv), InvokeErrorKind::StackOverflow, "{:?}", inv.result);
+    assert_eq!(
+        error_kind(&inv),
+        InvokeErrorKind::StackOverflow,
+        "{:?}",
+        inv.result
+    );
     assert!(inv.result.unwrap_err().message.contains("stack"));
 }
 
 #[tokio::test]
 async fn wasi_grants_nothing() {
     let inv = run_hostile("snoop").await;
-    let answer = inv.result.expect("snoop answers with what it found").content;
+    let answer = inv
+        .result
+        .expect("snoop answers with what it found")
+        .content;
     assert!(answer.contains("preopens=0"), "files: {answer}");
     assert!(answer.contains("env=0"), "environment: {answer}");
     assert!(answer.contains("args=0"), "arguments: {answer}");
@@ -123,7 +150,10 @@ async fn calling_itself_is_a_cycle_error() {
     let inv = run_hostile("cycle").await;
     assert_eq!(error_kind(&inv), InvokeErrorKind::Denied);
     let message = inv.result.unwrap_err().message;
-    assert!(message.contains("call cycle refused: hostile -> hostile"), "{message}");
+    assert!(
+        message.contains("call cycle refused: hostile -> hostile"),
+        "{message}"
+    );
     let call = &inv.trace.host_calls[0];
     assert_eq!(call.interface, "tessera:expert/experts");
     assert!(call.error.as_deref().unwrap().starts_with("denied"));
@@ -148,9 +178,15 @@ async fn call_depth_is_limited() {
     }
     let chain = "relay-2,relay-3,relay-4";
     let ok = host
-        .invoke("relay-1", Request::from_prompt("relay").with_metadata("chain", chain))
+        .invoke(
+            "relay-1",
+            Request::from_prompt("relay").with_metadata("chain", chain),
+        )
         .await;
-    assert_eq!(ok.result.unwrap().content, "relay-2 > relay-3 > relay-4 > end of chain");
+    assert_eq!(
+        ok.result.unwrap().content,
+        "relay-2 > relay-3 > relay-4 > end of chain"
+    );
     // Nested calls show in the trace, one level per call.
     let level2 = ok.trace.host_calls[0].nested.as_ref().unwrap();
     assert_eq!(level2.expert, "relay-2");
@@ -162,10 +198,18 @@ async fn call_depth_is_limited() {
 
     let too_deep = "relay-2,relay-3,relay-4,relay-5,relay-6";
     let inv = host
-        .invoke("relay-1", Request::from_prompt("relay").with_metadata("chain", too_deep))
+        .invoke(
+            "relay-1",
+            Request::from_prompt("relay").with_metadata("chain", too_deep),
+        )
         .await;
     assert_eq!(error_kind(&inv), InvokeErrorKind::LimitExceeded);
-    assert!(inv.result.unwrap_err().message.contains("call depth limit of 4"));
+    assert!(
+        inv.result
+            .unwrap_err()
+            .message
+            .contains("call depth limit of 4")
+    );
 }
 
 #[tokio::test]
@@ -178,10 +222,18 @@ async fn ungranted_expert_call_is_denied() {
     })
     .await;
     let inv = host
-        .invoke("relay", Request::from_prompt("relay").with_metadata("chain", "echo"))
+        .invoke(
+            "relay",
+            Request::from_prompt("relay").with_metadata("chain", "echo"),
+        )
         .await;
     assert_eq!(error_kind(&inv), InvokeErrorKind::Denied);
-    assert!(inv.result.unwrap_err().message.contains("may not call `echo`"));
+    assert!(
+        inv.result
+            .unwrap_err()
+            .message
+            .contains("may not call `echo`")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,10 +247,15 @@ async fn others_finish_while_a_hostile_expert_spins() {
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
     for i in 0..20 {
-        let inv = host.invoke("echo", Request::from_prompt(format!("ping {i}"))).await;
+        let inv = host
+            .invoke("echo", Request::from_prompt(format!("ping {i}")))
+            .await;
         assert_eq!(inv.result.unwrap().content, format!("ping {i}"));
     }
-    assert!(!spinning.is_finished(), "the echoes finished while the spinner still ran");
+    assert!(
+        !spinning.is_finished(),
+        "the echoes finished while the spinner still ran"
+    );
     let spun = spinning.await.unwrap();
     assert_eq!(error_kind(&spun), InvokeErrorKind::Deadline);
 }
@@ -213,7 +270,9 @@ async fn a_spinning_expert_yields_on_a_single_thread() {
     let echo = async {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let started = Instant::now();
-        let inv = host.invoke("echo", Request::from_prompt("still here")).await;
+        let inv = host
+            .invoke("echo", Request::from_prompt("still here"))
+            .await;
         (inv, started.elapsed())
     };
     let (spun, (echoed, _)) = tokio::join!(spin, echo);
@@ -249,7 +308,10 @@ async fn core_module_is_refused() {
     plugin(ECHO);
     let core = repo_root().join("tests/plugins/target/wasm32-unknown-unknown/release/echo.wasm");
     let err = load_error(host().add(Bundle::open(&core).unwrap()).await);
-    assert!(err.contains("core WebAssembly module, not a component"), "{err}");
+    assert!(
+        err.contains("core WebAssembly module, not a component"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -291,7 +353,9 @@ async fn compiled_components_are_cached_on_disk() {
     let second_host = make();
     let second = second_host.add(bundle(ECHO)).await.unwrap();
     assert!(second.component.from_cache);
-    let inv = second_host.invoke("echo", Request::from_prompt("cached")).await;
+    let inv = second_host
+        .invoke("echo", Request::from_prompt("cached"))
+        .await;
     assert_eq!(inv.result.unwrap().content, "cached");
 
     // A corrupt cache entry is dropped and the component recompiled.

@@ -127,8 +127,9 @@ impl Request {
     /// The last user message, or an `invalid-input` error that says one is
     /// needed.
     pub fn require_user_message(&self) -> Result<&str, Error> {
-        self.last_user_message()
-            .ok_or_else(|| Error::invalid_input("the request has no user message; add one with role \"user\""))
+        self.last_user_message().ok_or_else(|| {
+            Error::invalid_input("the request has no user message; add one with role \"user\"")
+        })
     }
 
     /// The system message, if there is one.
@@ -220,7 +221,9 @@ impl Default for Usage {
 impl std::ops::AddAssign for Usage {
     fn add_assign(&mut self, other: Usage) {
         self.prompt_tokens = self.prompt_tokens.saturating_add(other.prompt_tokens);
-        self.completion_tokens = self.completion_tokens.saturating_add(other.completion_tokens);
+        self.completion_tokens = self
+            .completion_tokens
+            .saturating_add(other.completion_tokens);
     }
 }
 
@@ -267,7 +270,12 @@ impl RouteChoice {
 
 impl AdapterInfo {
     /// Info for adapter `name` trained on `base_model`.
-    pub fn new(name: impl Into<String>, base_model: impl Into<String>, rank: u32, alpha: f32) -> Self {
+    pub fn new(
+        name: impl Into<String>,
+        base_model: impl Into<String>,
+        rank: u32,
+        alpha: f32,
+    ) -> Self {
         AdapterInfo {
             name: name.into(),
             base_model: base_model.into(),

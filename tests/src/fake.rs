@@ -36,7 +36,9 @@ impl FakeEngine {
     }
 
     /// Answers with `reply`.
-    pub fn new(reply: impl Fn(&[ChatMessage], &SamplingParams) -> String + Send + Sync + 'static) -> Self {
+    pub fn new(
+        reply: impl Fn(&[ChatMessage], &SamplingParams) -> String + Send + Sync + 'static,
+    ) -> Self {
         FakeEngine {
             reply: Arc::new(reply),
             delay: Duration::ZERO,
@@ -55,7 +57,12 @@ impl FakeEngine {
         self.calls.load(Ordering::SeqCst)
     }
 
-    async fn generate(&self, text: String, params: &SamplingParams, prompt_tokens: u32) -> Generation {
+    async fn generate(
+        &self,
+        text: String,
+        params: &SamplingParams,
+        prompt_tokens: u32,
+    ) -> Generation {
         self.calls.fetch_add(1, Ordering::SeqCst);
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
@@ -119,7 +126,12 @@ impl ModelEngine for FakeEngine {
         Ok(text.bytes().map(u32::from).collect())
     }
 
-    async fn score(&self, _: String, continuation: String, _: Option<String>) -> Result<f64, ModelError> {
+    async fn score(
+        &self,
+        _: String,
+        continuation: String,
+        _: Option<String>,
+    ) -> Result<f64, ModelError> {
         Ok(-(count_words([continuation]) as f64) * f64::from(-FAKE_LOGPROB))
     }
 

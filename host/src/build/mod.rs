@@ -17,7 +17,7 @@ mod toolchain;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-pub use toolchain::{Toolchain, ToolchainError, TOOLCHAIN_ENV};
+pub use toolchain::{TOOLCHAIN_ENV, Toolchain, ToolchainError};
 
 use crate::bundle::{ComponentInfo, MANIFEST_FILE, Manifest, ManifestError, World, sha256_hex};
 
@@ -197,19 +197,10 @@ pub fn build_plugin(crate_dir: &Path, opts: &BuildOptions) -> Result<BuildOutput
     let manifest_changed =
         std::fs::read_to_string(&manifest_out).map_or(true, |old| old != manifest_text);
     if !up_to_date || manifest_changed {
-        write(&bundle_dir.join(".tmp-component"), &component)?;
-        std::fs::create_dir_all(&bundle_dir).map_err(|reason| BuildError::Write {
-            path: bundle_dir.clone(),
-            reason,
-        })?;
-        // Rename into place so that a host watching the directory never
-        // reads half a component.
-        std::fs::rename(bundle_dir.join(".tmp-component"), &component_path).map_err(
-            |reason| BuildError::Write {
-                path: component_path.clone(),
-                reason,
-            },
-        )?;
+        // Each file is written whole and renamed into place, so a host
+        // watching the directory, or a concurrent build, never reads half
+        // of one.
+        write(&component_path, &component)?;
         write(&manifest_out, manifest_text.as_bytes())?;
         write(&stamp_path, core_sha.as_bytes())?;
     }
@@ -226,26 +217,35 @@ pub fn build_plugin(crate_dir: &Path, opts: &BuildOptions) -> Result<BuildOutput
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<(), BuildError> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|reason| BuildError::Write {
-            path: parent.to_path_buf(),
-            reason,
-        })?;
-    }
-    std::fs::write(path, bytes).map_err(|reason| BuildError::Write {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let err = |reason| BuildError::Write {
         path: path.to_path_buf(),
         reason,
-    })
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(err)?;
+    tmp.write_all(bytes).map_err(err)?;
+    tmp.persist(path).map_err(|e| err(e.error))?;
+    Ok(())
 }
 
 /// Run cargo; return the path of the crate's `.wasm` core module.
-fn cargo_build(crate_dir: &Path, toolchain: &Toolchain, quiet: bool) -> Result<PathBuf, BuildError> {
+fn cargo_build(
+    crate_dir: &Path,
+    toolchain: &Toolchain,
+    quiet: bool,
+) -> Result<PathBuf, BuildError> {
     let mut cmd = toolchain.cargo_command();
     cmd.current_dir(crate_dir)
         .args(["build", "--release", "--target", "wasm32-unknown-unknown"])
         .arg("--message-format=json-render-diagnostics")
         .stdout(Stdio::piped())
-        .stderr(if quiet { Stdio::piped() } else { Stdio::inherit() });
+        .stderr(if quiet {
+            Stdio::piped()
+        } else {
+            Stdio::inherit()
+        });
     let program = format!("{:?}", cmd.get_program());
     let output = cmd
         .output()

@@ -42,7 +42,11 @@ impl std::fmt::Display for Toolchain {
         match self {
             Toolchain::Rustup => write!(f, "rustup ({TARGET} target)"),
             Toolchain::Debian { linker } => {
-                write!(f, "Debian rustc-web with -Zbuild-std (linker {})", linker.display())
+                write!(
+                    f,
+                    "Debian rustc-web with -Zbuild-std (linker {})",
+                    linker.display()
+                )
             }
         }
     }
@@ -59,7 +63,9 @@ impl Toolchain {
                 } else {
                     Err(ToolchainError::Forced(
                         "rustup".into(),
-                        format!("the {TARGET} target is not installed: run `rustup target add {TARGET}`"),
+                        format!(
+                            "the {TARGET} target is not installed: run `rustup target add {TARGET}`"
+                        ),
                     ))
                 };
             }
@@ -126,7 +132,10 @@ fn rustup_has_target() -> bool {
 }
 
 fn sysroot(rustc: &str) -> Option<PathBuf> {
-    let out = Command::new(rustc).args(["--print", "sysroot"]).output().ok()?;
+    let out = Command::new(rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()?;
     out.status
         .success()
         .then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))

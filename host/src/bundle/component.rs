@@ -138,7 +138,8 @@ impl ComponentInfo {
                 Payload::End(_) => depth = depth.saturating_sub(1),
                 Payload::ComponentImportSection(reader) if depth == 1 => {
                     for import in reader {
-                        let import = import.map_err(|e| ComponentError::Malformed(e.to_string()))?;
+                        let import =
+                            import.map_err(|e| ComponentError::Malformed(e.to_string()))?;
                         // Types a world `use`s are imported too; only
                         // instances (interfaces) need the host.
                         if matches!(import.ty, ComponentTypeRef::Instance(_)) {
@@ -148,7 +149,8 @@ impl ComponentInfo {
                 }
                 Payload::ComponentExportSection(reader) if depth == 1 => {
                     for export in reader {
-                        let export = export.map_err(|e| ComponentError::Malformed(e.to_string()))?;
+                        let export =
+                            export.map_err(|e| ComponentError::Malformed(e.to_string()))?;
                         if export.kind == ComponentExternalKind::Func {
                             exports.push(export.name.name.to_string());
                         }
@@ -204,7 +206,10 @@ impl ComponentInfo {
 }
 
 fn is_provided(world: World, import: &str) -> bool {
-    let Some(rest) = import.strip_prefix(PACKAGE).and_then(|r| r.strip_prefix('/')) else {
+    let Some(rest) = import
+        .strip_prefix(PACKAGE)
+        .and_then(|r| r.strip_prefix('/'))
+    else {
         return false;
     };
     let (interface, version) = rest.split_once('@').unwrap_or((rest, ""));
@@ -224,7 +229,10 @@ mod tests {
             ComponentInfo::parse(b"hello world"),
             Err(ComponentError::Malformed(_))
         ));
-        assert!(matches!(ComponentInfo::parse(b""), Err(ComponentError::Malformed(_))));
+        assert!(matches!(
+            ComponentInfo::parse(b""),
+            Err(ComponentError::Malformed(_))
+        ));
     }
 
     #[test]

@@ -325,7 +325,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("field `name`"), "{err}");
-        let err = parse("name = \"a\"\nversion = \"one\"\n").unwrap_err().to_string();
+        let err = parse("name = \"a\"\nversion = \"one\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("field `version`"), "{err}");
         let err = parse("name = \"a\"\nversion = \"1.0.0\"\nkind = \"robot\"\n")
             .unwrap_err()

@@ -6,8 +6,8 @@ mod manifest;
 
 use std::path::{Path, PathBuf};
 
-pub use component::{ComponentInfo, ComponentError, World};
-pub use manifest::{BundleKind, Capabilities, LimitsSpec, Manifest, ManifestError, MANIFEST_FILE};
+pub use component::{ComponentError, ComponentInfo, World};
+pub use manifest::{BundleKind, Capabilities, LimitsSpec, MANIFEST_FILE, Manifest, ManifestError};
 
 /// A bundle read from disk: its manifest and component bytes.
 #[derive(Debug, Clone)]
@@ -48,7 +48,9 @@ pub enum BundleError {
         dir: PathBuf,
     },
     /// The component's sha256 differs from the manifest's.
-    #[error("{path}: sha256 is {actual} but the manifest says {expected}; rebuild or repack the bundle")]
+    #[error(
+        "{path}: sha256 is {actual} but the manifest says {expected}; rebuild or repack the bundle"
+    )]
     DigestMismatch {
         /// The component file.
         path: PathBuf,

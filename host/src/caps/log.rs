@@ -26,11 +26,7 @@ impl Host for InvocationState {
                 .get_or_insert_with(|| truncate(&message, 1024));
         }
         tracing::debug!(expert = self.expert_name(), level, %message, "guest log");
-        let size = message.len()
-            + fields
-                .iter()
-                .map(|(k, v)| k.len() + v.len())
-                .sum::<usize>();
+        let size = message.len() + fields.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
         let max = self.ensemble.sandbox().policy().max_log_bytes;
         if self.recorder.log_bytes + size > max {
             self.recorder.logs_dropped += 1;

@@ -6,8 +6,8 @@ use crate::bindings::types::{
     Completion, Error, FinishReason, Message, Role, Sampling, TokenLogprob, Usage,
 };
 use crate::inference::{
-    ChatMessage, ChatRole, DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, Finish, Generation,
-    ModelError, SamplingParams,
+    ChatMessage, ChatRole, DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, Finish, Generation, ModelError,
+    SamplingParams,
 };
 use crate::sandbox::InvocationState;
 
@@ -157,7 +157,10 @@ impl Host for InvocationState {
             Ok(params) => {
                 let messages = messages.into_iter().map(chat_message).collect();
                 let engine = self.ensemble.model().clone();
-                engine.chat(messages, params, adapter).await.map_err(model_error)
+                engine
+                    .chat(messages, params, adapter)
+                    .await
+                    .map_err(model_error)
             }
             Err(e) => Err(e),
         };
@@ -174,7 +177,10 @@ impl Host for InvocationState {
         let result = match self.prepare_generation(sampling) {
             Ok(params) => {
                 let engine = self.ensemble.model().clone();
-                engine.complete(prompt, params, adapter).await.map_err(model_error)
+                engine
+                    .complete(prompt, params, adapter)
+                    .await
+                    .map_err(model_error)
             }
             Err(e) => Err(e),
         };
@@ -224,7 +230,10 @@ impl Host for InvocationState {
         Ok(result)
     }
 
-    async fn embed(&mut self, texts: Vec<String>) -> wasmtime::Result<Result<Vec<Vec<f32>>, Error>> {
+    async fn embed(
+        &mut self,
+        texts: Vec<String>,
+    ) -> wasmtime::Result<Result<Vec<Vec<f32>>, Error>> {
         let record = self.begin_call(INTERFACE, "embed", super::strings_len(&texts));
         let result = match self.check_model_access(false) {
             Ok(()) => {

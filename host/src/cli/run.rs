@@ -64,7 +64,10 @@ pub async fn run(args: RunArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<Ex
     if args.trace {
         let (answer, error) = match &invocation.result {
             Ok(r) => (Some(&r.content), None),
-            Err(e) => (None, Some(serde_json::json!({"kind": e.kind.as_str(), "message": e.message}))),
+            Err(e) => (
+                None,
+                Some(serde_json::json!({"kind": e.kind.as_str(), "message": e.message})),
+            ),
         };
         let doc = serde_json::json!({
             "answer": answer,

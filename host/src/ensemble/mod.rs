@@ -20,9 +20,7 @@ use crate::bindings::agent::AgentPre;
 use crate::bindings::types::{ExpertInfo, Request, Response};
 use crate::bundle::{Bundle, BundleKind, Manifest};
 use crate::inference::ModelEngine;
-use crate::sandbox::{
-    DeadlineExceeded, InvocationState, LoadError, LoadedComponent, Sandbox,
-};
+use crate::sandbox::{DeadlineExceeded, InvocationState, LoadError, LoadedComponent, Sandbox};
 
 /// Deadline of the `describe` call made at load time.
 pub const DESCRIBE_DEADLINE_MS: u64 = 2_000;
@@ -172,13 +170,13 @@ impl Ensemble {
                 name: name.clone(),
                 reason: LoadError::Link(format!("{e:#}")),
             })?;
-            let described = self
-                .describe(&name, &pre)
-                .await
-                .map_err(|reason| AddError::Describe {
-                    name: name.clone(),
-                    reason,
-                })?;
+            let described =
+                self.describe(&name, &pre)
+                    .await
+                    .map_err(|reason| AddError::Describe {
+                        name: name.clone(),
+                        reason,
+                    })?;
             // A bare component's manifest is synthesised; let it take the
             // name the component gives itself.
             if manifest.version == "0.0.0" && manifest.description.is_empty() {
@@ -332,15 +330,13 @@ impl Ensemble {
         let fuel_left = store.get_fuel().unwrap_or(0);
         let max_response = self.sandbox.policy().max_response_bytes;
         let result = match outcome {
-            Ok(Ok(Ok(response))) if response.content.len() > max_response => {
-                Err(InvokeError::new(
-                    InvokeErrorKind::ResponseTooLarge,
-                    format!(
-                        "the answer is {} bytes, over the host's limit of {max_response} bytes",
-                        response.content.len()
-                    ),
-                ))
-            }
+            Ok(Ok(Ok(response))) if response.content.len() > max_response => Err(InvokeError::new(
+                InvokeErrorKind::ResponseTooLarge,
+                format!(
+                    "the answer is {} bytes, over the host's limit of {max_response} bytes",
+                    response.content.len()
+                ),
+            )),
             Ok(Ok(Ok(response))) => Ok(response),
             Ok(Ok(Err(guest_error))) => Err(InvokeError::from_guest(guest_error)),
             Ok(Err(e)) => Err(classify(e, store.data())),
@@ -436,12 +432,12 @@ fn classify(error: wasmtime::Error, state: &InvocationState) -> InvokeError {
                 InvokeErrorKind::Panic,
                 format!("the expert panicked: {message}"),
             ),
-            None => InvokeError::new(
-                InvokeErrorKind::Trap,
-                format!("the expert trapped: {trap}"),
-            ),
+            None => InvokeError::new(InvokeErrorKind::Trap, format!("the expert trapped: {trap}")),
         },
-        None => InvokeError::new(InvokeErrorKind::Trap, format!("the expert failed: {error:#}")),
+        None => InvokeError::new(
+            InvokeErrorKind::Trap,
+            format!("the expert failed: {error:#}"),
+        ),
     }
 }
 

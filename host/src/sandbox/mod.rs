@@ -29,8 +29,8 @@ use wasmtime::{
 pub use cache::{CACHE_DIR_ENV, CompileCache};
 pub use limiter::{MAX_TABLE_ELEMENTS, MemoryLimiter};
 pub use limits::*;
-pub use state::InvocationState;
 pub(crate) use state::CallRecord;
+pub use state::InvocationState;
 
 use crate::bundle::{ComponentError, ComponentInfo};
 

@@ -38,7 +38,10 @@ impl CappedOutput {
     pub fn take(&self) -> (String, u64) {
         let mut captured = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let kept = std::mem::take(&mut captured.kept);
-        (String::from_utf8_lossy(&kept).into_owned(), captured.dropped)
+        (
+            String::from_utf8_lossy(&kept).into_owned(),
+            captured.dropped,
+        )
     }
 
     fn write(&self, buf: &[u8]) {
@@ -63,7 +66,11 @@ impl StdoutStream for CappedOutput {
 }
 
 impl AsyncWrite for CappedOutput {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         self.write(buf);
         Poll::Ready(Ok(buf.len()))
     }

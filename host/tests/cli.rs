@@ -1,0 +1,173 @@
+//! The `tessera` binary, driven as a user would: build, inspect and run real
+//! plugins, and get clear errors for bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn tessera(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(args)
+        .current_dir(repo())
+        .env(
+            "TESSERA_CACHE_DIR",
+            std::env::temp_dir().join("tessera-cli-test-cache"),
+        )
+        .output()
+        .expect("running tessera")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tessera-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn build_then_inspect_then_run_with_trace() {
+    let out = tessera(&["build", "plugins/calculator"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let bundle = stdout(&out).trim().to_string();
+    assert!(
+        bundle.ends_with("plugins/calculator/target/tessera/bundle"),
+        "{bundle}"
+    );
+    assert!(stderr(&out).contains("agent world"));
+
+    // Unchanged sources: nothing rebuilt.
+    let again = tessera(&["build", "plugins/calculator"]);
+    assert!(stderr(&again).contains("up to date"), "{}", stderr(&again));
+
+    let inspect = tessera(&["inspect", &bundle]);
+    assert!(inspect.status.success(), "{}", stderr(&inspect));
+    let text = stdout(&inspect);
+    assert!(
+        text.contains("world:    tessera:expert/agent@0.1.0"),
+        "{text}"
+    );
+    assert!(text.contains("tessera:expert/model@0.1.0"), "{text}");
+    assert!(text.contains("sha256:   "), "{text}");
+    assert!(text.contains("handle"), "{text}");
+
+    let json = tessera(&["inspect", &bundle, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["world"], "agent");
+    assert_eq!(v["manifest"]["name"], "calculator");
+    assert_eq!(v["sha256"].as_str().unwrap().len(), 64);
+
+    let run = tessera(&["run", &bundle, "--prompt", "What is 12 * (3 + 4)?"]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert_eq!(stdout(&run).trim(), "12 * (3 + 4) = 84");
+
+    let traced = tessera(&["run", "plugins/calculator", "--prompt", "2 + 2", "--trace"]);
+    assert!(traced.status.success(), "{}", stderr(&traced));
+    let v: serde_json::Value = serde_json::from_slice(&traced.stdout).unwrap();
+    assert_eq!(v["answer"], "2 + 2 = 4");
+    let call = &v["trace"]["host_calls"][0];
+    assert_eq!(call["interface"], "tessera:expert/model");
+    assert_eq!(call["function"], "chat");
+    assert!(call["fuel_before"].as_u64().unwrap() > 0);
+    assert!(v["trace"]["fuel_consumed"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn failing_expert_exits_nonzero_with_its_error() {
+    let out = tessera(&["run", "plugins/chain-of-thought", "--prompt", "hi"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("expert `chain-of-thought` failed (model)"),
+        "{err}"
+    );
+    assert!(err.contains("no model is loaded"), "{err}");
+
+    let traced = tessera(&[
+        "run",
+        "plugins/chain-of-thought",
+        "--prompt",
+        "hi",
+        "--trace",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&traced.stdout).unwrap();
+    assert_eq!(v["error"]["kind"], "model");
+    assert_eq!(v["trace"]["outcome"]["status"], "error");
+}
+
+#[test]
+fn bad_manifest_names_file_and_field() {
+    let dir = scratch("bad-manifest");
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        "[package]\nname = \"x\"\nversion = \"0.1.0\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("tessera.toml"),
+        "name = \"x\"\nversion = \"0.1.0\"\n[limits]\nmemory = 5\n",
+    )
+    .unwrap();
+    let out = tessera(&["build", dir.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("tessera.toml"), "{err}");
+    assert!(err.contains("unknown field `memory`"), "{err}");
+    assert!(err.contains("memory-mib"), "{err}");
+}
+
+#[test]
+fn missing_manifest_and_missing_crate_are_explained() {
+    let dir = scratch("no-manifest");
+    std::fs::write(dir.join("Cargo.toml"), "[package]\nname = \"x\"\n").unwrap();
+    let err = stderr(&tessera(&["build", dir.to_str().unwrap()]));
+    assert!(err.contains("no tessera.toml"), "{err}");
+
+    let empty = scratch("empty");
+    let err = stderr(&tessera(&["build", empty.to_str().unwrap()]));
+    assert!(err.contains("not a Rust crate"), "{err}");
+
+    let err = stderr(&tessera(&["run", empty.to_str().unwrap(), "--prompt", "x"]));
+    assert!(err.contains("not a bundle"), "{err}");
+}
+
+#[test]
+fn unknown_toolchain_choice_is_explained() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["build", "tests/plugins/echo"])
+        .current_dir(repo())
+        .env("TESSERA_WASM_TOOLCHAIN", "emscripten")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("TESSERA_WASM_TOOLCHAIN=emscripten"), "{err}");
+    assert!(err.contains("expected `rustup` or `debian`"), "{err}");
+}
+
+#[test]
+fn garbage_wasm_is_refused_clearly() {
+    let dir = scratch("garbage");
+    let path = dir.join("x.wasm");
+    std::fs::write(&path, b"\0asm\x01\0\0\0").unwrap();
+    let err = stderr(&tessera(&["run", path.to_str().unwrap(), "--prompt", "x"]));
+    assert!(
+        err.contains("core WebAssembly module, not a component"),
+        "{err}"
+    );
+    let err = stderr(&tessera(&["inspect", path.to_str().unwrap()]));
+    assert!(err.contains("core WebAssembly module"), "{err}");
+}
