@@ -53,6 +53,7 @@ mod helpers;
 /// The generated bindings, one module per world. Use the re-exports at the
 /// crate root instead; these are public only for the export macros.
 #[doc(hidden)]
+#[allow(clippy::too_many_arguments, reason = "generated code")]
 pub mod bindings {
     /// The `agent` world: experts.
     pub mod agent {

@@ -139,7 +139,7 @@ impl ModelEngine for FakeEngine {
         Ok(texts
             .iter()
             .map(|t| {
-                let mut v = vec![0f32; 8];
+                let mut v = [0f32; 8];
                 for (i, b) in t.bytes().enumerate() {
                     v[i % 8] += f32::from(b);
                 }

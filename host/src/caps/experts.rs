@@ -60,7 +60,7 @@ impl Host for InvocationState {
         let result = invocation.result.map_err(|e| e.to_guest());
         let (bytes_out, error) = match &result {
             Ok(resp) => (resp.content.len() as u64, None),
-            Err(e) => (0, Some(super::error_line(&e))),
+            Err(e) => (0, Some(super::error_line(e))),
         };
         self.end_call(record, bytes_out, None, error, Some(invocation.trace));
         Ok(result)

@@ -117,7 +117,7 @@ impl InvocationState {
                 }),
                 None,
             ),
-            Err(e) => (0, None, Some(super::error_line(&e))),
+            Err(e) => (0, None, Some(super::error_line(e))),
         };
         self.end_call(record, bytes_out, tokens, error, None);
         result
@@ -198,7 +198,7 @@ impl Host for InvocationState {
         };
         let (bytes_out, error) = match &result {
             Ok(ids) => ((ids.len() * 4) as u64, None),
-            Err(e) => (0, Some(super::error_line(&e))),
+            Err(e) => (0, Some(super::error_line(e))),
         };
         self.end_call(record, bytes_out, None, error, None);
         Ok(result)
@@ -244,7 +244,7 @@ impl Host for InvocationState {
         };
         let (bytes_out, error) = match &result {
             Ok(vectors) => (vectors.iter().map(|v| v.len() as u64 * 4).sum(), None),
-            Err(e) => (0, Some(super::error_line(&e))),
+            Err(e) => (0, Some(super::error_line(e))),
         };
         self.end_call(record, bytes_out, None, error, None);
         Ok(result)

@@ -135,8 +135,15 @@ pub fn extract_expression(question: &str) -> Option<String> {
     let mut cleaned = String::new();
     for (i, &c) in chars.iter().enumerate() {
         let between_numbers = c == 'x'
-            && chars[..i].iter().rev().find(|c| !c.is_whitespace()).is_some_and(|c| c.is_ascii_digit() || *c == ')')
-            && chars[i + 1..].iter().find(|c| !c.is_whitespace()).is_some_and(|c| c.is_ascii_digit() || *c == '(');
+            && chars[..i]
+                .iter()
+                .rev()
+                .find(|c| !c.is_whitespace())
+                .is_some_and(|c| c.is_ascii_digit() || *c == ')')
+            && chars[i + 1..]
+                .iter()
+                .find(|c| !c.is_whitespace())
+                .is_some_and(|c| c.is_ascii_digit() || *c == '(');
         cleaned.push(if between_numbers { '*' } else { c });
     }
     let is_math = |c: char| c.is_ascii_digit() || " .+-*/^()".contains(c);
@@ -197,7 +204,9 @@ fn parse_decimal(text: &str) -> Result<Rational, String> {
         return Err(format!("malformed number {text:?}"));
     }
     let digits = format!("{whole}{frac}");
-    let num: i128 = digits.parse().map_err(|_| format!("number too long: {text}"))?;
+    let num: i128 = digits
+        .parse()
+        .map_err(|_| format!("number too long: {text}"))?;
     let den = 10i128
         .checked_pow(frac.len() as u32)
         .ok_or_else(|| format!("number too long: {text}"))?;
@@ -295,7 +304,9 @@ mod tests {
     use super::*;
 
     fn eval(s: &str) -> String {
-        evaluate(s).map(|r| r.to_string()).unwrap_or_else(|e| format!("error: {e}"))
+        evaluate(s)
+            .map(|r| r.to_string())
+            .unwrap_or_else(|e| format!("error: {e}"))
     }
 
     #[test]
@@ -314,8 +325,14 @@ mod tests {
 
     #[test]
     fn extraction() {
-        assert_eq!(extract_expression("What is 12 * (3 + 4)?").as_deref(), Some("12 * (3 + 4)"));
-        assert_eq!(extract_expression("How much is 7 divided by 8?").as_deref(), Some("7 / 8"));
+        assert_eq!(
+            extract_expression("What is 12 * (3 + 4)?").as_deref(),
+            Some("12 * (3 + 4)")
+        );
+        assert_eq!(
+            extract_expression("How much is 7 divided by 8?").as_deref(),
+            Some("7 / 8")
+        );
         assert_eq!(extract_expression("what's 3 x 4").as_deref(), Some("3 * 4"));
         assert_eq!(extract_expression("no numbers here"), None);
     }

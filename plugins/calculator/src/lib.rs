@@ -27,10 +27,15 @@ impl Expert for Calculator {
                 "no arithmetic found: ask something like \"What is 12 * (3 + 4)?\"",
             ));
         };
-        let value = evaluate(&expression).map_err(|e| Error::invalid_input(format!("{expression}: {e}")))?;
+        let value = evaluate(&expression)
+            .map_err(|e| Error::invalid_input(format!("{expression}: {e}")))?;
         let result = value.to_string();
         let plain = format!("{expression} = {result}");
-        log::with_fields(log::Level::Info, "evaluated", &[("expression", &expression), ("result", &result)]);
+        log::with_fields(
+            log::Level::Info,
+            "evaluated",
+            &[("expression", &expression), ("result", &result)],
+        );
 
         let wording = model::chat(
             &[
@@ -48,7 +53,10 @@ impl Expert for Calculator {
                 (plain, c.usage)
             }
             Err(e) => {
-                log::warn(&format!("no wording from the model ({}); answering plainly", e.message()));
+                log::warn(&format!(
+                    "no wording from the model ({}); answering plainly",
+                    e.message()
+                ));
                 (plain, Usage::default())
             }
         };

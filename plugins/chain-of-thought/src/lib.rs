@@ -36,7 +36,10 @@ impl Expert for ChainOfThought {
                 Message::system(
                     "Answer the question by following the plan. Show the key steps briefly, then give the final answer on its own last line.",
                 ),
-                Message::user(format!("Question: {question}\n\nPlan:\n{}", plan.text.trim())),
+                Message::user(format!(
+                    "Question: {question}\n\nPlan:\n{}",
+                    plan.text.trim()
+                )),
             ],
             &base.max_tokens(ANSWER_TOKENS),
         )?;

@@ -69,7 +69,10 @@ impl Expert for SelfConsistency {
         log::with_fields(
             log::Level::Info,
             "vote",
-            &[("winner", &winner), ("votes", &format!("{votes}/{samples}"))],
+            &[
+                ("winner", &winner),
+                ("votes", &format!("{votes}/{samples}")),
+            ],
         );
         Ok(Response::new(full)
             .with_usage(usage)
@@ -125,8 +128,14 @@ mod tests {
 
     #[test]
     fn votes_on_final_numbers() {
-        assert_eq!(final_answer("3 spiders have 24 legs.\nSo the total is 36."), "36");
-        assert_eq!(final_answer("Thinking...\n\nYes, it is PRIME!"), "yes it is prime");
+        assert_eq!(
+            final_answer("3 spiders have 24 legs.\nSo the total is 36."),
+            "36"
+        );
+        assert_eq!(
+            final_answer("Thinking...\n\nYes, it is PRIME!"),
+            "yes it is prime"
+        );
         let answers: Vec<(String, String)> = ["36", "34", "36"]
             .iter()
             .map(|k| (k.to_string(), String::new()))

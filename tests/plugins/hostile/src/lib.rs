@@ -33,10 +33,16 @@ impl Expert for Hostile {
 /// passing the rest of the chain on: a chain of experts calling experts.
 fn relay(req: &Request) -> Result<Response, Error> {
     let chain = req.metadata("chain").unwrap_or("");
-    let Some((next, rest)) = chain.split_once(',').or((!chain.is_empty()).then_some((chain, ""))) else {
+    let Some((next, rest)) = chain
+        .split_once(',')
+        .or((!chain.is_empty()).then_some((chain, "")))
+    else {
         return Ok(Response::new("end of chain"));
     };
-    let answer = experts::call(next, &Request::from_prompt("relay").with_metadata("chain", rest))?;
+    let answer = experts::call(
+        next,
+        &Request::from_prompt("relay").with_metadata("chain", rest),
+    )?;
     Ok(Response::new(format!("{next} > {}", answer.content)))
 }
 
