@@ -27,7 +27,10 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn echo_bundle() -> PathBuf {
@@ -93,7 +96,9 @@ fn invoke(c: &mut Criterion) {
         let prompt = format!("calls:{n}");
         group.bench_function(format!("log-x{n}"), |b| {
             b.to_async(&rt).iter(|| async {
-                let inv = host.invoke("echo", Request::from_prompt(prompt.clone())).await;
+                let inv = host
+                    .invoke("echo", Request::from_prompt(prompt.clone()))
+                    .await;
                 assert!(inv.result.is_ok());
             })
         });
@@ -122,7 +127,8 @@ fn distinct_bundles(n: usize) -> Vec<PathBuf> {
             manifest.component = Some("echo.wasm".into());
             manifest.sha256 = Some(sha256_hex(&wasm));
             let manifest_path = dir.join(MANIFEST_FILE);
-            let fresh = std::fs::read_to_string(&manifest_path).is_ok_and(|m| m == manifest.to_toml());
+            let fresh =
+                std::fs::read_to_string(&manifest_path).is_ok_and(|m| m == manifest.to_toml());
             if !fresh {
                 std::fs::create_dir_all(&dir).unwrap();
                 std::fs::write(dir.join("echo.wasm"), &wasm).unwrap();

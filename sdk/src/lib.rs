@@ -38,7 +38,7 @@
 //! Build it with `tessera build path/to/crate` and try it with
 //! `tessera run path/to/crate --prompt "..."`. The crate must be a `cdylib`
 //! and carry a `tessera.toml` manifest; see the plugin guide in the
-//! repository's `docs/plugin-guide.md`.
+//! [`guide`] (also `docs/plugin-guide.md` in the repository).
 //!
 //! Routers ([`Router`], [`export_router!`]) and fine-tune adapters
 //! ([`Adapter`], [`export_adapter!`]) are written the same way.
@@ -49,6 +49,9 @@
 extern crate self as tessera_sdk;
 
 mod helpers;
+
+#[doc = include_str!("../../docs/plugin-guide.md")]
+pub mod guide {}
 
 /// The generated bindings, one module per world. Use the re-exports at the
 /// crate root instead; these are public only for the export macros.

@@ -33,6 +33,6 @@ pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
         &out.sha256[..16],
         out.toolchain
     );
-    println!("{}", out.bundle_dir.display());
+    super::print(&format!("{}\n", out.bundle_dir.display()))?;
     Ok(ExitCode::SUCCESS)
 }

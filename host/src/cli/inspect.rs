@@ -31,25 +31,28 @@ pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
             "uses_wasi": info.uses_wasi,
             "manifest": bundle.manifest,
         });
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        super::print(&format!("{}\n", serde_json::to_string_pretty(&value)?))?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!("name:     {}", bundle.manifest.name);
-    println!("version:  {}", bundle.manifest.version);
-    println!("world:    tessera:expert/{}@0.1.0", info.world);
-    println!("sha256:   {}", bundle.sha256);
-    println!("size:     {} bytes", info.size);
-    println!("imports:");
+    use std::fmt::Write;
+    let mut out = String::new();
+    writeln!(out, "name:     {}", bundle.manifest.name)?;
+    writeln!(out, "version:  {}", bundle.manifest.version)?;
+    writeln!(out, "world:    tessera:expert/{}@0.1.0", info.world)?;
+    writeln!(out, "sha256:   {}", bundle.sha256)?;
+    writeln!(out, "size:     {} bytes", info.size)?;
+    writeln!(out, "imports:")?;
     for import in &info.imports {
-        println!("  {import}");
+        writeln!(out, "  {import}")?;
     }
-    println!("exports:");
+    writeln!(out, "exports:")?;
     for export in &info.exports {
-        println!("  {export}");
+        writeln!(out, "  {export}")?;
     }
-    println!("manifest:");
+    writeln!(out, "manifest:")?;
     for line in bundle.manifest.to_toml().lines() {
-        println!("  {line}");
+        writeln!(out, "  {line}")?;
     }
+    super::print(&out)?;
     Ok(ExitCode::SUCCESS)
 }

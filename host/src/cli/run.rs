@@ -74,12 +74,12 @@ pub async fn run(args: RunArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<Ex
             "error": error,
             "trace": invocation.trace,
         });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        super::print(&format!("{}\n", serde_json::to_string_pretty(&doc)?))?;
     }
     match invocation.result {
         Ok(response) => {
             if !args.trace {
-                println!("{}", response.content);
+                super::print(&format!("{}\n", response.content))?;
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: installs the wasm toolchain if
+# needed, checks formatting and lints, then runs every test. The tests
+# build the plugins they need from source.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh
+
+echo "== cargo fmt"
+cargo fmt --all --check
+(cd plugins && cargo fmt --all --check)
+(cd tests/plugins && cargo fmt --all --check)
+
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== host, SDK and end-to-end tests"
+cargo test --workspace --locked
+
+echo "== example experts' unit tests (native)"
+(cd plugins && cargo test --locked)
