@@ -171,3 +171,38 @@ fn garbage_wasm_is_refused_clearly() {
     let err = stderr(&tessera(&["inspect", path.to_str().unwrap()]));
     assert!(err.contains("core WebAssembly module"), "{err}");
 }
+
+#[test]
+fn models_pull_fetches_checks_and_is_idempotent() {
+    // Kept under the target dir, so a clone downloads the wheels once.
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("models");
+    let dir = dir.to_str().unwrap();
+    let pull = tessera(&["models", "pull", "--models-dir", dir]);
+    assert!(pull.status.success(), "{}", stderr(&pull));
+    let list = tessera(&["models", "list", "--models-dir", dir]);
+    assert!(list.status.success(), "{}", stdout(&list));
+    assert_eq!(
+        stdout(&list).matches("present").count(),
+        2,
+        "{}",
+        stdout(&list)
+    );
+    let gguf = Path::new(dir).join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert_eq!(std::fs::metadata(&gguf).unwrap().len(), 98_362_432);
+
+    let again = tessera(&["models", "pull", "--models-dir", dir]);
+    assert!(
+        stderr(&again).contains("smollm2-135m-instruct: present"),
+        "{}",
+        stderr(&again)
+    );
+
+    let empty = scratch("no-models");
+    let list = tessera(&["models", "list", "--models-dir", empty.to_str().unwrap()]);
+    assert!(!list.status.success());
+    assert!(
+        stdout(&list).contains("run `tessera models pull`"),
+        "{}",
+        stdout(&list)
+    );
+}

@@ -3,6 +3,7 @@
 
 mod build;
 mod inspect;
+mod models;
 mod run;
 
 use std::path::PathBuf;
@@ -38,6 +39,8 @@ enum Command {
     Run(run::RunArgs),
     /// Describe a bundle or component: world, imports, exports, manifest, sha256.
     Inspect(inspect::InspectArgs),
+    /// Fetch and list the model files.
+    Models(models::ModelsArgs),
 }
 
 /// Run the parsed command.
@@ -54,6 +57,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
         Command::Build(a) => build::run(a),
         Command::Inspect(a) => inspect::run(a),
+        Command::Models(a) => models::run(a),
         Command::Run(a) => {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(run::run(a, cache_dir))

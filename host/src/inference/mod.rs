@@ -5,7 +5,14 @@
 //! SmolLM2 and MiniLM) lives here once built; until then the shipped host
 //! uses [`NoModel`], which says plainly that no model is loaded.
 
+mod models;
+
 use async_trait::async_trait;
+
+pub use models::{
+    MINILM, MODELS, MODELS_DIR_ENV, ModelFile, ModelFileError, ModelSpec, ModelStatus, ModelStore,
+    PullEvent, SMOLLM2,
+};
 
 /// Temperature when a call does not set one.
 pub const DEFAULT_TEMPERATURE: f32 = 0.7;
