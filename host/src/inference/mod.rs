@@ -5,6 +5,7 @@
 //! SmolLM2 and MiniLM) lives here once built; until then the shipped host
 //! uses [`NoModel`], which says plainly that no model is loaded.
 
+pub mod gguf;
 mod models;
 
 use async_trait::async_trait;
