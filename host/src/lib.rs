@@ -36,5 +36,6 @@ pub mod bundle;
 mod caps;
 pub mod ensemble;
 pub mod inference;
+mod paths;
 pub mod sandbox;
 pub mod types;

@@ -230,13 +230,7 @@ impl ModelStore {
 
     /// `$TESSERA_MODELS_DIR`, else `<user data dir>/tessera/models`.
     pub fn default_dir() -> PathBuf {
-        if let Some(dir) = std::env::var_os(MODELS_DIR_ENV) {
-            return PathBuf::from(dir);
-        }
-        dirs::data_dir()
-            .unwrap_or_else(std::env::temp_dir)
-            .join("tessera")
-            .join("models")
+        crate::paths::user_dir(MODELS_DIR_ENV, dirs::data_dir(), "models")
     }
 
     /// The root directory.

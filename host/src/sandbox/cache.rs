@@ -38,13 +38,7 @@ impl CompileCache {
     /// The default location: `$TESSERA_CACHE_DIR`, else the user's cache
     /// directory.
     pub fn default_dir() -> PathBuf {
-        if let Some(dir) = std::env::var_os(CACHE_DIR_ENV) {
-            return PathBuf::from(dir);
-        }
-        dirs::cache_dir()
-            .unwrap_or_else(std::env::temp_dir)
-            .join("tessera")
-            .join("components")
+        crate::paths::user_dir(CACHE_DIR_ENV, dirs::cache_dir(), "components")
     }
 
     /// The directory.
