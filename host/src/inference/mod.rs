@@ -7,6 +7,7 @@
 
 pub mod gguf;
 mod models;
+mod tokenizer;
 
 use async_trait::async_trait;
 
@@ -14,6 +15,7 @@ pub use models::{
     MINILM, MODELS, MODELS_DIR_ENV, ModelFile, ModelFileError, ModelSpec, ModelStatus, ModelStore,
     PullEvent, SMOLLM2,
 };
+pub use tokenizer::{TextTokenizer, TokenizerError};
 
 /// Temperature when a call does not set one.
 pub const DEFAULT_TEMPERATURE: f32 = 0.7;

