@@ -72,3 +72,44 @@ fn smollm2_header_matches_the_model_card() {
         assert!(g.data_offset + t.offset + size <= len, "{}", t.name);
     }
 }
+
+fn rms(v: &[f32]) -> f32 {
+    (v.iter().map(|x| x * x).sum::<f32>() / v.len() as f32).sqrt()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    dot / (rms(a) * rms(b) * a.len() as f32)
+}
+
+#[test]
+fn smollm2_tensors_dequantize_to_plausible_weights() {
+    let g = smollm2();
+    // Norm weights are F32 gains: finite and positive on average.
+    let norm = g.tensor_f32("blk.0.attn_norm.weight").unwrap();
+    assert_eq!(norm.len(), 576);
+    assert!(norm.iter().all(|x| x.is_finite()) && norm.iter().sum::<f32>() > 0.0);
+    // Q4_1 projections: finite, small, not all equal.
+    for name in ["blk.0.attn_q.weight", "blk.29.ffn_down.weight"] {
+        let w = g.tensor_f32(name).unwrap();
+        assert!(w.iter().all(|x| x.is_finite()), "{name}");
+        let r = rms(&w);
+        assert!((0.005..1.0).contains(&r), "{name}: rms {r}");
+    }
+    // The Q8_0 token embedding: related words sit closer than unrelated
+    // ones (ids from the vocabulary).
+    let emb = g.tensor_f32("token_embd.weight").unwrap();
+    assert_eq!(emb.len(), 576 * 49_152);
+    let tokens = g
+        .get("tokenizer.ggml.tokens")
+        .and_then(Value::as_array)
+        .unwrap();
+    let id = |t: &str| tokens.iter().position(|v| v.as_str() == Some(t)).unwrap();
+    let row = |t: &str| &emb[id(t) * 576..(id(t) + 1) * 576];
+    let related = cosine(row("ĠParis"), row("ĠLondon"));
+    let unrelated = cosine(row("ĠParis"), row("Ġthe"));
+    assert!(
+        related > unrelated,
+        "Paris~London {related} vs Paris~the {unrelated}"
+    );
+}

@@ -400,6 +400,46 @@ impl GgufFile {
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
         self.tensors.iter().find(|t| t.name == name)
     }
+
+    /// The raw bytes of tensor `name`.
+    pub fn tensor_bytes(&self, name: &str) -> Result<(TensorInfo, Vec<u8>), GgufError> {
+        let format = |message: String| GgufError::Format {
+            path: self.path.clone(),
+            message,
+        };
+        let info = self
+            .tensor(name)
+            .ok_or_else(|| format(format!("no tensor named `{name}`")))?
+            .clone();
+        let size = info.byte_size().ok_or_else(|| {
+            format(format!(
+                "tensor `{name}` has type {}, which is not supported",
+                info.ty
+            ))
+        })?;
+        let io = |reason| GgufError::Io {
+            path: self.path.clone(),
+            reason,
+        };
+        let mut file = std::fs::File::open(&self.path).map_err(io)?;
+        file.seek(SeekFrom::Start(self.data_offset + info.offset))
+            .map_err(io)?;
+        let mut bytes = vec![0u8; size as usize];
+        file.read_exact(&mut bytes).map_err(io)?;
+        Ok((info, bytes))
+    }
+
+    /// Tensor `name` dequantized to f32, in GGUF order (innermost dimension
+    /// fastest).
+    pub fn tensor_f32(&self, name: &str) -> Result<Vec<f32>, GgufError> {
+        let (info, bytes) = self.tensor_bytes(name)?;
+        super::quant::dequantize(info.ty, &bytes, info.elements() as usize).map_err(|e| {
+            GgufError::Format {
+                path: self.path.clone(),
+                message: format!("tensor `{name}`: {e}"),
+            }
+        })
+    }
 }
 
 #[cfg(test)]

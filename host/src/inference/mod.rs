@@ -7,6 +7,7 @@
 
 pub mod gguf;
 mod models;
+pub mod quant;
 mod tokenizer;
 
 use async_trait::async_trait;
