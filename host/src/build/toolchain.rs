@@ -115,8 +115,6 @@ impl Toolchain {
         if let Toolchain::Debian { linker } = self {
             cmd.env("RUSTC", DEBIAN_RUSTC)
                 .env("RUSTC_BOOTSTRAP", "1")
-                .env("RUSTUP_TOOLCHAIN", "")
-                .env_remove("RUSTUP_TOOLCHAIN")
                 .env(
                     "CARGO_ENCODED_RUSTFLAGS",
                     format!("-C\x1flinker={}", linker.display()),

@@ -64,21 +64,6 @@ impl InvokeErrorKind {
             InvokeErrorKind::ResponseTooLarge => "response_too_large",
         }
     }
-
-    /// Whether the sandbox stopped the expert (as opposed to the expert
-    /// returning an error of its own).
-    pub fn is_containment(self) -> bool {
-        matches!(
-            self,
-            InvokeErrorKind::Deadline
-                | InvokeErrorKind::OutOfFuel
-                | InvokeErrorKind::MemoryLimit
-                | InvokeErrorKind::StackOverflow
-                | InvokeErrorKind::Panic
-                | InvokeErrorKind::Trap
-                | InvokeErrorKind::ResponseTooLarge
-        )
-    }
 }
 
 impl InvokeError {

