@@ -193,7 +193,13 @@ async fn call_depth_is_limited() {
     assert_eq!(level2.depth, 1);
     assert_eq!(level2.host_calls[0].nested.as_ref().unwrap().depth, 2);
     // The caller pays for its callees' fuel.
-    assert!(ok.trace.fuel_consumed > level2.fuel_consumed);
+    assert!(
+        ok.trace.fuel_consumed > level2.fuel_consumed,
+        "caller {} vs callee {}: {:#?}",
+        ok.trace.fuel_consumed,
+        level2.fuel_consumed,
+        ok.trace.host_calls[0]
+    );
     assert!(ok.trace.host_calls[0].fuel_after > ok.trace.host_calls[0].fuel_before);
 
     let too_deep = "relay-2,relay-3,relay-4,relay-5,relay-6";

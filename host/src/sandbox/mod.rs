@@ -205,6 +205,12 @@ impl Sandbox {
 
 /// Keeps the fuel figures of host calls, and charges a caller for the fuel
 /// its nested experts burned.
+///
+/// The charge is applied only when the outermost host entry returns to the
+/// guest. A libcall of guest code that the host called back into (an epoch
+/// check inside `cabi_realloc` while a result is lowered) also returns
+/// through this hook, but that code keeps its fuel in a register and writes
+/// it back on return: a charge applied there would be overwritten and lost.
 fn track_fuel(
     mut ctx: wasmtime::StoreContextMut<'_, InvocationState>,
     hook: CallHook,
@@ -213,10 +219,18 @@ fn track_fuel(
         CallHook::CallingHost => {
             let left = ctx.get_fuel()?;
             let rec = &mut ctx.data_mut().recorder;
-            rec.fuel_at_host_entry = rec.initial_fuel.saturating_sub(left);
+            rec.host_depth += 1;
+            if rec.host_depth == 1 {
+                rec.fuel_at_host_entry = rec.initial_fuel.saturating_sub(left);
+            }
         }
         CallHook::ReturningFromHost => {
-            let charge = std::mem::take(&mut ctx.data_mut().recorder.pending_fuel_charge);
+            let rec = &mut ctx.data_mut().recorder;
+            rec.host_depth = rec.host_depth.saturating_sub(1);
+            if rec.host_depth > 0 {
+                return Ok(());
+            }
+            let charge = std::mem::take(&mut rec.pending_fuel_charge);
             let mut left = ctx.get_fuel()?;
             if charge > 0 {
                 left = left.saturating_sub(charge);

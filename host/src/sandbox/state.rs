@@ -50,6 +50,10 @@ pub(crate) struct Recorder {
     pub(crate) pending_fuel_charge: u64,
     /// The host call whose `fuel_after` is set when it returns.
     pub(crate) open_call: Option<usize>,
+    /// How many host entries are open: 1 inside a host function, 2 inside a
+    /// libcall (an epoch check, say) of guest code the host called back
+    /// into, such as `cabi_realloc` while a result is lowered.
+    pub(crate) host_depth: u32,
 }
 
 /// A host call being recorded; see [`InvocationState::begin_call`].
