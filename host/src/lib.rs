@@ -33,6 +33,7 @@ pub mod audit;
 pub mod bindings;
 pub mod build;
 pub mod bundle;
+pub mod embed;
 mod caps;
 pub mod ensemble;
 pub mod inference;

@@ -23,6 +23,7 @@ impl Request {
                 temperature: None,
                 top_p: None,
                 top_k: None,
+                repetition_penalty: None,
                 max_tokens: None,
                 seed: None,
                 stop: Vec::new(),

@@ -38,6 +38,7 @@ impl Default for Sampling {
             temperature: None,
             top_p: None,
             top_k: None,
+            repetition_penalty: None,
             max_tokens: None,
             seed: None,
             stop: Vec::new(),
@@ -60,6 +61,12 @@ impl Sampling {
     /// Set nucleus sampling's `top-p`.
     pub fn top_p(mut self, top_p: f32) -> Self {
         self.top_p = Some(top_p);
+        self
+    }
+
+    /// Discourage repeating tokens already seen (1.0 is off).
+    pub fn repetition_penalty(mut self, penalty: f32) -> Self {
+        self.repetition_penalty = Some(penalty);
         self
     }
 

@@ -60,8 +60,15 @@ impl InvocationState {
                 "sampling.top-p must be in (0, 1], got {top_p}"
             )));
         }
+        let repetition_penalty = sampling.repetition_penalty.unwrap_or(1.0);
+        if !(repetition_penalty.is_finite() && repetition_penalty > 0.0) {
+            return Err(Error::InvalidInput(format!(
+                "sampling.repetition-penalty must be a number > 0, got {repetition_penalty}"
+            )));
+        }
         Ok(SamplingParams {
             temperature,
+            repetition_penalty,
             top_p,
             top_k: sampling.top_k,
             max_tokens: sampling
@@ -70,6 +77,7 @@ impl InvocationState {
                 .min(remaining),
             seed: sampling.seed,
             stop: sampling.stop,
+            owner: Some(self.expert_name().to_string()),
         })
     }
 
@@ -127,6 +135,7 @@ impl InvocationState {
 fn model_error(e: ModelError) -> Error {
     match e {
         ModelError::InvalidInput(m) => Error::InvalidInput(m),
+        ModelError::LimitExceeded(m) => Error::LimitExceeded(m),
         ModelError::UnknownAdapter(a) => Error::InvalidInput(format!("unknown adapter `{a}`")),
         other => Error::Model(other.to_string()),
     }

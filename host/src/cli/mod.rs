@@ -2,6 +2,9 @@
 //! in `main`.
 
 mod build;
+mod embed;
+mod engine;
+mod generate;
 mod inspect;
 mod models;
 mod run;
@@ -41,6 +44,10 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Fetch and list the model files.
     Models(models::ModelsArgs),
+    /// Generate text with the model engine alone (no experts).
+    Generate(generate::GenerateArgs),
+    /// Embed texts with the embedding model and compare them.
+    Embed(embed::EmbedArgs),
 }
 
 /// Run the parsed command.
@@ -58,10 +65,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Build(a) => build::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Models(a) => models::run(a),
-        Command::Run(a) => {
-            let runtime = tokio::runtime::Runtime::new()?;
-            runtime.block_on(run::run(a, cache_dir))
-        }
+        Command::Run(a) => tokio::runtime::Runtime::new()?.block_on(run::run(a, cache_dir)),
+        Command::Generate(a) => tokio::runtime::Runtime::new()?.block_on(generate::run(a)),
+        Command::Embed(a) => tokio::runtime::Runtime::new()?.block_on(embed::run(a)),
     }
 }
 

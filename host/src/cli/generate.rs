@@ -1,0 +1,90 @@
+use std::process::ExitCode;
+use std::time::Instant;
+
+use tessera_host::inference::{ChatMessage, ChatRole, ModelEngine, SamplingParams};
+
+use super::engine::EngineArgs;
+
+/// Arguments of `tessera generate`.
+#[derive(Debug, clap::Args)]
+pub struct GenerateArgs {
+    /// The text: a user message, or with --raw a text to continue.
+    #[arg(short, long)]
+    prompt: String,
+
+    /// Continue the prompt as raw text instead of answering it as a chat.
+    #[arg(long)]
+    raw: bool,
+
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 128)]
+    max_tokens: u32,
+
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+
+    /// Nucleus sampling mass.
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+
+    /// Keep only the K most likely tokens.
+    #[arg(long)]
+    top_k: Option<u32>,
+
+    /// Discourage repeats (1.0 is off).
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f32,
+
+    /// Sampler seed: the same seed gives the same text.
+    #[arg(long)]
+    seed: Option<u64>,
+
+    /// Stop at this string (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+pub async fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
+    if !(args.temperature.is_finite() && args.temperature >= 0.0) {
+        anyhow::bail!("--temperature must be a number >= 0");
+    }
+    if !(args.top_p > 0.0 && args.top_p <= 1.0) {
+        anyhow::bail!("--top-p must be in (0, 1]");
+    }
+    let engine = args.engine.load()?;
+    let params = SamplingParams {
+        temperature: args.temperature,
+        top_p: args.top_p,
+        top_k: args.top_k,
+        repetition_penalty: args.repetition_penalty,
+        max_tokens: args.max_tokens,
+        seed: args.seed,
+        stop: args.stop,
+        owner: None,
+    };
+    let started = Instant::now();
+    let generation = if args.raw {
+        engine.complete(args.prompt, params, None).await?
+    } else {
+        let messages = vec![ChatMessage {
+            role: ChatRole::User,
+            content: args.prompt,
+        }];
+        engine.chat(messages, params, None).await?
+    };
+    let elapsed = started.elapsed();
+    super::print(&format!("{}\n", generation.text))?;
+    eprintln!(
+        "[{} prompt + {} generated tokens in {:.2?}, {:.1} tok/s, finish: {:?}]",
+        generation.prompt_tokens,
+        generation.completion_tokens,
+        elapsed,
+        f64::from(generation.completion_tokens) / elapsed.as_secs_f64(),
+        generation.finish
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,702 @@
+//! The real engine: SmolLM2 (or any Llama-family checkpoint) and MiniLM in
+//! burn, behind a continuous-batching scheduler.
+//!
+//! One OS thread owns the models. Callers (experts, the HTTP server) send
+//! jobs over a channel and `await` a oneshot reply, so a waiting expert
+//! holds no thread. Each scheduler step:
+//!
+//! 1. takes new jobs and drops those whose caller has gone (cancellation:
+//!    the reply receiver was dropped, e.g. the expert hit its deadline);
+//! 2. admits queued jobs round-robin across owners (fair queueing) while
+//!    the batch has room and the KV budget covers the job's prompt plus its
+//!    `max_tokens`;
+//! 3. runs one forward pass over every active sequence: one token for each
+//!    decoding sequence, prompt chunks for the others (chunked prefill);
+//! 4. samples, checks stop conditions, and answers the finished jobs.
+//!
+//! Sequences join and leave between steps; nobody waits for a batch to
+//! drain.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use burn::tensor::Device;
+use tokio::sync::oneshot;
+
+use crate::embed::Embedder;
+use super::llama::{KvCache, Llama, StepInput};
+use super::sampler::{Sampler, log_softmax_at};
+use super::weights::{GgufWeights, HfWeights, LoadError, WeightSource};
+use super::{
+    ChatMessage, Finish, Generation, MINILM, ModelEngine, ModelError, ModelStore, SMOLLM2,
+    SamplingParams, TextTokenizer,
+};
+
+/// Which burn backend runs the models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceChoice {
+    /// burn's `flex` CPU backend.
+    #[default]
+    Cpu,
+    /// burn's wgpu backend (Vulkan, Metal, DX12; lavapipe on machines
+    /// without a GPU).
+    Wgpu,
+}
+
+impl DeviceChoice {
+    /// The burn device.
+    pub fn device(self) -> Result<Device, ModelError> {
+        match self {
+            DeviceChoice::Cpu => Ok(Device::flex()),
+            #[cfg(feature = "wgpu")]
+            DeviceChoice::Wgpu => Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)),
+            #[cfg(not(feature = "wgpu"))]
+            DeviceChoice::Wgpu => Err(ModelError::NotLoaded(
+                "this tessera was built without wgpu; rebuild with `--features wgpu`".into(),
+            )),
+        }
+    }
+
+    /// `cpu` or `wgpu`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceChoice::Cpu => "cpu",
+            DeviceChoice::Wgpu => "wgpu",
+        }
+    }
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "wgpu" | "gpu" => Ok(DeviceChoice::Wgpu),
+            other => Err(format!("unknown device `{other}`; use cpu or wgpu")),
+        }
+    }
+}
+
+/// How the engine runs.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// The backend.
+    pub device: DeviceChoice,
+    /// Most sequences in one forward pass.
+    pub max_batch: usize,
+    /// Most prompt tokens fed per step, across sequences.
+    pub prefill_chunk: usize,
+    /// Memory for KV caches, in bytes. A job reserves its prompt plus its
+    /// `max_tokens` when admitted.
+    pub kv_budget_bytes: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            device: DeviceChoice::Cpu,
+            max_batch: 32,
+            prefill_chunk: 256,
+            kv_budget_bytes: 2 << 30,
+        }
+    }
+}
+
+/// The language model and the embedding model, on one device, behind the
+/// scheduler.
+pub struct BurnEngine {
+    name: String,
+    tokenizer: Arc<TextTokenizer>,
+    jobs: mpsc::Sender<Job>,
+    context: usize,
+}
+
+impl std::fmt::Debug for BurnEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BurnEngine")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A language model checkpoint: a `.gguf` file or a Hugging Face
+/// directory.
+pub fn open_weights(path: &Path) -> Result<(Box<dyn WeightSource>, TextTokenizer), LoadError> {
+    let err = |message: String| LoadError {
+        path: path.to_path_buf(),
+        message,
+    };
+    if path.is_dir() {
+        let weights = HfWeights::open(path)?;
+        let tokenizer = TextTokenizer::from_hf_dir(path).map_err(|e| err(e.to_string()))?;
+        Ok((Box::new(weights), tokenizer))
+    } else {
+        let weights = GgufWeights::open(path)?;
+        let tokenizer = TextTokenizer::from_gguf(weights.file()).map_err(|e| err(e.to_string()))?;
+        Ok((Box::new(weights), tokenizer))
+    }
+}
+
+impl BurnEngine {
+    /// Load SmolLM2 and MiniLM from `store` (pulled with `tessera models
+    /// pull`).
+    pub fn from_store(store: &ModelStore, options: EngineOptions) -> Result<BurnEngine, ModelError> {
+        let missing = |e: super::ModelFileError| ModelError::NotLoaded(e.to_string());
+        let llm = store
+            .require(&SMOLLM2, "SmolLM2-135M-Instruct.Q4_1.gguf")
+            .map_err(missing)?;
+        let embed_dir = store
+            .require(&MINILM, "model.safetensors")
+            .map_err(missing)?
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        Self::load(&llm, Some(&embed_dir), options)
+    }
+
+    /// Load the language model at `model` (GGUF file or Hugging Face
+    /// directory) and, if given, the MiniLM directory `embedder`.
+    pub fn load(
+        model: &Path,
+        embedder: Option<&Path>,
+        options: EngineOptions,
+    ) -> Result<BurnEngine, ModelError> {
+        let device = options.device.device()?;
+        let failed = |e: LoadError| ModelError::NotLoaded(e.to_string());
+        let (weights, tokenizer) = open_weights(model).map_err(failed)?;
+        let name = model
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into());
+        let name = name.split('.').next().unwrap_or(&name).to_string();
+        let llama = Llama::load(weights.as_ref(), &device).map_err(failed)?;
+        drop(weights);
+        let embedder = embedder
+            .map(|dir| Embedder::load(dir, &device))
+            .transpose()
+            .map_err(failed)?;
+        let tokenizer = Arc::new(tokenizer);
+        let context = llama.config().context;
+        let (jobs, rx) = mpsc::channel();
+        let scheduler = Scheduler::new(llama, embedder, tokenizer.clone(), options);
+        std::thread::Builder::new()
+            .name("tessera-engine".into())
+            .spawn(move || scheduler.run(rx))
+            .map_err(|e| ModelError::Failed(format!("cannot start the engine thread: {e}")))?;
+        Ok(BurnEngine {
+            name,
+            tokenizer,
+            jobs,
+            context,
+        })
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.tokenizer
+    }
+
+    /// Tokens the model can attend to.
+    pub fn context_length(&self) -> usize {
+        self.context
+    }
+
+    async fn submit(&self, owner: Option<String>, kind: JobKind) -> Result<Output, ModelError> {
+        let (reply, rx) = oneshot::channel();
+        self.jobs
+            .send(Job {
+                owner: owner.unwrap_or_default(),
+                kind,
+                reply,
+                queued_at: Instant::now(),
+            })
+            .map_err(|_| ModelError::Failed("the engine thread has stopped".into()))?;
+        rx.await
+            .map_err(|_| ModelError::Failed("the engine thread stopped mid-job".into()))?
+    }
+
+    /// Generate from prompt token ids.
+    pub async fn generate_ids(
+        &self,
+        prompt: Vec<u32>,
+        params: SamplingParams,
+    ) -> Result<Generation, ModelError> {
+        match self
+            .submit(params.owner.clone(), JobKind::Generate { prompt, params })
+            .await?
+        {
+            Output::Generation(g) => Ok(g),
+            _ => Err(ModelError::Failed("the engine answered the wrong job".into())),
+        }
+    }
+
+    /// Logits of the next token after `prompt` (raw text, BOS added when
+    /// the model wants it).
+    pub async fn next_token_logits(&self, prompt: &str) -> Result<Vec<f32>, ModelError> {
+        let tokens = self.encode_prompt(prompt)?;
+        match self.submit(None, JobKind::Logits { tokens }).await? {
+            Output::Logits(l) => Ok(l),
+            _ => Err(ModelError::Failed("the engine answered the wrong job".into())),
+        }
+    }
+
+    fn encode_prompt(&self, text: &str) -> Result<Vec<u32>, ModelError> {
+        let ids = self
+            .tokenizer
+            .encode_prompt(text)
+            .map_err(|e| ModelError::InvalidInput(e.to_string()))?;
+        if ids.is_empty() {
+            return Err(ModelError::InvalidInput("the prompt is empty".into()));
+        }
+        Ok(ids)
+    }
+}
+
+#[async_trait]
+impl ModelEngine for BurnEngine {
+    fn model_name(&self) -> &str {
+        &self.name
+    }
+
+    async fn chat(
+        &self,
+        messages: Vec<ChatMessage>,
+        params: SamplingParams,
+        adapter: Option<String>,
+    ) -> Result<Generation, ModelError> {
+        no_adapter(adapter)?;
+        let text = self
+            .tokenizer
+            .apply_chat_template(&messages, true)
+            .map_err(|e| ModelError::InvalidInput(e.to_string()))?;
+        let prompt = self.encode_prompt(&text)?;
+        self.generate_ids(prompt, params).await
+    }
+
+    async fn complete(
+        &self,
+        prompt: String,
+        params: SamplingParams,
+        adapter: Option<String>,
+    ) -> Result<Generation, ModelError> {
+        no_adapter(adapter)?;
+        let prompt = self.encode_prompt(&prompt)?;
+        self.generate_ids(prompt, params).await
+    }
+
+    async fn tokenize(&self, text: String) -> Result<Vec<u32>, ModelError> {
+        self.tokenizer
+            .encode(&text)
+            .map_err(|e| ModelError::InvalidInput(e.to_string()))
+    }
+
+    async fn score(
+        &self,
+        prompt: String,
+        continuation: String,
+        adapter: Option<String>,
+    ) -> Result<f64, ModelError> {
+        no_adapter(adapter)?;
+        let mut tokens = self.encode_prompt(&prompt)?;
+        let from = tokens.len();
+        let rest = self
+            .tokenizer
+            .encode(&continuation)
+            .map_err(|e| ModelError::InvalidInput(e.to_string()))?;
+        if rest.is_empty() {
+            return Err(ModelError::InvalidInput("the continuation is empty".into()));
+        }
+        tokens.extend(rest);
+        match self.submit(None, JobKind::Score { tokens, from }).await? {
+            Output::Score(s) => Ok(s),
+            _ => Err(ModelError::Failed("the engine answered the wrong job".into())),
+        }
+    }
+
+    async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, ModelError> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self.submit(None, JobKind::Embed { texts }).await? {
+            Output::Embeddings(e) => Ok(e),
+            _ => Err(ModelError::Failed("the engine answered the wrong job".into())),
+        }
+    }
+}
+
+fn no_adapter(adapter: Option<String>) -> Result<(), ModelError> {
+    match adapter {
+        Some(name) => Err(ModelError::UnknownAdapter(name)),
+        None => Ok(()),
+    }
+}
+
+struct Job {
+    owner: String,
+    kind: JobKind,
+    reply: oneshot::Sender<Result<Output, ModelError>>,
+    #[allow(dead_code)]
+    queued_at: Instant,
+}
+
+enum JobKind {
+    Generate {
+        prompt: Vec<u32>,
+        params: SamplingParams,
+    },
+    Score {
+        tokens: Vec<u32>,
+        from: usize,
+    },
+    Logits {
+        tokens: Vec<u32>,
+    },
+    Embed {
+        texts: Vec<String>,
+    },
+}
+
+enum Output {
+    Generation(Generation),
+    Score(f64),
+    Logits(Vec<f32>),
+    Embeddings(Vec<Vec<f32>>),
+}
+
+/// What a sequence is for.
+enum Purpose {
+    Generate {
+        params: SamplingParams,
+        sampler: Sampler,
+        prompt_len: usize,
+        max_tokens: usize,
+        logprobs: Vec<(String, f32)>,
+    },
+    Score {
+        from: usize,
+        total: f64,
+    },
+    Logits,
+}
+
+struct Sequence {
+    reply: oneshot::Sender<Result<Output, ModelError>>,
+    /// Prompt and generated tokens.
+    tokens: Vec<u32>,
+    cache: KvCache,
+    /// KV tokens reserved against the budget.
+    reserved: usize,
+    purpose: Purpose,
+}
+
+impl Sequence {
+    /// Tokens not yet in the cache.
+    fn pending(&self) -> usize {
+        self.tokens.len() - self.cache.len()
+    }
+}
+
+struct Scheduler {
+    model: Llama,
+    embedder: Option<Embedder>,
+    tokenizer: Arc<TextTokenizer>,
+    options: EngineOptions,
+    /// Waiting jobs per owner; admitted round-robin.
+    queues: BTreeMap<String, VecDeque<Job>>,
+    /// The owner admitted last.
+    last_owner: Option<String>,
+    active: Vec<Sequence>,
+    budget_tokens: usize,
+    reserved_tokens: usize,
+    seed: u64,
+}
+
+impl Scheduler {
+    fn new(
+        model: Llama,
+        embedder: Option<Embedder>,
+        tokenizer: Arc<TextTokenizer>,
+        options: EngineOptions,
+    ) -> Scheduler {
+        let budget_tokens = options.kv_budget_bytes / model.config().kv_bytes_per_token().max(1);
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Scheduler {
+            model,
+            embedder,
+            tokenizer,
+            options,
+            queues: BTreeMap::new(),
+            last_owner: None,
+            active: Vec::new(),
+            budget_tokens,
+            reserved_tokens: 0,
+            seed,
+        }
+    }
+
+    fn run(mut self, jobs: mpsc::Receiver<Job>) {
+        loop {
+            if self.active.is_empty() && self.queues.is_empty() {
+                match jobs.recv() {
+                    Ok(job) => self.enqueue(job),
+                    Err(_) => return,
+                }
+            }
+            while let Ok(job) = jobs.try_recv() {
+                self.enqueue(job);
+            }
+            self.drop_cancelled();
+            self.admit();
+            if !self.active.is_empty() {
+                self.step();
+            }
+        }
+    }
+
+    fn enqueue(&mut self, job: Job) {
+        // Embeddings are short and batched on their own: answer them now.
+        if let JobKind::Embed { texts } = &job.kind {
+            let result = match &self.embedder {
+                Some(e) => e.embed(texts).map(Output::Embeddings),
+                None => Err(ModelError::NotLoaded(
+                    "no embedding model is loaded; run `tessera models pull`".into(),
+                )),
+            };
+            let _ = job.reply.send(result);
+            return;
+        }
+        self.queues.entry(job.owner.clone()).or_default().push_back(job);
+    }
+
+    fn drop_cancelled(&mut self) {
+        let mut freed = 0;
+        self.active.retain(|s| {
+            let gone = s.reply.is_closed();
+            if gone {
+                freed += s.reserved;
+            }
+            !gone
+        });
+        self.reserved_tokens -= freed;
+        for queue in self.queues.values_mut() {
+            queue.retain(|j| !j.reply.is_closed());
+        }
+        self.queues.retain(|_, q| !q.is_empty());
+    }
+
+    /// The owner after `last_owner` with work waiting, wrapping around.
+    fn next_owner(&self) -> Option<String> {
+        let after = self.last_owner.as_ref().and_then(|last| {
+            self.queues
+                .range::<String, _>((
+                    std::ops::Bound::Excluded(last),
+                    std::ops::Bound::Unbounded,
+                ))
+                .next()
+        });
+        after
+            .or_else(|| self.queues.iter().next())
+            .map(|(owner, _)| owner.clone())
+    }
+
+    fn admit(&mut self) {
+        let context = self.model.config().context;
+        while self.active.len() < self.options.max_batch {
+            let Some(owner) = self.next_owner() else {
+                return;
+            };
+            let queue = self.queues.get_mut(&owner).expect("owner has a queue");
+            let job = queue.front().expect("queues are never empty");
+            let (len, extra) = match &job.kind {
+                JobKind::Generate { prompt, params } => (prompt.len(), params.max_tokens as usize),
+                JobKind::Score { tokens, .. } | JobKind::Logits { tokens } => (tokens.len(), 0),
+                JobKind::Embed { .. } => unreachable!("embeddings are answered at once"),
+            };
+            let need = (len + extra).min(context);
+            let refusal = if len >= context {
+                Some(ModelError::InvalidInput(format!(
+                    "the prompt is {len} tokens; the model's context holds {context}, and at least one must be left to answer"
+                )))
+            } else if need > self.budget_tokens {
+                let per_token = self.model.config().kv_bytes_per_token();
+                Some(ModelError::LimitExceeded(format!(
+                    "this request needs a KV cache of {need} tokens ({} MiB), more than the engine's whole KV budget of {} MiB; lower max-tokens or shorten the prompt, or start tessera with a larger --kv-budget-mib",
+                    (need * per_token) >> 20,
+                    self.options.kv_budget_bytes >> 20
+                )))
+            } else {
+                None
+            };
+            if refusal.is_none() && self.reserved_tokens + need > self.budget_tokens {
+                // Wait for running sequences to finish and free their cache.
+                return;
+            }
+            let job = queue.pop_front().expect("checked above");
+            if queue.is_empty() {
+                self.queues.remove(&owner);
+            }
+            self.last_owner = Some(owner);
+            if let Some(e) = refusal {
+                let _ = job.reply.send(Err(e));
+                continue;
+            }
+            self.reserved_tokens += need;
+            self.seed = self.seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let (tokens, purpose) = match job.kind {
+                JobKind::Generate { prompt, params } => {
+                    let max_tokens = (params.max_tokens as usize).min(context - prompt.len());
+                    (
+                        prompt.clone(),
+                        Purpose::Generate {
+                            sampler: Sampler::new(&params, self.seed),
+                            prompt_len: prompt.len(),
+                            max_tokens,
+                            params,
+                            logprobs: Vec::new(),
+                        },
+                    )
+                }
+                JobKind::Score { tokens, from } => (tokens, Purpose::Score { from, total: 0.0 }),
+                JobKind::Logits { tokens } => (tokens, Purpose::Logits),
+                JobKind::Embed { .. } => unreachable!(),
+            };
+            if let Purpose::Generate { max_tokens: 0, .. } = purpose {
+                self.reserved_tokens -= need;
+                let _ = job.reply.send(Ok(Output::Generation(Generation {
+                    text: String::new(),
+                    finish: Finish::Length,
+                    prompt_tokens: tokens.len() as u32,
+                    completion_tokens: 0,
+                    token_logprobs: Vec::new(),
+                })));
+                continue;
+            }
+            self.active.push(Sequence {
+                reply: job.reply,
+                tokens,
+                cache: self.model.new_cache(),
+                reserved: need,
+                purpose,
+            });
+        }
+    }
+
+    /// One forward pass over every active sequence, then sampling.
+    fn step(&mut self) {
+        // Decoding sequences feed one token each; prompts share the rest of
+        // the chunk budget, at least one token each so none starves.
+        let decoding = self.active.iter().filter(|s| s.pending() == 1).count();
+        let mut budget = self.options.prefill_chunk.saturating_sub(decoding);
+        let feeds: Vec<usize> = self
+            .active
+            .iter()
+            .map(|s| {
+                let pending = s.pending();
+                if pending <= 1 {
+                    return pending;
+                }
+                let n = pending.min(budget.max(1));
+                budget = budget.saturating_sub(n);
+                n
+            })
+            .collect();
+
+        let logits = {
+            let mut inputs: Vec<StepInput<'_>> = self
+                .active
+                .iter_mut()
+                .zip(&feeds)
+                .map(|(s, &n)| {
+                    let start = s.cache.len();
+                    StepInput {
+                        tokens: &s.tokens[start..start + n],
+                        cache: &mut s.cache,
+                        all_logits: matches!(s.purpose, Purpose::Score { .. }),
+                    }
+                })
+                .collect();
+            self.model.step(&mut inputs)
+        };
+
+        let mut finished = Vec::new();
+        for (index, (seq, rows)) in self.active.iter_mut().zip(logits).enumerate() {
+            if let Some(output) = advance(seq, rows, &self.tokenizer) {
+                finished.push((index, output));
+            }
+        }
+        for (index, output) in finished.into_iter().rev() {
+            let seq = self.active.swap_remove(index);
+            self.reserved_tokens -= seq.reserved;
+            let _ = seq.reply.send(Ok(output));
+        }
+    }
+}
+
+/// Take one step's logits for `seq`; returns its answer when it is done.
+fn advance(seq: &mut Sequence, rows: Vec<Vec<f32>>, tokenizer: &TextTokenizer) -> Option<Output> {
+    let fed_to = seq.cache.len();
+    let done_feeding = seq.pending() == 0;
+    match &mut seq.purpose {
+        Purpose::Score { from, total } => {
+            // Row j predicts the token after position fed_from + j.
+            let fed_from = fed_to - rows.len();
+            for (j, row) in rows.iter().enumerate() {
+                let next = fed_from + j + 1;
+                if next >= *from && next < seq.tokens.len() {
+                    *total += f64::from(log_softmax_at(row, seq.tokens[next] as usize));
+                }
+            }
+            done_feeding.then(|| Output::Score(*total))
+        }
+        Purpose::Logits => done_feeding
+            .then(|| rows.into_iter().last().map(Output::Logits))
+            .flatten(),
+        Purpose::Generate {
+            params,
+            sampler,
+            prompt_len,
+            max_tokens,
+            logprobs,
+        } => {
+            if !done_feeding {
+                return None;
+            }
+            let row = rows.last().expect("one row per step");
+            let picked = sampler.sample(row, &seq.tokens);
+            let generated = seq.tokens.len() - *prompt_len;
+            let finish = |text: String, finish, logprobs: &mut Vec<(String, f32)>, count| {
+                Some(Output::Generation(Generation {
+                    text,
+                    finish,
+                    prompt_tokens: *prompt_len as u32,
+                    completion_tokens: count as u32,
+                    token_logprobs: std::mem::take(logprobs),
+                }))
+            };
+            let decode = |ids: &[u32]| tokenizer.decode(ids, false).unwrap_or_default();
+            if picked.token == tokenizer.eos() {
+                // The end-of-turn token is not part of the answer: counts
+                // and log-probabilities cover the text only.
+                let text = decode(&seq.tokens[*prompt_len..]);
+                return finish(text, Finish::Stop, logprobs, generated);
+            }
+            seq.tokens.push(picked.token);
+            logprobs.push((decode(&[picked.token]), picked.logprob));
+            let text = decode(&seq.tokens[*prompt_len..]);
+            if let Some(cut) = params.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+                return finish(text[..cut].to_string(), Finish::Stop, logprobs, generated + 1);
+            }
+            if generated + 1 >= *max_tokens {
+                return finish(text, Finish::Length, logprobs, generated + 1);
+            }
+            None
+        }
+    }
+}

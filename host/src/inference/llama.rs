@@ -1,0 +1,510 @@
+//! The Llama-family decoder (llama, qwen2, mistral) in burn.
+//!
+//! The model code is backend-free: the [`Device`] passed to
+//! [`Llama::load`] picks burn's `flex` CPU backend or wgpu. One forward pass
+//! runs a *batch step*: any number of sequences, each adding one or more
+//! tokens (a prompt chunk or one decoded token) to its own KV cache. The
+//! projections and the MLP see every token of every sequence as one matrix,
+//! so concurrent generations share their weight reads; attention runs per
+//! sequence against that sequence's cache.
+//!
+//! RoPE comes in two layouts: interleaved pairs `(2i, 2i+1)` (llama.cpp's
+//! GGUF Llama files) and NeoX halves `(i, i + d/2)` (Hugging Face weights,
+//! Qwen2). Rotating pairs commutes with permuting a head's dimensions, and
+//! attention scores are dot products of query and key heads, so interleaved
+//! weights are permuted to the NeoX layout at load time and one kernel
+//! serves both.
+
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::{Device, Tensor, TensorData};
+
+use super::weights::{LoadError, WeightSource};
+
+/// How a checkpoint pairs the dimensions that RoPE rotates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeLayout {
+    /// Pairs `(2i, 2i+1)`: llama.cpp's layout for Llama GGUF files.
+    Interleaved,
+    /// Pairs `(i, i + d/2)`: Hugging Face's `rotate_half`, Qwen2 GGUF files.
+    NeoX,
+}
+
+/// The shape of a Llama-family model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlamaConfig {
+    /// Architecture name as the checkpoint gives it (`llama`, `qwen2`, ...).
+    pub architecture: String,
+    /// Decoder layers.
+    pub layers: usize,
+    /// Width of the residual stream.
+    pub hidden: usize,
+    /// Width of the MLP.
+    pub ffn: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads (grouped-query attention when fewer than `heads`).
+    pub kv_heads: usize,
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// RoPE base frequency.
+    pub rope_base: f64,
+    /// RMSNorm epsilon.
+    pub rms_eps: f64,
+    /// Longest context the model was trained for.
+    pub context: usize,
+    /// RoPE pairing of the checkpoint's Q and K weights.
+    pub rope_layout: RopeLayout,
+    /// Whether Q, K and V projections carry a bias (Qwen2).
+    pub qkv_bias: bool,
+}
+
+impl LlamaConfig {
+    /// Width of one attention head.
+    pub fn head_dim(&self) -> usize {
+        self.hidden / self.heads
+    }
+
+    /// Bytes of KV cache one token takes (f32 keys and values, all layers).
+    pub fn kv_bytes_per_token(&self) -> usize {
+        self.layers * 2 * self.kv_heads * self.head_dim() * std::mem::size_of::<f32>()
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        if self.heads == 0 || self.kv_heads == 0 || self.layers == 0 {
+            return Err("layer and head counts must be positive".into());
+        }
+        if self.hidden % self.heads != 0 {
+            return Err(format!(
+                "hidden size {} is not a multiple of the {} heads",
+                self.hidden, self.heads
+            ));
+        }
+        if self.heads % self.kv_heads != 0 {
+            return Err(format!(
+                "{} query heads cannot be grouped over {} key/value heads",
+                self.heads, self.kv_heads
+            ));
+        }
+        if self.head_dim() % 2 != 0 {
+            return Err(format!("head width {} is odd", self.head_dim()));
+        }
+        Ok(())
+    }
+}
+
+struct Layer {
+    attn_norm: Tensor<2>,
+    wq: Tensor<2>,
+    wk: Tensor<2>,
+    wv: Tensor<2>,
+    bq: Option<Tensor<2>>,
+    bk: Option<Tensor<2>>,
+    bv: Option<Tensor<2>>,
+    wo: Tensor<2>,
+    ffn_norm: Tensor<2>,
+    w_gate: Tensor<2>,
+    w_up: Tensor<2>,
+    w_down: Tensor<2>,
+}
+
+/// Keys and values seen so far by one sequence, per layer
+/// (`[kv_heads, len, head_dim]`).
+pub struct KvCache {
+    layers: Vec<Option<(Tensor<3>, Tensor<3>)>>,
+    len: usize,
+}
+
+impl KvCache {
+    /// Tokens cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// One sequence's part of a batch step.
+pub struct StepInput<'a> {
+    /// New tokens, following what `cache` holds.
+    pub tokens: &'a [u32],
+    /// The sequence's cache; the new tokens are appended to it.
+    pub cache: &'a mut KvCache,
+    /// Return logits for every new token (scoring) instead of the last only.
+    pub all_logits: bool,
+}
+
+/// A Llama-family model loaded on one device.
+pub struct Llama {
+    config: LlamaConfig,
+    device: Device,
+    /// Token embeddings, `[vocab, hidden]`, kept on the host: a lookup is a
+    /// row copy.
+    embeddings: Vec<f32>,
+    layers: Vec<Layer>,
+    norm: Tensor<2>,
+    /// Output projection `[hidden, vocab]`.
+    head: Tensor<2>,
+    /// RoPE tables, `[context, head_dim / 2]` each.
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl Llama {
+    /// Load the model in `source` onto `device`.
+    pub fn load(source: &dyn WeightSource, device: &Device) -> Result<Llama, LoadError> {
+        let config = source.config().clone();
+        config.validate().map_err(|m| source.error(m))?;
+        let hd = config.head_dim();
+        let (h, ffn) = (config.hidden, config.ffn);
+        let kv = config.kv_heads * hd;
+
+        let matrix = |name: &str, rows: usize, cols: usize, permute_heads: Option<usize>| {
+            let mut w = source.matrix(name, rows, cols)?;
+            if let (Some(heads), RopeLayout::Interleaved) = (permute_heads, config.rope_layout) {
+                w = interleaved_to_neox_rows(&w, heads, hd, cols);
+            }
+            // Stored [out, in]; the forward pass multiplies x · W, so keep
+            // W transposed to [in, out].
+            Ok::<_, LoadError>(Tensor::<2>::from_data(
+                TensorData::new(transpose(&w, rows, cols), [cols, rows]),
+                device,
+            ))
+        };
+        let vector = |name: &str, len: usize, permute_heads: Option<usize>| {
+            let mut v = source.vector(name, len)?;
+            if let (Some(heads), RopeLayout::Interleaved) = (permute_heads, config.rope_layout) {
+                v = interleaved_to_neox_rows(&v, heads, hd, 1);
+            }
+            Ok::<_, LoadError>(Tensor::<2>::from_data(TensorData::new(v, [1, len]), device))
+        };
+
+        let mut layers = Vec::with_capacity(config.layers);
+        for i in 0..config.layers {
+            let name = |part: &str| format!("blk.{i}.{part}");
+            let bias = |part: &str, len, heads| {
+                config
+                    .qkv_bias
+                    .then(|| vector(&name(part), len, heads))
+                    .transpose()
+            };
+            layers.push(Layer {
+                attn_norm: vector(&name("attn_norm.weight"), h, None)?,
+                wq: matrix(&name("attn_q.weight"), h, h, Some(config.heads))?,
+                wk: matrix(&name("attn_k.weight"), kv, h, Some(config.kv_heads))?,
+                wv: matrix(&name("attn_v.weight"), kv, h, None)?,
+                bq: bias("attn_q.bias", h, Some(config.heads))?,
+                bk: bias("attn_k.bias", kv, Some(config.kv_heads))?,
+                bv: bias("attn_v.bias", kv, None)?,
+                wo: matrix(&name("attn_output.weight"), h, h, None)?,
+                ffn_norm: vector(&name("ffn_norm.weight"), h, None)?,
+                w_gate: matrix(&name("ffn_gate.weight"), ffn, h, None)?,
+                w_up: matrix(&name("ffn_up.weight"), ffn, h, None)?,
+                w_down: matrix(&name("ffn_down.weight"), h, ffn, None)?,
+            });
+        }
+        let embeddings = source.matrix("token_embd.weight", config.vocab, h)?;
+        let head = if source.has("output.weight") {
+            matrix("output.weight", config.vocab, h, None)?
+        } else {
+            Tensor::<2>::from_data(
+                TensorData::new(transpose(&embeddings, config.vocab, h), [h, config.vocab]),
+                device,
+            )
+        };
+        let norm = vector("output_norm.weight", h, None)?;
+        let (cos, sin) = rope_tables(config.context, hd, config.rope_base);
+        Ok(Llama {
+            config,
+            device: device.clone(),
+            embeddings,
+            layers,
+            norm,
+            head,
+            cos,
+            sin,
+        })
+    }
+
+    /// The model's shape.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// The device it runs on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// An empty cache for a new sequence.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache {
+            layers: (0..self.config.layers).map(|_| None).collect(),
+            len: 0,
+        }
+    }
+
+    /// Run one batch step. Returns, per input, the logits of its last new
+    /// token (or of every new token with `all_logits`), each `vocab` long.
+    ///
+    /// # Panics
+    ///
+    /// If an input has no tokens, a token id is outside the vocabulary, or
+    /// a sequence would outgrow the context; the scheduler checks these.
+    pub fn step(&self, inputs: &mut [StepInput<'_>]) -> Vec<Vec<Vec<f32>>> {
+        let cfg = &self.config;
+        let (h, hd) = (cfg.hidden, cfg.head_dim());
+        let rows: usize = inputs.iter().map(|i| i.tokens.len()).sum();
+
+        // Embedding lookup and the RoPE angles of every new token.
+        let mut x = Vec::with_capacity(rows * h);
+        let half = hd / 2;
+        let mut cos = Vec::with_capacity(rows * half);
+        let mut sin = Vec::with_capacity(rows * half);
+        for input in inputs.iter() {
+            assert!(!input.tokens.is_empty(), "a step input needs tokens");
+            let start = input.cache.len;
+            assert!(start + input.tokens.len() <= cfg.context, "context overflow");
+            for (offset, &token) in input.tokens.iter().enumerate() {
+                let t = token as usize;
+                x.extend_from_slice(&self.embeddings[t * h..(t + 1) * h]);
+                let pos = start + offset;
+                cos.extend_from_slice(&self.cos[pos * half..(pos + 1) * half]);
+                sin.extend_from_slice(&self.sin[pos * half..(pos + 1) * half]);
+            }
+        }
+        let mut x = Tensor::<2>::from_data(TensorData::new(x, [rows, h]), &self.device);
+        let cos = Tensor::<3>::from_data(TensorData::new(cos, [rows, 1, half]), &self.device);
+        let sin = Tensor::<3>::from_data(TensorData::new(sin, [rows, 1, half]), &self.device);
+        let masks: Vec<Option<Tensor<3>>> = inputs
+            .iter()
+            .map(|i| self.causal_mask(i.tokens.len(), i.cache.len))
+            .collect();
+
+        for (li, layer) in self.layers.iter().enumerate() {
+            let normed = rms_norm(x.clone(), &layer.attn_norm, cfg.rms_eps);
+            let q = linear(normed.clone(), &layer.wq, layer.bq.as_ref());
+            let k = linear(normed.clone(), &layer.wk, layer.bk.as_ref());
+            let v = linear(normed, &layer.wv, layer.bv.as_ref());
+            let q = rope(q.reshape([rows, cfg.heads, hd]), &cos, &sin);
+            let k = rope(k.reshape([rows, cfg.kv_heads, hd]), &cos, &sin);
+            let v = v.reshape([rows, cfg.kv_heads, hd]);
+
+            let mut outputs = Vec::with_capacity(inputs.len());
+            let mut row = 0;
+            for (input, mask) in inputs.iter_mut().zip(&masks) {
+                let n = input.tokens.len();
+                let q = q.clone().narrow(0, row, n);
+                let k = k.clone().narrow(0, row, n).swap_dims(0, 1);
+                let v = v.clone().narrow(0, row, n).swap_dims(0, 1);
+                row += n;
+                let (k, v) = match input.cache.layers[li].take() {
+                    Some((ck, cv)) => (Tensor::cat(vec![ck, k], 1), Tensor::cat(vec![cv, v], 1)),
+                    None => (k, v),
+                };
+                outputs.push(self.attention(q, &k, &v, mask.as_ref()));
+                input.cache.layers[li] = Some((k, v));
+            }
+            let attn = if outputs.len() == 1 {
+                outputs.pop().unwrap()
+            } else {
+                Tensor::cat(outputs, 0)
+            };
+            x = x + attn.matmul(layer.wo.clone());
+
+            let normed = rms_norm(x.clone(), &layer.ffn_norm, cfg.rms_eps);
+            let gate = silu(normed.clone().matmul(layer.w_gate.clone()));
+            let up = normed.matmul(layer.w_up.clone());
+            x = x + (gate * up).matmul(layer.w_down.clone());
+        }
+        for input in inputs.iter_mut() {
+            input.cache.len += input.tokens.len();
+        }
+
+        // Logits only for the rows someone reads.
+        let mut wanted = Vec::new();
+        let mut counts = Vec::with_capacity(inputs.len());
+        let mut row = 0;
+        for input in inputs.iter() {
+            let n = input.tokens.len();
+            if input.all_logits {
+                wanted.push(x.clone().narrow(0, row, n));
+                counts.push(n);
+            } else {
+                wanted.push(x.clone().narrow(0, row + n - 1, 1));
+                counts.push(1);
+            }
+            row += n;
+        }
+        let picked = if wanted.len() == 1 {
+            wanted.pop().unwrap()
+        } else {
+            Tensor::cat(wanted, 0)
+        };
+        let logits = rms_norm(picked, &self.norm, cfg.rms_eps).matmul(self.head.clone());
+        let flat = logits
+            .into_data()
+            .try_into_vec::<f32>()
+            .expect("logits are f32");
+        let mut chunks = flat.chunks_exact(cfg.vocab).map(<[f32]>::to_vec);
+        counts
+            .into_iter()
+            .map(|n| chunks.by_ref().take(n).collect())
+            .collect()
+    }
+
+    /// Scaled dot-product attention of one sequence's new queries
+    /// (`[n, heads, hd]`) over its keys and values (`[kv_heads, len, hd]`).
+    /// Query heads are grouped over key/value heads by a reshape, so keys
+    /// are never copied per head.
+    fn attention(
+        &self,
+        q: Tensor<3>,
+        k: &Tensor<3>,
+        v: &Tensor<3>,
+        mask: Option<&Tensor<3>>,
+    ) -> Tensor<2> {
+        let cfg = &self.config;
+        let (n, hd) = (q.dims()[0], cfg.head_dim());
+        let group = cfg.heads / cfg.kv_heads;
+        // [n, heads, hd] -> [heads, n, hd] -> [kv_heads, group * n, hd]
+        let q = q.swap_dims(0, 1).reshape([cfg.kv_heads, group * n, hd]);
+        let mut scores = q
+            .matmul(k.clone().swap_dims(1, 2))
+            .mul_scalar(1.0 / (hd as f64).sqrt());
+        if let Some(mask) = mask {
+            scores = scores + mask.clone();
+        }
+        let out = softmax(scores, 2).matmul(v.clone());
+        // [kv_heads, group * n, hd] -> [heads, n, hd] -> [n, heads * hd]
+        out.reshape([cfg.heads, n, hd])
+            .swap_dims(0, 1)
+            .reshape([n, cfg.hidden])
+    }
+
+    /// Additive causal mask for `n` new tokens after `past` cached ones, in
+    /// the grouped row order of [`Llama::attention`]; `None` for one token.
+    fn causal_mask(&self, n: usize, past: usize) -> Option<Tensor<3>> {
+        if n == 1 {
+            return None;
+        }
+        let group = self.config.heads / self.config.kv_heads;
+        let total = past + n;
+        let mut mask = vec![0f32; group * n * total];
+        for g in 0..group {
+            for t in 0..n {
+                let row = &mut mask[(g * n + t) * total..(g * n + t + 1) * total];
+                for value in &mut row[past + t + 1..] {
+                    *value = f32::NEG_INFINITY;
+                }
+            }
+        }
+        Some(Tensor::<3>::from_data(
+            TensorData::new(mask, [1, group * n, total]),
+            &self.device,
+        ))
+    }
+}
+
+fn linear(x: Tensor<2>, w: &Tensor<2>, bias: Option<&Tensor<2>>) -> Tensor<2> {
+    let y = x.matmul(w.clone());
+    match bias {
+        Some(b) => y + b.clone(),
+        None => y,
+    }
+}
+
+fn rms_norm(x: Tensor<2>, weight: &Tensor<2>, eps: f64) -> Tensor<2> {
+    let scale = x.clone().square().mean_dim(1).add_scalar(eps).sqrt().recip();
+    x * scale * weight.clone()
+}
+
+/// NeoX rotation of `x` (`[rows, heads, hd]`) by per-row angles
+/// (`[rows, 1, hd / 2]`).
+fn rope(x: Tensor<3>, cos: &Tensor<3>, sin: &Tensor<3>) -> Tensor<3> {
+    let half = x.dims()[2] / 2;
+    let x1 = x.clone().narrow(2, 0, half);
+    let x2 = x.narrow(2, half, half);
+    let rotated1 = x1.clone() * cos.clone() - x2.clone() * sin.clone();
+    let rotated2 = x2 * cos.clone() + x1 * sin.clone();
+    Tensor::cat(vec![rotated1, rotated2], 2)
+}
+
+fn rope_tables(context: usize, head_dim: usize, base: f64) -> (Vec<f32>, Vec<f32>) {
+    let half = head_dim / 2;
+    let mut cos = Vec::with_capacity(context * half);
+    let mut sin = Vec::with_capacity(context * half);
+    for pos in 0..context {
+        for i in 0..half {
+            let freq = base.powf(-2.0 * i as f64 / head_dim as f64);
+            let angle = pos as f64 * freq;
+            cos.push(angle.cos() as f32);
+            sin.push(angle.sin() as f32);
+        }
+    }
+    (cos, sin)
+}
+
+/// Row-major `[rows, cols]` to `[cols, rows]`.
+pub(crate) fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; w.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = w[r * cols + c];
+        }
+    }
+    out
+}
+
+/// Reorder the output rows of a Q or K projection (`[heads * hd, cols]`)
+/// from interleaved RoPE pairs to NeoX halves: within each head, rows
+/// `0, 2, 4, ...` come first, then `1, 3, 5, ...`.
+pub fn interleaved_to_neox_rows(w: &[f32], heads: usize, hd: usize, cols: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(w.len());
+    for head in 0..heads {
+        for parity in 0..2 {
+            for i in (parity..hd).step_by(2) {
+                let row = head * hd + i;
+                out.extend_from_slice(&w[row * cols..(row + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+/// The inverse of [`interleaved_to_neox_rows`].
+pub fn neox_to_interleaved_rows(w: &[f32], heads: usize, hd: usize, cols: usize) -> Vec<f32> {
+    let half = hd / 2;
+    let mut out = Vec::with_capacity(w.len());
+    for head in 0..heads {
+        for i in 0..half {
+            for src in [i, i + half] {
+                let row = head * hd + src;
+                out.extend_from_slice(&w[row * cols..(row + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rope_permutation_round_trips() {
+        let (heads, hd, cols) = (2, 6, 3);
+        let w: Vec<f32> = (0..heads * hd * cols).map(|i| i as f32).collect();
+        let neox = interleaved_to_neox_rows(&w, heads, hd, cols);
+        // Head 0, NeoX row 1 is interleaved row 2.
+        assert_eq!(&neox[cols..2 * cols], &w[2 * cols..3 * cols]);
+        assert_eq!(neox_to_interleaved_rows(&neox, heads, hd, cols), w);
+    }
+
+    #[test]
+    fn transpose_swaps_axes() {
+        assert_eq!(transpose(&[1., 2., 3., 4., 5., 6.], 2, 3), [1., 4., 2., 5., 3., 6.]);
+    }
+}
