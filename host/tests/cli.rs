@@ -70,11 +70,24 @@ fn build_then_inspect_then_run_with_trace() {
     assert_eq!(v["manifest"]["name"], "calculator");
     assert_eq!(v["sha256"].as_str().unwrap().len(), 64);
 
-    let run = tessera(&["run", &bundle, "--prompt", "What is 12 * (3 + 4)?", "--no-model"]);
+    let run = tessera(&[
+        "run",
+        &bundle,
+        "--prompt",
+        "What is 12 * (3 + 4)?",
+        "--no-model",
+    ]);
     assert!(run.status.success(), "{}", stderr(&run));
     assert_eq!(stdout(&run).trim(), "12 * (3 + 4) = 84");
 
-    let traced = tessera(&["run", "plugins/calculator", "--prompt", "2 + 2", "--trace", "--no-model"]);
+    let traced = tessera(&[
+        "run",
+        "plugins/calculator",
+        "--prompt",
+        "2 + 2",
+        "--trace",
+        "--no-model",
+    ]);
     assert!(traced.status.success(), "{}", stderr(&traced));
     let v: serde_json::Value = serde_json::from_slice(&traced.stdout).unwrap();
     assert_eq!(v["answer"], "2 + 2 = 4");
@@ -87,7 +100,13 @@ fn build_then_inspect_then_run_with_trace() {
 
 #[test]
 fn failing_expert_exits_nonzero_with_its_error() {
-    let out = tessera(&["run", "plugins/chain-of-thought", "--prompt", "hi", "--no-model"]);
+    let out = tessera(&[
+        "run",
+        "plugins/chain-of-thought",
+        "--prompt",
+        "hi",
+        "--no-model",
+    ]);
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(

@@ -157,7 +157,13 @@ async fn concurrent_generations_match_solo_ones() {
     ];
     let mut solo = Vec::new();
     for p in prompts {
-        solo.push(engine.complete(p.into(), greedy(12), None).await.unwrap().text);
+        solo.push(
+            engine
+                .complete(p.into(), greedy(12), None)
+                .await
+                .unwrap()
+                .text,
+        );
     }
     let together = futures_join(
         prompts
@@ -187,10 +193,7 @@ async fn futures_join<T>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
 async fn too_long_for_the_context_is_refused() {
     let engine = engine();
     let prompt = "word ".repeat(9000);
-    let err = engine
-        .complete(prompt, greedy(4), None)
-        .await
-        .unwrap_err();
+    let err = engine.complete(prompt, greedy(4), None).await.unwrap_err();
     assert!(matches!(err, ModelError::InvalidInput(_)), "{err}");
     assert!(err.to_string().contains("context holds 8192"), "{err}");
     // The engine still serves.
@@ -216,6 +219,264 @@ async fn embeddings_match_sentence_transformers() {
     assert!((food - 0.755).abs() <= 0.01, "cosine = {food}");
     assert!(cosine(&v[0], &v[2]) < food - 0.3);
     // Batching does not change an embedding.
-    let alone = engine.embed(vec!["A man is eating food.".into()]).await.unwrap();
+    let alone = engine
+        .embed(vec!["A man is eating food.".into()])
+        .await
+        .unwrap();
     assert!(cosine(&alone[0], &v[0]) > 0.9999);
+}
+
+/// SmolLM2 rewritten as a Hugging Face directory (f32 safetensors, NeoX
+/// RoPE layout, tokenizer.json) loads through the other path and gives the
+/// same logits and token ids as the GGUF.
+#[tokio::test]
+async fn hugging_face_directory_matches_gguf() {
+    use tessera_host::inference::llama::interleaved_to_neox_rows;
+    use tessera_host::inference::weights::{GgufWeights, WeightSource};
+
+    let store = common::models();
+    let gguf_path = store
+        .require(
+            &tessera_host::inference::SMOLLM2,
+            "SmolLM2-135M-Instruct.Q4_1.gguf",
+        )
+        .unwrap();
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("smollm2-hf");
+    std::fs::create_dir_all(&dir).unwrap();
+    let gguf = GgufWeights::open(&gguf_path).unwrap();
+    let c = gguf.config().clone();
+    let hd = c.hidden / c.heads;
+    let kv = c.kv_heads * hd;
+
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut add = |hf: String, shape: Vec<usize>, values: Vec<f32>| {
+        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        tensors.push((hf, shape, bytes));
+    };
+    add(
+        "model.embed_tokens.weight".into(),
+        vec![c.vocab, c.hidden],
+        gguf.matrix("token_embd.weight", c.vocab, c.hidden).unwrap(),
+    );
+    add(
+        "model.norm.weight".into(),
+        vec![c.hidden],
+        gguf.vector("output_norm.weight", c.hidden).unwrap(),
+    );
+    for i in 0..c.layers {
+        let g = |part: &str| format!("blk.{i}.{part}");
+        let hf = |part: &str| format!("model.layers.{i}.{part}");
+        let q = gguf
+            .matrix(&g("attn_q.weight"), c.hidden, c.hidden)
+            .unwrap();
+        let k = gguf.matrix(&g("attn_k.weight"), kv, c.hidden).unwrap();
+        add(
+            hf("self_attn.q_proj.weight"),
+            vec![c.hidden, c.hidden],
+            interleaved_to_neox_rows(&q, c.heads, hd, c.hidden),
+        );
+        add(
+            hf("self_attn.k_proj.weight"),
+            vec![kv, c.hidden],
+            interleaved_to_neox_rows(&k, c.kv_heads, hd, c.hidden),
+        );
+        for (gg, h, rows, cols) in [
+            ("attn_v.weight", "self_attn.v_proj.weight", kv, c.hidden),
+            (
+                "attn_output.weight",
+                "self_attn.o_proj.weight",
+                c.hidden,
+                c.hidden,
+            ),
+            ("ffn_gate.weight", "mlp.gate_proj.weight", c.ffn, c.hidden),
+            ("ffn_up.weight", "mlp.up_proj.weight", c.ffn, c.hidden),
+            ("ffn_down.weight", "mlp.down_proj.weight", c.hidden, c.ffn),
+        ] {
+            add(
+                hf(h),
+                vec![rows, cols],
+                gguf.matrix(&g(gg), rows, cols).unwrap(),
+            );
+        }
+        for (gg, h) in [
+            ("attn_norm.weight", "input_layernorm.weight"),
+            ("ffn_norm.weight", "post_attention_layernorm.weight"),
+        ] {
+            add(
+                hf(h),
+                vec![c.hidden],
+                gguf.vector(&g(gg), c.hidden).unwrap(),
+            );
+        }
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(name, shape, bytes)| {
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                    .unwrap();
+            (name.clone(), view)
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
+    let config = serde_json::json!({
+        "model_type": "llama",
+        "hidden_size": c.hidden,
+        "intermediate_size": c.ffn,
+        "num_hidden_layers": c.layers,
+        "num_attention_heads": c.heads,
+        "num_key_value_heads": c.kv_heads,
+        "vocab_size": c.vocab,
+        "rope_theta": c.rope_base,
+        "rms_norm_eps": c.rms_eps,
+        "max_position_embeddings": c.context,
+        "tie_word_embeddings": true,
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let base = engine();
+    base.tokenizer().save_hf_dir(&dir).unwrap();
+    drop(tensors);
+
+    let hf = BurnEngine::load(&dir, None, EngineOptions::default()).unwrap();
+    let text = "The capital of France is";
+    assert_eq!(
+        hf.tokenizer().encode(text).unwrap(),
+        base.tokenizer().encode(text).unwrap()
+    );
+    let a = base.next_token_logits(text).await.unwrap();
+    let b = hf.next_token_logits(text).await.unwrap();
+    let max_diff = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(max_diff < 1e-3, "largest logit difference {max_diff}");
+    // The chat template came along in tokenizer_config.json.
+    let g = hf
+        .chat(
+            vec![ChatMessage {
+                role: ChatRole::User,
+                content: "What is the capital of France?".into(),
+            }],
+            greedy(16),
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(g.text.contains("Paris"), "{:?}", g.text);
+    // No embedding model was loaded with it: a clear error.
+    let err = hf.embed(vec!["x".into()]).await.unwrap_err();
+    assert!(err.to_string().contains("no embedding model"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The same prompt on burn's CPU backend and on wgpu (lavapipe where there
+/// is no GPU): the logits agree closely.
+#[cfg(feature = "wgpu")]
+#[tokio::test]
+async fn cpu_and_wgpu_logits_agree() {
+    use tessera_host::inference::DeviceChoice;
+
+    let store = common::models();
+    let gpu = BurnEngine::from_store(
+        &store,
+        EngineOptions {
+            device: DeviceChoice::Wgpu,
+            ..EngineOptions::default()
+        },
+    )
+    .unwrap();
+    let text = "The capital of France is";
+    let a = engine().next_token_logits(text).await.unwrap();
+    let b = gpu.next_token_logits(text).await.unwrap();
+    let max_diff = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(max_diff < 1e-2, "largest logit difference {max_diff}");
+    assert_eq!(argmax(&a), argmax(&b));
+    let g = gpu.complete(text.into(), greedy(4), None).await.unwrap();
+    assert!(g.text.starts_with(" Paris"), "{:?}", g.text);
+}
+
+fn small_budget_engine(kv_budget_bytes: usize) -> BurnEngine {
+    let store = common::models();
+    BurnEngine::from_store(
+        &store,
+        EngineOptions {
+            kv_budget_bytes,
+            ..EngineOptions::default()
+        },
+    )
+    .unwrap()
+}
+
+/// A job bigger than the whole KV budget is refused with the numbers and
+/// the flag that raises it; jobs that fit wait their turn and all finish.
+#[tokio::test]
+async fn kv_budget_refuses_what_cannot_fit_and_queues_the_rest() {
+    // 46,080 bytes a token: 30 tokens of KV cache.
+    let engine = Arc::new(small_budget_engine(30 * 46_080));
+    assert_eq!(engine.stats().kv_budget_tokens, 30);
+    let err = engine
+        .complete("Hello there".into(), greedy(100), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ModelError::LimitExceeded(_)), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("KV budget") && msg.contains("--kv-budget-mib"),
+        "{msg}"
+    );
+
+    // Each needs ~12 tokens: two fit at once, the third waits.
+    let handles: Vec<_> = (0..3)
+        .map(|i| {
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                engine
+                    .complete(format!("Count: {i}"), greedy(8), None)
+                    .await
+            })
+        })
+        .collect();
+    for h in handles {
+        assert!(h.await.unwrap().is_ok());
+    }
+    assert_eq!(engine.stats().reserved_kv_tokens, 0);
+}
+
+/// A caller that stops waiting (an expert past its deadline) cancels its
+/// sequence: the engine drops it and frees its cache.
+#[tokio::test]
+async fn abandoned_generations_are_cancelled() {
+    let engine = Arc::new(small_budget_engine(1 << 30));
+    let long = {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            engine
+                // Greedy counting goes on and on.
+                .complete("1, 2, 3, 4, 5, 6,".into(), greedy(4000), None)
+                .await
+        })
+    };
+    // Wait until it is decoding, then abandon it.
+    let decoding = async {
+        while engine.stats().generated_tokens < 2 {
+            assert!(!long.is_finished(), "the long generation ended early");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(120), decoding)
+        .await
+        .expect("the engine never started decoding");
+    long.abort();
+    let _ = long.await;
+    // The next job runs; by then the engine has dropped the abandoned one.
+    engine.complete("Hi".into(), greedy(2), None).await.unwrap();
+    let stats = engine.stats();
+    assert_eq!(stats.cancelled, 1, "{stats:?}");
+    assert_eq!(stats.active, 0, "{stats:?}");
+    assert!(stats.generated_tokens < 500, "{stats:?}");
 }

@@ -30,7 +30,11 @@ pub async fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
     let mut out = String::new();
     for (i, (text, v)) in args.texts.iter().zip(&vectors).enumerate() {
         let head: Vec<String> = v.iter().take(4).map(|x| format!("{x:+.4}")).collect();
-        out += &format!("[{i}] {} dims [{}, ...]  {text}\n", v.len(), head.join(", "));
+        out += &format!(
+            "[{i}] {} dims [{}, ...]  {text}\n",
+            v.len(),
+            head.join(", ")
+        );
     }
     if vectors.len() > 1 {
         out += "cosine similarity:\n";

@@ -44,7 +44,11 @@ pub struct RunArgs {
 pub async fn run(args: RunArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let sandbox = Sandbox::new(HostPolicy::default(), cache_dir.as_deref())?;
     // Bundles first: a bad path is reported before the model loads.
-    let callees = args.with.iter().map(|p| open(p)).collect::<Result<Vec<_>, _>>()?;
+    let callees = args
+        .with
+        .iter()
+        .map(|p| open(p))
+        .collect::<Result<Vec<_>, _>>()?;
     let main = open(&args.path)?;
     let engine = args.engine.engine(args.no_model)?;
     let ensemble = Ensemble::new(sandbox, engine);

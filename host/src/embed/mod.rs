@@ -53,8 +53,7 @@ impl LayerNorm {
         let mean = x.clone().mean_dim(1);
         let centered = x - mean;
         let var = centered.clone().square().mean_dim(1);
-        centered * var.add_scalar(self.eps).sqrt().recip() * self.weight.clone()
-            + self.bias.clone()
+        centered * var.add_scalar(self.eps).sqrt().recip() * self.weight.clone() + self.bias.clone()
     }
 }
 
@@ -249,9 +248,10 @@ impl Embedder {
             }
         }
         let rows = batch * len;
-        let mut x = self
-            .embed_norm
-            .forward(Tensor::<2>::from_data(TensorData::new(x, [rows, h]), &self.device));
+        let mut x = self.embed_norm.forward(Tensor::<2>::from_data(
+            TensorData::new(x, [rows, h]),
+            &self.device,
+        ));
         // Padded keys get -inf-like scores: [batch, 1, 1, len].
         let key_bias: Vec<f32> = mask
             .iter()
@@ -262,9 +262,7 @@ impl Embedder {
         let hd = h / self.heads;
         let scale = 1.0 / (hd as f64).sqrt();
         for layer in &self.layers {
-            let split = |t: Tensor<2>| {
-                t.reshape([batch, len, self.heads, hd]).swap_dims(1, 2)
-            };
+            let split = |t: Tensor<2>| t.reshape([batch, len, self.heads, hd]).swap_dims(1, 2);
             let q = split(layer.query.forward(x.clone()));
             let k = split(layer.key.forward(x.clone()));
             let v = split(layer.value.forward(x.clone()));
@@ -273,9 +271,7 @@ impl Embedder {
                 .matmul(v)
                 .swap_dims(1, 2)
                 .reshape([rows, h]);
-            x = layer
-                .attn_norm
-                .forward(layer.attn_out.forward(context) + x);
+            x = layer.attn_norm.forward(layer.attn_out.forward(context) + x);
             let inner = gelu(layer.intermediate.forward(x.clone()));
             x = layer.out_norm.forward(layer.output.forward(inner) + x);
         }

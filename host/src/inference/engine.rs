@@ -20,6 +20,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -27,7 +28,6 @@ use async_trait::async_trait;
 use burn::tensor::Device;
 use tokio::sync::oneshot;
 
-use crate::embed::Embedder;
 use super::llama::{KvCache, Llama, StepInput};
 use super::sampler::{Sampler, log_softmax_at};
 use super::weights::{GgufWeights, HfWeights, LoadError, WeightSource};
@@ -35,6 +35,7 @@ use super::{
     ChatMessage, Finish, Generation, MINILM, ModelEngine, ModelError, ModelStore, SMOLLM2,
     SamplingParams, TextTokenizer,
 };
+use crate::embed::Embedder;
 
 /// Which burn backend runs the models.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -114,6 +115,37 @@ pub struct BurnEngine {
     tokenizer: Arc<TextTokenizer>,
     jobs: mpsc::Sender<Job>,
     context: usize,
+    stats: Arc<Counters>,
+}
+
+/// What the scheduler is doing, for metrics and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EngineStats {
+    /// Sequences in the running batch.
+    pub active: usize,
+    /// Jobs waiting for admission.
+    pub queued: usize,
+    /// KV cache tokens reserved by running sequences.
+    pub reserved_kv_tokens: usize,
+    /// KV cache tokens the budget allows.
+    pub kv_budget_tokens: usize,
+    /// Forward passes run so far.
+    pub steps: u64,
+    /// Tokens generated so far.
+    pub generated_tokens: u64,
+    /// Jobs dropped because their caller went away.
+    pub cancelled: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    active: AtomicUsize,
+    queued: AtomicUsize,
+    reserved: AtomicUsize,
+    budget: AtomicUsize,
+    steps: AtomicU64,
+    generated: AtomicU64,
+    cancelled: AtomicU64,
 }
 
 impl std::fmt::Debug for BurnEngine {
@@ -145,7 +177,10 @@ pub fn open_weights(path: &Path) -> Result<(Box<dyn WeightSource>, TextTokenizer
 impl BurnEngine {
     /// Load SmolLM2 and MiniLM from `store` (pulled with `tessera models
     /// pull`).
-    pub fn from_store(store: &ModelStore, options: EngineOptions) -> Result<BurnEngine, ModelError> {
+    pub fn from_store(
+        store: &ModelStore,
+        options: EngineOptions,
+    ) -> Result<BurnEngine, ModelError> {
         let missing = |e: super::ModelFileError| ModelError::NotLoaded(e.to_string());
         let llm = store
             .require(&SMOLLM2, "SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -183,7 +218,8 @@ impl BurnEngine {
         let tokenizer = Arc::new(tokenizer);
         let context = llama.config().context;
         let (jobs, rx) = mpsc::channel();
-        let scheduler = Scheduler::new(llama, embedder, tokenizer.clone(), options);
+        let stats = Arc::new(Counters::default());
+        let scheduler = Scheduler::new(llama, embedder, tokenizer.clone(), options, stats.clone());
         std::thread::Builder::new()
             .name("tessera-engine".into())
             .spawn(move || scheduler.run(rx))
@@ -193,7 +229,22 @@ impl BurnEngine {
             tokenizer,
             jobs,
             context,
+            stats,
         })
+    }
+
+    /// What the scheduler is doing now.
+    pub fn stats(&self) -> EngineStats {
+        let s = &self.stats;
+        EngineStats {
+            active: s.active.load(Ordering::Relaxed),
+            queued: s.queued.load(Ordering::Relaxed),
+            reserved_kv_tokens: s.reserved.load(Ordering::Relaxed),
+            kv_budget_tokens: s.budget.load(Ordering::Relaxed),
+            steps: s.steps.load(Ordering::Relaxed),
+            generated_tokens: s.generated.load(Ordering::Relaxed),
+            cancelled: s.cancelled.load(Ordering::Relaxed),
+        }
     }
 
     /// The tokenizer.
@@ -231,7 +282,9 @@ impl BurnEngine {
             .await?
         {
             Output::Generation(g) => Ok(g),
-            _ => Err(ModelError::Failed("the engine answered the wrong job".into())),
+            _ => Err(ModelError::Failed(
+                "the engine answered the wrong job".into(),
+            )),
         }
     }
 
@@ -241,7 +294,9 @@ impl BurnEngine {
         let tokens = self.encode_prompt(prompt)?;
         match self.submit(None, JobKind::Logits { tokens }).await? {
             Output::Logits(l) => Ok(l),
-            _ => Err(ModelError::Failed("the engine answered the wrong job".into())),
+            _ => Err(ModelError::Failed(
+                "the engine answered the wrong job".into(),
+            )),
         }
     }
 
@@ -314,7 +369,9 @@ impl ModelEngine for BurnEngine {
         tokens.extend(rest);
         match self.submit(None, JobKind::Score { tokens, from }).await? {
             Output::Score(s) => Ok(s),
-            _ => Err(ModelError::Failed("the engine answered the wrong job".into())),
+            _ => Err(ModelError::Failed(
+                "the engine answered the wrong job".into(),
+            )),
         }
     }
 
@@ -324,7 +381,9 @@ impl ModelEngine for BurnEngine {
         }
         match self.submit(None, JobKind::Embed { texts }).await? {
             Output::Embeddings(e) => Ok(e),
-            _ => Err(ModelError::Failed("the engine answered the wrong job".into())),
+            _ => Err(ModelError::Failed(
+                "the engine answered the wrong job".into(),
+            )),
         }
     }
 }
@@ -369,9 +428,12 @@ enum Output {
 }
 
 /// What a sequence is for.
+// One per running sequence, built once and never moved in a hot loop: the
+// size difference (the sampler's RNG state) does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Purpose {
     Generate {
-        params: SamplingParams,
+        params: Box<SamplingParams>,
         sampler: Sampler,
         prompt_len: usize,
         max_tokens: usize,
@@ -414,6 +476,7 @@ struct Scheduler {
     budget_tokens: usize,
     reserved_tokens: usize,
     seed: u64,
+    stats: Arc<Counters>,
 }
 
 impl Scheduler {
@@ -422,8 +485,10 @@ impl Scheduler {
         embedder: Option<Embedder>,
         tokenizer: Arc<TextTokenizer>,
         options: EngineOptions,
+        stats: Arc<Counters>,
     ) -> Scheduler {
         let budget_tokens = options.kv_budget_bytes / model.config().kv_bytes_per_token().max(1);
+        stats.budget.store(budget_tokens, Ordering::Relaxed);
         let seed = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
@@ -438,10 +503,12 @@ impl Scheduler {
             budget_tokens,
             reserved_tokens: 0,
             seed,
+            stats,
         }
     }
 
     fn run(mut self, jobs: mpsc::Receiver<Job>) {
+        self.publish();
         loop {
             if self.active.is_empty() && self.queues.is_empty() {
                 match jobs.recv() {
@@ -457,7 +524,19 @@ impl Scheduler {
             if !self.active.is_empty() {
                 self.step();
             }
+            self.publish();
         }
+    }
+
+    fn publish(&self) {
+        let s = &self.stats;
+        s.active.store(self.active.len(), Ordering::Relaxed);
+        s.queued.store(
+            self.queues.values().map(VecDeque::len).sum(),
+            Ordering::Relaxed,
+        );
+        s.reserved.store(self.reserved_tokens, Ordering::Relaxed);
+        s.budget.store(self.budget_tokens, Ordering::Relaxed);
     }
 
     fn enqueue(&mut self, job: Job) {
@@ -472,22 +551,32 @@ impl Scheduler {
             let _ = job.reply.send(result);
             return;
         }
-        self.queues.entry(job.owner.clone()).or_default().push_back(job);
+        self.queues
+            .entry(job.owner.clone())
+            .or_default()
+            .push_back(job);
     }
 
     fn drop_cancelled(&mut self) {
         let mut freed = 0;
+        let mut cancelled = 0;
         self.active.retain(|s| {
             let gone = s.reply.is_closed();
             if gone {
                 freed += s.reserved;
+                cancelled += 1;
             }
             !gone
         });
         self.reserved_tokens -= freed;
         for queue in self.queues.values_mut() {
+            let before = queue.len();
             queue.retain(|j| !j.reply.is_closed());
+            cancelled += before - queue.len();
         }
+        self.stats
+            .cancelled
+            .fetch_add(cancelled as u64, Ordering::Relaxed);
         self.queues.retain(|_, q| !q.is_empty());
     }
 
@@ -495,10 +584,7 @@ impl Scheduler {
     fn next_owner(&self) -> Option<String> {
         let after = self.last_owner.as_ref().and_then(|last| {
             self.queues
-                .range::<String, _>((
-                    std::ops::Bound::Excluded(last),
-                    std::ops::Bound::Unbounded,
-                ))
+                .range::<String, _>((std::ops::Bound::Excluded(last), std::ops::Bound::Unbounded))
                 .next()
         });
         after
@@ -558,7 +644,7 @@ impl Scheduler {
                             sampler: Sampler::new(&params, self.seed),
                             prompt_len: prompt.len(),
                             max_tokens,
-                            params,
+                            params: Box::new(params),
                             logprobs: Vec::new(),
                         },
                     )
@@ -624,6 +710,15 @@ impl Scheduler {
                 .collect();
             self.model.step(&mut inputs)
         };
+        self.stats.steps.fetch_add(1, Ordering::Relaxed);
+        let generating = self
+            .active
+            .iter()
+            .filter(|s| matches!(s.purpose, Purpose::Generate { .. }) && s.pending() == 0)
+            .count();
+        self.stats
+            .generated
+            .fetch_add(generating as u64, Ordering::Relaxed);
 
         let mut finished = Vec::new();
         for (index, (seq, rows)) in self.active.iter_mut().zip(logits).enumerate() {
@@ -631,10 +726,16 @@ impl Scheduler {
                 finished.push((index, output));
             }
         }
+        let mut replies = Vec::with_capacity(finished.len());
         for (index, output) in finished.into_iter().rev() {
             let seq = self.active.swap_remove(index);
             self.reserved_tokens -= seq.reserved;
-            let _ = seq.reply.send(Ok(output));
+            replies.push((seq.reply, output));
+        }
+        // Callers see the stats of the engine they were answered by.
+        self.publish();
+        for (reply, output) in replies {
+            let _ = reply.send(Ok(output));
         }
     }
 }
@@ -653,7 +754,7 @@ fn advance(seq: &mut Sequence, rows: Vec<Vec<f32>>, tokenizer: &TextTokenizer) -
                     *total += f64::from(log_softmax_at(row, seq.tokens[next] as usize));
                 }
             }
-            done_feeding.then(|| Output::Score(*total))
+            done_feeding.then_some(Output::Score(*total))
         }
         Purpose::Logits => done_feeding
             .then(|| rows.into_iter().last().map(Output::Logits))
@@ -690,8 +791,18 @@ fn advance(seq: &mut Sequence, rows: Vec<Vec<f32>>, tokenizer: &TextTokenizer) -
             seq.tokens.push(picked.token);
             logprobs.push((decode(&[picked.token]), picked.logprob));
             let text = decode(&seq.tokens[*prompt_len..]);
-            if let Some(cut) = params.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
-                return finish(text[..cut].to_string(), Finish::Stop, logprobs, generated + 1);
+            if let Some(cut) = params
+                .stop
+                .iter()
+                .filter_map(|s| text.find(s.as_str()))
+                .min()
+            {
+                return finish(
+                    text[..cut].to_string(),
+                    Finish::Stop,
+                    logprobs,
+                    generated + 1,
+                );
             }
             if generated + 1 >= *max_tokens {
                 return finish(text, Finish::Length, logprobs, generated + 1);

@@ -73,19 +73,19 @@ impl LlamaConfig {
         if self.heads == 0 || self.kv_heads == 0 || self.layers == 0 {
             return Err("layer and head counts must be positive".into());
         }
-        if self.hidden % self.heads != 0 {
+        if !self.hidden.is_multiple_of(self.heads) {
             return Err(format!(
                 "hidden size {} is not a multiple of the {} heads",
                 self.hidden, self.heads
             ));
         }
-        if self.heads % self.kv_heads != 0 {
+        if !self.heads.is_multiple_of(self.kv_heads) {
             return Err(format!(
                 "{} query heads cannot be grouped over {} key/value heads",
                 self.heads, self.kv_heads
             ));
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return Err(format!("head width {} is odd", self.head_dim()));
         }
         Ok(())
@@ -266,7 +266,10 @@ impl Llama {
         for input in inputs.iter() {
             assert!(!input.tokens.is_empty(), "a step input needs tokens");
             let start = input.cache.len;
-            assert!(start + input.tokens.len() <= cfg.context, "context overflow");
+            assert!(
+                start + input.tokens.len() <= cfg.context,
+                "context overflow"
+            );
             for (offset, &token) in input.tokens.iter().enumerate() {
                 let t = token as usize;
                 x.extend_from_slice(&self.embeddings[t * h..(t + 1) * h]);
@@ -417,7 +420,13 @@ fn linear(x: Tensor<2>, w: &Tensor<2>, bias: Option<&Tensor<2>>) -> Tensor<2> {
 }
 
 fn rms_norm(x: Tensor<2>, weight: &Tensor<2>, eps: f64) -> Tensor<2> {
-    let scale = x.clone().square().mean_dim(1).add_scalar(eps).sqrt().recip();
+    let scale = x
+        .clone()
+        .square()
+        .mean_dim(1)
+        .add_scalar(eps)
+        .sqrt()
+        .recip();
     x * scale * weight.clone()
 }
 
@@ -505,6 +514,9 @@ mod tests {
 
     #[test]
     fn transpose_swaps_axes() {
-        assert_eq!(transpose(&[1., 2., 3., 4., 5., 6.], 2, 3), [1., 4., 2., 5., 3., 6.]);
+        assert_eq!(
+            transpose(&[1., 2., 3., 4., 5., 6.], 2, 3),
+            [1., 4., 2., 5., 3., 6.]
+        );
     }
 }

@@ -16,12 +16,12 @@ pub mod weights;
 
 use async_trait::async_trait;
 
+pub use engine::{BurnEngine, DeviceChoice, EngineOptions, EngineStats, open_weights};
+pub(crate) use llama::transpose;
 pub use models::{
     MINILM, MODELS, MODELS_DIR_ENV, ModelFile, ModelFileError, ModelSpec, ModelStatus, ModelStore,
     PullEvent, SMOLLM2,
 };
-pub use engine::{BurnEngine, DeviceChoice, EngineOptions, open_weights};
-pub(crate) use llama::transpose;
 pub use tokenizer::{TextTokenizer, TokenizerError};
 pub use weights::LoadError;
 

@@ -174,7 +174,9 @@ mod tests {
                 },
                 0,
             );
-            (0..20).map(|_| s.sample(&logits, &[]).token).collect::<Vec<_>>()
+            (0..20)
+                .map(|_| s.sample(&logits, &[]).token)
+                .collect::<Vec<_>>()
         };
         assert_eq!(run(7), run(7));
         assert_ne!(run(7), run(8));

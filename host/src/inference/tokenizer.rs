@@ -164,12 +164,12 @@ impl TextTokenizer {
     pub fn from_hf_dir(dir: &std::path::Path) -> Result<TextTokenizer, TokenizerError> {
         let inner = Tokenizer::from_file(dir.join("tokenizer.json"))
             .map_err(|e| TokenizerError::Tokenizers(format!("tokenizer.json: {e}")))?;
-        let config: serde_json::Value = match std::fs::read_to_string(dir.join("tokenizer_config.json")) {
-            Ok(text) => serde_json::from_str(&text).map_err(|e| {
-                TokenizerError::Metadata(format!("tokenizer_config.json: {e}"))
-            })?,
-            Err(_) => serde_json::Value::Null,
-        };
+        let config: serde_json::Value =
+            match std::fs::read_to_string(dir.join("tokenizer_config.json")) {
+                Ok(text) => serde_json::from_str(&text)
+                    .map_err(|e| TokenizerError::Metadata(format!("tokenizer_config.json: {e}")))?,
+                Err(_) => serde_json::Value::Null,
+            };
         // A special token is a string or `{"content": ...}`.
         let token = |key: &str| {
             let v = &config[key];
@@ -177,8 +177,11 @@ impl TextTokenizer {
                 .or_else(|| v["content"].as_str())
                 .and_then(|t| inner.token_to_id(t))
         };
-        let eos = token("eos_token")
-            .ok_or_else(|| TokenizerError::Metadata("tokenizer_config.json: `eos_token` is missing or unknown".into()))?;
+        let eos = token("eos_token").ok_or_else(|| {
+            TokenizerError::Metadata(
+                "tokenizer_config.json: `eos_token` is missing or unknown".into(),
+            )
+        })?;
         let bos = token("bos_token").unwrap_or(eos);
         Ok(TextTokenizer {
             add_bos: config["add_bos_token"].as_bool().unwrap_or(false),
@@ -187,6 +190,25 @@ impl TextTokenizer {
             bos,
             eos,
         })
+    }
+
+    /// Write this tokenizer as a Hugging Face tokenizer directory
+    /// (`tokenizer.json`, `tokenizer_config.json`), the form
+    /// [`TextTokenizer::from_hf_dir`] reads.
+    pub fn save_hf_dir(&self, dir: &std::path::Path) -> Result<(), TokenizerError> {
+        let io = |e: std::io::Error| TokenizerError::Tokenizers(e.to_string());
+        let json = self
+            .inner
+            .to_string(false)
+            .map_err(|e| TokenizerError::Tokenizers(e.to_string()))?;
+        std::fs::write(dir.join("tokenizer.json"), json).map_err(io)?;
+        let config = serde_json::json!({
+            "bos_token": self.token(self.bos),
+            "eos_token": self.token(self.eos),
+            "add_bos_token": self.add_bos,
+            "chat_template": self.template,
+        });
+        std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).map_err(io)
     }
 
     /// Token ids of `text`; special tokens written in the text (such as

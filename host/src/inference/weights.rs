@@ -397,7 +397,10 @@ mod tests {
         )
         .unwrap();
         let err = HfWeights::open(dir.path()).err().unwrap();
-        assert!(err.message.contains("model_type `gpt2` is not supported"), "{err}");
+        assert!(
+            err.message.contains("model_type `gpt2` is not supported"),
+            "{err}"
+        );
         assert!(err.message.contains("llama, qwen2, mistral"));
     }
 }

