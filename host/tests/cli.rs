@@ -226,3 +226,75 @@ fn models_pull_fetches_checks_and_is_idempotent() {
         stdout(&list)
     );
 }
+
+#[test]
+fn generate_embed_and_run_on_the_real_models() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("models");
+    let dir = dir.to_str().unwrap();
+    let pull = tessera(&["models", "pull", "--models-dir", dir]);
+    assert!(pull.status.success(), "{}", stderr(&pull));
+
+    let out = tessera(&[
+        "generate",
+        "--models-dir",
+        dir,
+        "--prompt",
+        "What is the capital of France?",
+        "--max-tokens",
+        "24",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("Paris"), "{}", stdout(&out));
+    assert!(stderr(&out).contains("tok/s"), "{}", stderr(&out));
+
+    let out = tessera(&[
+        "embed",
+        "--models-dir",
+        dir,
+        "A man is eating food.",
+        "A man is eating a piece of bread.",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("[0]~[1] 0.75"), "{}", stdout(&out));
+
+    // An expert that calls the model gets real tokens (the calculator keeps
+    // the exact figure whatever the model's wording).
+    let out = tessera(&[
+        "run",
+        "plugins/calculator",
+        "--models-dir",
+        dir,
+        "--prompt",
+        "What is 12 * (3 + 4)?",
+        "--trace",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["answer"].as_str().unwrap().contains("84"), "{v}");
+    assert!(v["trace"]["generated_tokens"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["trace"]["host_calls"][0]["error"].is_null(), "{v}");
+
+    // Without models: the error says which file and how to get it.
+    let empty = scratch("generate-no-models");
+    let out = tessera(&[
+        "generate",
+        "--models-dir",
+        empty.to_str().unwrap(),
+        "--prompt",
+        "hi",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("tessera models pull"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = tessera(&["generate", "--prompt", "hi", "--device", "tpu"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("unknown device `tpu`"),
+        "{}",
+        stderr(&out)
+    );
+}

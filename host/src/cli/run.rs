@@ -3,7 +3,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use tessera_host::build::{BuildOptions, build_plugin};
-use tessera_host::bundle::{Bundle, MANIFEST_FILE};
+use tessera_host::bundle::{Bundle, ComponentInfo, MANIFEST_FILE};
 use tessera_host::ensemble::Ensemble;
 use tessera_host::sandbox::{HostPolicy, Sandbox};
 use tessera_host::types::{Message, Request, Role};
@@ -43,13 +43,18 @@ pub struct RunArgs {
 
 pub async fn run(args: RunArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let sandbox = Sandbox::new(HostPolicy::default(), cache_dir.as_deref())?;
-    // Bundles first: a bad path is reported before the model loads.
+    // Bundles first: a bad path or component is reported before the model
+    // loads.
     let callees = args
         .with
         .iter()
         .map(|p| open(p))
         .collect::<Result<Vec<_>, _>>()?;
     let main = open(&args.path)?;
+    for (bundle, path) in callees.iter().zip(&args.with).chain([(&main, &args.path)]) {
+        ComponentInfo::parse(&bundle.wasm)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    }
     let engine = args.engine.engine(args.no_model)?;
     let ensemble = Ensemble::new(sandbox, engine);
     for bundle in callees {
