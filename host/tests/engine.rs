@@ -480,3 +480,48 @@ async fn abandoned_generations_are_cancelled() {
     assert_eq!(stats.active, 0, "{stats:?}");
     assert!(stats.generated_tokens < 500, "{stats:?}");
 }
+
+/// With room for one sequence at a time, a second owner's job does not wait
+/// behind all of the first owner's queue: owners take turns.
+#[tokio::test]
+async fn owners_take_turns_for_admission() {
+    let store = common::models();
+    let engine = Arc::new(
+        BurnEngine::from_store(
+            &store,
+            EngineOptions {
+                max_batch: 1,
+                ..EngineOptions::default()
+            },
+        )
+        .unwrap(),
+    );
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut handles = Vec::new();
+    for (owner, job) in [("a", 1), ("a", 2), ("a", 3), ("b", 1)] {
+        let engine = engine.clone();
+        let done = done_tx.clone();
+        handles.push(tokio::spawn(async move {
+            let params = SamplingParams {
+                owner: Some(owner.into()),
+                ..greedy(6)
+            };
+            engine
+                .complete(format!("Job {job}:"), params, None)
+                .await
+                .unwrap();
+            done.send(format!("{owner}{job}")).unwrap();
+        }));
+        // Submit in this order.
+        tokio::task::yield_now().await;
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    drop(done_tx);
+    let mut order = Vec::new();
+    while let Some(job) = done_rx.recv().await {
+        order.push(job);
+    }
+    assert_eq!(order, ["a1", "b1", "a2", "a3"]);
+}

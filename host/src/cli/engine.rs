@@ -21,8 +21,9 @@ pub struct EngineArgs {
     #[arg(long, value_name = "PATH")]
     pub model: Option<PathBuf>,
 
-    /// Where the models run: cpu (burn flex) or wgpu.
-    #[arg(long, default_value = "cpu", value_name = "cpu|wgpu")]
+    /// Where the models run: cpu (burn flex), wgpu, or auto (wgpu when built
+    /// with it and a GPU is present, else cpu).
+    #[arg(long, default_value = "auto", value_name = "cpu|wgpu|auto")]
     pub device: DeviceChoice,
 
     /// Memory for KV caches, in MiB.
@@ -66,7 +67,7 @@ impl EngineArgs {
         .context("cannot load the model engine")?;
         tracing::info!(
             model = engine.model_name(),
-            device = self.device.as_str(),
+            device = self.device.resolve().as_str(),
             "engine loaded in {:.1?}",
             started.elapsed()
         );
