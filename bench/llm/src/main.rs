@@ -36,6 +36,49 @@ struct Args {
     /// Batch sizes for the aggregate figures.
     #[arg(long, value_delimiter = ',', default_value = "8,32")]
     batches: Vec<usize>,
+    /// Only compare next-token logits on cpu and wgpu (needs `--features wgpu`).
+    #[arg(long)]
+    compare_devices: bool,
+}
+
+async fn compare_devices(store: &ModelStore) -> Result<()> {
+    let text = "The capital of France is";
+    let mut rows = Vec::new();
+    for device in [DeviceChoice::Cpu, DeviceChoice::Wgpu] {
+        let started = Instant::now();
+        let engine = BurnEngine::from_store(
+            store,
+            EngineOptions {
+                device,
+                ..EngineOptions::default()
+            },
+        )?;
+        let loaded = started.elapsed();
+        let t = Instant::now();
+        let logits = engine.next_token_logits(text).await?;
+        let forward = t.elapsed();
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f32 = logits.iter().map(|l| (l - max).exp()).sum();
+        let top = tessera_host::inference::sampler::argmax(&logits);
+        let t = Instant::now();
+        let g = engine.complete(text.into(), greedy(8), None).await?;
+        let decode = f64::from(g.completion_tokens) / t.elapsed().as_secs_f64();
+        println!(
+            "{:4}: load {loaded:.1?}, prefill forward {forward:.1?}, top {:?} p={:.4}, greedy {:?} ({decode:.1} tok/s)",
+            device.as_str(),
+            engine.tokenizer().token(top).unwrap_or_default(),
+            1.0 / sum,
+            g.text
+        );
+        rows.push(logits);
+    }
+    let diff = rows[0]
+        .iter()
+        .zip(&rows[1])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    println!("largest cpu/wgpu logit difference: {diff:.2e}");
+    Ok(())
 }
 
 fn peak_rss_mib() -> f64 {
@@ -97,7 +140,10 @@ async fn burn_figures(args: &Args, store: &ModelStore) -> Result<()> {
         .generate_ids(short.to_vec(), greedy(args.decode_tokens))
         .await?;
     let decode = (g.completion_tokens - 1) as f64 / (t.elapsed() - base).as_secs_f64();
-    println!("burn prefill  {prefill:8.1} tok/s ({} tokens)", prompt.len());
+    println!(
+        "burn prefill  {prefill:8.1} tok/s ({} tokens)",
+        prompt.len()
+    );
     println!("burn decode@1 {decode:8.1} tok/s");
 
     for &batch in &args.batches {
@@ -123,7 +169,9 @@ async fn burn_figures(args: &Args, store: &ModelStore) -> Result<()> {
     }
     let v = engine.embed(vec!["warm".into()]).await?;
     let t = Instant::now();
-    let texts: Vec<String> = (0..32).map(|i| format!("sentence number {i} about cats")).collect();
+    let texts: Vec<String> = (0..32)
+        .map(|i| format!("sentence number {i} about cats"))
+        .collect();
     engine.embed(texts).await?;
     println!(
         "minilm embed  {:8.1} texts/s (batch 32, {} dims)",
@@ -145,9 +193,8 @@ fn candle_figures(args: &Args, gguf: &Path, prompt: &[u32]) -> Result<()> {
         let content = gguf_file::Content::read(&mut file)?;
         Ok(ModelWeights::from_gguf(content, &mut file, &device)?)
     };
-    let argmax = |logits: &Tensor| -> Result<u32> {
-        Ok(logits.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?)
-    };
+    let argmax =
+        |logits: &Tensor| -> Result<u32> { Ok(logits.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?) };
     let mut model = load()?;
     // Warm up.
     let x = Tensor::new(&prompt[..8], &device)?.unsqueeze(0)?;
@@ -169,7 +216,10 @@ fn candle_figures(args: &Args, gguf: &Path, prompt: &[u32]) -> Result<()> {
         pos += 1;
     }
     let decode = f64::from(args.decode_tokens) / t.elapsed().as_secs_f64();
-    println!("candle prefill  {prefill:8.1} tok/s ({} tokens)", prompt.len());
+    println!(
+        "candle prefill  {prefill:8.1} tok/s ({} tokens)",
+        prompt.len()
+    );
     println!("candle decode@1 {decode:8.1} tok/s");
     Ok(())
 }
@@ -177,11 +227,18 @@ fn candle_figures(args: &Args, gguf: &Path, prompt: &[u32]) -> Result<()> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let store = ModelStore::new(args.models_dir.clone().unwrap_or_else(ModelStore::default_dir));
+    let store = ModelStore::new(
+        args.models_dir
+            .clone()
+            .unwrap_or_else(ModelStore::default_dir),
+    );
     let gguf = store
         .require(&SMOLLM2, SMOLLM2.files[0].name)
         .context("run `tessera models pull` first")?;
     store.require(&MINILM, "model.safetensors")?;
+    if args.compare_devices {
+        return compare_devices(&store).await;
+    }
     println!(
         "machine: {} threads; target-cpu native: {}",
         std::thread::available_parallelism().map_or(0, usize::from),
