@@ -525,3 +525,40 @@ async fn owners_take_turns_for_admission() {
     }
     assert_eq!(order, ["a1", "b1", "a2", "a3"]);
 }
+
+/// Streamed deltas add up to the final text, stop strings included (the
+/// held-back tail that turned out to be a stop string is never sent).
+#[tokio::test]
+async fn streamed_deltas_add_up_to_the_answer() {
+    let engine = engine();
+    let prompt = engine
+        .chat_prompt(&[ChatMessage {
+            role: ChatRole::User,
+            content: "What is the capital of France?".into(),
+        }])
+        .unwrap();
+    for stop in [vec![], vec!["France".to_string()], vec![String::new()]] {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut params = greedy(24);
+        params.stop = stop.clone();
+        let g = engine
+            .generate_ids_streaming(prompt.clone(), params, tx)
+            .await
+            .unwrap();
+        let mut streamed = String::new();
+        let mut pieces = 0;
+        while let Some(delta) = rx.recv().await {
+            assert!(!delta.is_empty());
+            streamed += &delta;
+            pieces += 1;
+        }
+        assert_eq!(streamed, g.text, "stop {stop:?}");
+        assert!(
+            pieces > 1 || g.completion_tokens <= 1,
+            "stop {stop:?}: one piece"
+        );
+        if stop == ["France"] {
+            assert!(!g.text.contains("France"), "{:?}", g.text);
+        }
+    }
+}

@@ -305,10 +305,44 @@ impl BurnEngine {
         prompt: Vec<u32>,
         params: SamplingParams,
     ) -> Result<Generation, ModelError> {
-        match self
-            .submit(params.owner.clone(), JobKind::Generate { prompt, params })
-            .await?
-        {
+        self.generate(prompt, params, None).await
+    }
+
+    /// Generate from prompt token ids, sending the answer's text to
+    /// `deltas` as it grows. The deltas add up to the final text: text that
+    /// might still become part of a stop string, or an incomplete UTF-8
+    /// character, is held back until it is settled.
+    pub async fn generate_ids_streaming(
+        &self,
+        prompt: Vec<u32>,
+        params: SamplingParams,
+        deltas: tokio::sync::mpsc::UnboundedSender<String>,
+    ) -> Result<Generation, ModelError> {
+        self.generate(prompt, params, Some(deltas)).await
+    }
+
+    /// The prompt ids of a conversation, rendered with the model's chat
+    /// template and the assistant's turn opened.
+    pub fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, ModelError> {
+        let text = self
+            .tokenizer
+            .apply_chat_template(messages, true)
+            .map_err(|e| ModelError::InvalidInput(e.to_string()))?;
+        self.encode_prompt(&text)
+    }
+
+    async fn generate(
+        &self,
+        prompt: Vec<u32>,
+        params: SamplingParams,
+        stream: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    ) -> Result<Generation, ModelError> {
+        let job = JobKind::Generate {
+            prompt,
+            params: params.clone(),
+            stream,
+        };
+        match self.submit(params.owner, job).await? {
             Output::Generation(g) => Ok(g),
             _ => Err(ModelError::Failed(
                 "the engine answered the wrong job".into(),
@@ -353,11 +387,7 @@ impl ModelEngine for BurnEngine {
         adapter: Option<String>,
     ) -> Result<Generation, ModelError> {
         no_adapter(adapter)?;
-        let text = self
-            .tokenizer
-            .apply_chat_template(&messages, true)
-            .map_err(|e| ModelError::InvalidInput(e.to_string()))?;
-        let prompt = self.encode_prompt(&text)?;
+        let prompt = self.chat_prompt(&messages)?;
         self.generate_ids(prompt, params).await
     }
 
@@ -435,6 +465,7 @@ enum JobKind {
     Generate {
         prompt: Vec<u32>,
         params: SamplingParams,
+        stream: Option<tokio::sync::mpsc::UnboundedSender<String>>,
     },
     Score {
         tokens: Vec<u32>,
@@ -466,6 +497,10 @@ enum Purpose {
         prompt_len: usize,
         max_tokens: usize,
         logprobs: Vec<(String, f32)>,
+        /// Where text deltas go, for streaming callers.
+        stream: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+        /// Bytes of the answer already sent on `stream`.
+        streamed: usize,
     },
     Score {
         from: usize,
@@ -629,7 +664,9 @@ impl Scheduler {
             let queue = self.queues.get_mut(&owner).expect("owner has a queue");
             let job = queue.front().expect("queues are never empty");
             let (len, extra) = match &job.kind {
-                JobKind::Generate { prompt, params } => (prompt.len(), params.max_tokens as usize),
+                JobKind::Generate { prompt, params, .. } => {
+                    (prompt.len(), params.max_tokens as usize)
+                }
                 JobKind::Score { tokens, .. } | JobKind::Logits { tokens } => (tokens.len(), 0),
                 JobKind::Embed { .. } => unreachable!("embeddings are answered at once"),
             };
@@ -664,7 +701,11 @@ impl Scheduler {
             self.reserved_tokens += need;
             self.seed = self.seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
             let (tokens, purpose) = match job.kind {
-                JobKind::Generate { prompt, params } => {
+                JobKind::Generate {
+                    prompt,
+                    params,
+                    stream,
+                } => {
                     let max_tokens = (params.max_tokens as usize).min(context - prompt.len());
                     (
                         prompt.clone(),
@@ -674,6 +715,8 @@ impl Scheduler {
                             max_tokens,
                             params: Box::new(params),
                             logprobs: Vec::new(),
+                            stream,
+                            streamed: 0,
                         },
                     )
                 }
@@ -793,10 +836,30 @@ fn advance(seq: &mut Sequence, rows: Vec<Vec<f32>>, tokenizer: &TextTokenizer) -
             prompt_len,
             max_tokens,
             logprobs,
+            stream,
+            streamed,
         } => {
             if !done_feeding {
                 return None;
             }
+            // Send what is settled of `text`; all of it when `last`.
+            let mut flush = |text: &str, last: bool| {
+                let Some(tx) = stream else { return };
+                let mut end = if last {
+                    text.len()
+                } else {
+                    let longest = params.stop.iter().map(String::len).max().unwrap_or(0);
+                    let hold = longest.saturating_sub(1);
+                    text.trim_end_matches('\u{FFFD}').len().saturating_sub(hold)
+                };
+                while !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                if end > *streamed && text.is_char_boundary(*streamed) {
+                    let _ = tx.send(text[*streamed..end].to_string());
+                    *streamed = end;
+                }
+            };
             let row = rows.last().expect("one row per step");
             let picked = sampler.sample(row, &seq.tokens);
             let generated = seq.tokens.len() - *prompt_len;
@@ -814,6 +877,7 @@ fn advance(seq: &mut Sequence, rows: Vec<Vec<f32>>, tokenizer: &TextTokenizer) -
                 // The end-of-turn token is not part of the answer: counts
                 // and log-probabilities cover the text only.
                 let text = decode(&seq.tokens[*prompt_len..]);
+                flush(&text, true);
                 return finish(text, Finish::Stop, logprobs, generated);
             }
             seq.tokens.push(picked.token);
@@ -822,9 +886,11 @@ fn advance(seq: &mut Sequence, rows: Vec<Vec<f32>>, tokenizer: &TextTokenizer) -
             if let Some(cut) = params
                 .stop
                 .iter()
+                .filter(|s| !s.is_empty())
                 .filter_map(|s| text.find(s.as_str()))
                 .min()
             {
+                flush(&text[..cut], true);
                 return finish(
                     text[..cut].to_string(),
                     Finish::Stop,
@@ -833,8 +899,10 @@ fn advance(seq: &mut Sequence, rows: Vec<Vec<f32>>, tokenizer: &TextTokenizer) -
                 );
             }
             if generated + 1 >= *max_tokens {
+                flush(&text, true);
                 return finish(text, Finish::Length, logprobs, generated + 1);
             }
+            flush(&text, false);
             None
         }
     }
