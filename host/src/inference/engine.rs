@@ -22,7 +22,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use burn::tensor::Device;
@@ -292,7 +292,6 @@ impl BurnEngine {
                 owner: owner.unwrap_or_default(),
                 kind,
                 reply,
-                queued_at: Instant::now(),
             })
             .map_err(|_| ModelError::Failed("the engine thread has stopped".into()))?;
         rx.await
@@ -457,8 +456,6 @@ struct Job {
     owner: String,
     kind: JobKind,
     reply: oneshot::Sender<Result<Output, ModelError>>,
-    #[allow(dead_code)]
-    queued_at: Instant,
 }
 
 enum JobKind {

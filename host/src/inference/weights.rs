@@ -28,10 +28,16 @@ pub trait WeightSource {
     fn config(&self) -> &LlamaConfig;
     /// Whether tensor `name` exists.
     fn has(&self, name: &str) -> bool;
+    /// Tensor `name` as f32, checked to have shape `dims` (outermost first).
+    fn read(&self, name: &str, dims: &[usize]) -> Result<Vec<f32>, LoadError>;
     /// Matrix `name`, dequantized, checked to be `[rows, cols]`.
-    fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Vec<f32>, LoadError>;
+    fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Vec<f32>, LoadError> {
+        self.read(name, &[rows, cols])
+    }
     /// Vector `name`, checked to hold `len` values.
-    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, LoadError>;
+    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, LoadError> {
+        self.read(name, &[len])
+    }
     /// An error about this source.
     fn error(&self, message: String) -> LoadError;
 }
@@ -110,7 +116,7 @@ impl GgufWeights {
         &self.file
     }
 
-    fn read(&self, name: &str, dims: &[usize]) -> Result<Vec<f32>, LoadError> {
+    fn read_tensor(&self, name: &str, dims: &[usize]) -> Result<Vec<f32>, LoadError> {
         let info = self
             .file
             .tensor(name)
@@ -137,12 +143,8 @@ impl WeightSource for GgufWeights {
         self.file.tensor(name).is_some()
     }
 
-    fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Vec<f32>, LoadError> {
-        self.read(name, &[rows, cols])
-    }
-
-    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, LoadError> {
-        self.read(name, &[len])
+    fn read(&self, name: &str, dims: &[usize]) -> Result<Vec<f32>, LoadError> {
+        self.read_tensor(name, dims)
     }
 
     fn error(&self, message: String) -> LoadError {
@@ -275,7 +277,7 @@ impl HfWeights {
         })
     }
 
-    fn read(&self, name: &str, dims: &[usize]) -> Result<Vec<f32>, LoadError> {
+    fn read_tensor(&self, name: &str, dims: &[usize]) -> Result<Vec<f32>, LoadError> {
         let hf = hf_name(name)
             .ok_or_else(|| self.error(format!("no Hugging Face name for tensor `{name}`")))?;
         let path = self
@@ -358,12 +360,8 @@ impl WeightSource for HfWeights {
         hf_name(name).is_some_and(|hf| self.index.contains_key(&hf))
     }
 
-    fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Vec<f32>, LoadError> {
-        self.read(name, &[rows, cols])
-    }
-
-    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, LoadError> {
-        self.read(name, &[len])
+    fn read(&self, name: &str, dims: &[usize]) -> Result<Vec<f32>, LoadError> {
+        self.read_tensor(name, dims)
     }
 
     fn error(&self, message: String) -> LoadError {
