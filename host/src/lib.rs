@@ -39,4 +39,5 @@ pub mod ensemble;
 pub mod inference;
 mod paths;
 pub mod sandbox;
+pub mod server;
 pub mod types;

@@ -182,6 +182,16 @@ pub mod model {
         raw::chat(messages, sampling, Some(adapter))
     }
 
+    /// Like [`chat`], for the call whose text is your answer: when the
+    /// client asked for a stream, its tokens reach the client as they are
+    /// generated. Return a [`Response`](crate::Response) whose content
+    /// begins with the completion's text (whitespace around it aside), for
+    /// example [`Response::from_completion`](crate::Response::from_completion).
+    /// Otherwise the same as [`chat`].
+    pub fn stream_answer(messages: &[Message], sampling: &Sampling) -> Result<Completion, Error> {
+        raw::stream_answer(messages, sampling, None)
+    }
+
     /// Ask one question (a single user message) and get the answer text.
     pub fn ask(question: &str, sampling: &Sampling) -> Result<String, Error> {
         chat(&[Message::user(question)], sampling).map(|c| c.text)

@@ -176,6 +176,29 @@ impl Host for InvocationState {
         Ok(self.end_generation(record, result))
     }
 
+    async fn stream_answer(
+        &mut self,
+        messages: Vec<Message>,
+        sampling: Sampling,
+        adapter: Option<String>,
+    ) -> wasmtime::Result<Result<Completion, Error>> {
+        let bytes_in = super::strings_len(messages.iter().map(|m| &m.content));
+        let record = self.begin_call(INTERFACE, "stream-answer", bytes_in);
+        let result = match self.prepare_generation(sampling) {
+            Ok(params) => {
+                let messages = messages.into_iter().map(chat_message).collect();
+                let engine = self.ensemble.model().clone();
+                match self.answer_stream.clone() {
+                    Some(deltas) => engine.chat_streaming(messages, params, adapter, deltas).await,
+                    None => engine.chat(messages, params, adapter).await,
+                }
+                .map_err(model_error)
+            }
+            Err(e) => Err(e),
+        };
+        Ok(self.end_generation(record, result))
+    }
+
     async fn complete(
         &mut self,
         prompt: String,

@@ -19,7 +19,7 @@ use crate::audit::{Outcome, Trace};
 use crate::bindings::agent::AgentPre;
 use crate::bindings::types::{ExpertInfo, Request, Response};
 use crate::bundle::{Bundle, BundleKind, Manifest};
-use crate::inference::ModelEngine;
+use crate::inference::{Deltas, ModelEngine};
 use crate::sandbox::{
     DeadlineExceeded, InvocationState, Limits, LoadError, LoadedComponent, Sandbox,
 };
@@ -261,6 +261,21 @@ impl Ensemble {
             .await
     }
 
+    /// Run the expert `name` on `req`, sending the text it generates with
+    /// `model.stream-answer` to `deltas` as it is generated. Dropping the
+    /// future cancels the invocation and its model calls.
+    pub async fn invoke_streaming(
+        self: &Arc<Self>,
+        name: &str,
+        req: Request,
+        deltas: Deltas,
+    ) -> Invocation {
+        let Some(expert) = self.expert(name) else {
+            return unknown_expert(name, 0);
+        };
+        self.run(expert, req, Vec::new(), None, Some(deltas)).await
+    }
+
     /// Run `name` for a caller whose call stack is `stack`, inside the
     /// caller's deadline. Boxed: experts calling experts make this
     /// recursive.
@@ -274,16 +289,9 @@ impl Ensemble {
         let outer_deadline = outer_deadline.into();
         Box::pin(async move {
             let Some(expert) = self.expert(&name) else {
-                let error = InvokeError::new(
-                    InvokeErrorKind::UnknownExpert,
-                    format!("no expert named `{name}` is loaded"),
-                );
-                return Invocation {
-                    trace: failed_trace(&name, stack.len() as u32, &error),
-                    result: Err(error),
-                };
+                return unknown_expert(&name, stack.len() as u32);
             };
-            self.run(expert, req, stack, outer_deadline).await
+            self.run(expert, req, stack, outer_deadline, None).await
         })
     }
 
@@ -293,6 +301,7 @@ impl Ensemble {
         req: Request,
         mut stack: Vec<String>,
         outer_deadline: Option<Instant>,
+        answer_stream: Option<Deltas>,
     ) -> Invocation {
         let started = Instant::now();
         let started_at_unix_ms = SystemTime::now()
@@ -319,13 +328,14 @@ impl Ensemble {
             };
         };
 
-        let state = InvocationState::new(
+        let mut state = InvocationState::new(
             self.clone(),
             stack,
             expert.manifest.capabilities.clone(),
             limits,
             deadline,
         );
+        state.answer_stream = answer_stream;
         let mut store = self.sandbox.new_store(state);
         let run = async {
             let agent = pre.instantiate_async(&mut store).await?;
@@ -381,6 +391,17 @@ impl Ensemble {
             },
         };
         Invocation { result, trace }
+    }
+}
+
+fn unknown_expert(name: &str, depth: u32) -> Invocation {
+    let error = InvokeError::new(
+        InvokeErrorKind::UnknownExpert,
+        format!("no expert named `{name}` is loaded"),
+    );
+    Invocation {
+        trace: failed_trace(name, depth, &error),
+        result: Err(error),
     }
 }
 

@@ -140,6 +140,7 @@ impl Default for EngineOptions {
 /// scheduler.
 pub struct BurnEngine {
     name: String,
+    embedder_name: Option<String>,
     tokenizer: Arc<TextTokenizer>,
     jobs: mpsc::Sender<Job>,
     context: usize,
@@ -239,6 +240,10 @@ impl BurnEngine {
         let name = name.split('.').next().unwrap_or(&name).to_string();
         let llama = Llama::load(weights.as_ref(), &device).map_err(failed)?;
         drop(weights);
+        let embedder_name = embedder.and_then(|dir| {
+            dir.file_name()
+                .map(|n| n.to_string_lossy().rsplit("__").next().unwrap_or_default().to_string())
+        });
         let embedder = embedder
             .map(|dir| Embedder::load(dir, &device))
             .transpose()
@@ -254,6 +259,7 @@ impl BurnEngine {
             .map_err(|e| ModelError::Failed(format!("cannot start the engine thread: {e}")))?;
         Ok(BurnEngine {
             name,
+            embedder_name,
             tokenizer,
             jobs,
             context,
@@ -430,6 +436,38 @@ impl ModelEngine for BurnEngine {
                 "the engine answered the wrong job".into(),
             )),
         }
+    }
+
+    async fn chat_streaming(
+        &self,
+        messages: Vec<ChatMessage>,
+        params: SamplingParams,
+        adapter: Option<String>,
+        deltas: super::Deltas,
+    ) -> Result<Generation, ModelError> {
+        no_adapter(adapter)?;
+        let prompt = self.chat_prompt(&messages)?;
+        self.generate_ids_streaming(prompt, params, deltas).await
+    }
+
+    async fn complete_streaming(
+        &self,
+        prompt: String,
+        params: SamplingParams,
+        adapter: Option<String>,
+        deltas: super::Deltas,
+    ) -> Result<Generation, ModelError> {
+        no_adapter(adapter)?;
+        let prompt = self.encode_prompt(&prompt)?;
+        self.generate_ids_streaming(prompt, params, deltas).await
+    }
+
+    fn embedder_name(&self) -> Option<&str> {
+        self.embedder_name.as_deref()
+    }
+
+    fn stats(&self) -> Option<EngineStats> {
+        Some(BurnEngine::stats(self))
     }
 
     async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, ModelError> {

@@ -169,7 +169,51 @@ pub trait ModelEngine: Send + Sync + 'static {
 
     /// One L2-normalised embedding per text.
     async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, ModelError>;
+
+    /// Like [`chat`](Self::chat), sending the answer's text to `deltas` as
+    /// it is generated; the deltas add up to the final text. Engines that
+    /// cannot stream send it whole at the end.
+    async fn chat_streaming(
+        &self,
+        messages: Vec<ChatMessage>,
+        params: SamplingParams,
+        adapter: Option<String>,
+        deltas: Deltas,
+    ) -> Result<Generation, ModelError> {
+        let generation = self.chat(messages, params, adapter).await?;
+        let _ = deltas.send(generation.text.clone());
+        Ok(generation)
+    }
+
+    /// Like [`complete`](Self::complete), streaming as
+    /// [`chat_streaming`](Self::chat_streaming) does.
+    async fn complete_streaming(
+        &self,
+        prompt: String,
+        params: SamplingParams,
+        adapter: Option<String>,
+        deltas: Deltas,
+    ) -> Result<Generation, ModelError> {
+        let generation = self.complete(prompt, params, adapter).await?;
+        let _ = deltas.send(generation.text.clone());
+        Ok(generation)
+    }
+
+    /// The embedding model's name, when one is loaded.
+    fn embedder_name(&self) -> Option<&str> {
+        None
+    }
+
+    /// What the scheduler is doing, for metrics; `None` when the engine
+    /// has no scheduler.
+    fn stats(&self) -> Option<EngineStats> {
+        None
+    }
 }
+
+/// Where streamed text goes: each message is the next piece of the answer.
+/// A closed receiver means the client went away.
+pub type Deltas = tokio::sync::mpsc::UnboundedSender<String>;
 
 /// The engine of a host with no model loaded: every call fails with a
 /// message that says so.

@@ -25,6 +25,9 @@ pub struct InvocationState {
     pub(crate) deadline: Instant,
     /// `describe` runs with the model switched off.
     pub(crate) model_allowed: bool,
+    /// Where `model.stream-answer` sends text: set for the outermost
+    /// expert of a streaming request only.
+    pub(crate) answer_stream: Option<crate::inference::Deltas>,
     pub(crate) limiter: MemoryLimiter,
     pub(crate) recorder: Recorder,
     stdout: CappedOutput,
@@ -79,6 +82,7 @@ impl InvocationState {
             started: Instant::now(),
             deadline,
             model_allowed: true,
+            answer_stream: None,
             limiter: MemoryLimiter::new(limits.memory_bytes),
             recorder: Recorder {
                 initial_fuel: limits.fuel,

@@ -1,0 +1,172 @@
+//! Prometheus metrics of the server (`GET /metrics`).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of a request.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// `chat`, `completions`, `embeddings`, `models`, ...
+    pub endpoint: String,
+    /// The expert or model asked for (`-` when none was read).
+    pub model: String,
+    /// The HTTP status.
+    pub status: u16,
+}
+
+/// Labels of token counts.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    /// The expert or model.
+    pub model: String,
+    /// `prompt` or `completion`.
+    pub direction: &'static str,
+}
+
+/// Labels of per-expert figures.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExpertLabels {
+    /// The expert.
+    pub expert: String,
+}
+
+/// Every metric the server keeps.
+pub struct Metrics {
+    registry: Registry,
+    /// Requests answered.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Request latency, until the last byte (streams included).
+    pub latency: Family<RequestLabels, Histogram>,
+    /// Time to the first streamed token.
+    pub first_token: Family<ExpertLabels, Histogram>,
+    /// Tokens in and out.
+    pub tokens: Family<TokenLabels, Counter>,
+    /// Fuel burned by each expert (its callees included).
+    pub fuel: Family<ExpertLabels, Counter>,
+    /// Streams whose client went away before the end.
+    pub cancelled: Family<ExpertLabels, Counter>,
+    /// Requests running now.
+    pub in_flight: Gauge,
+    /// Requests waiting for admission now.
+    pub queue_depth: Gauge,
+    /// Sequences waiting in the engine's queue.
+    pub engine_queued: Gauge,
+    /// Sequences in the engine's running batch.
+    pub batch_size: Gauge,
+    /// Bundles loaded.
+    pub bundles: Gauge,
+    /// Bundles that failed to (re)load.
+    pub bundle_errors: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Register every metric under the `tessera_` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("tessera");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Family::<RequestLabels, Histogram>::new_with_constructor(|| {
+            // 1 ms to ~65 s.
+            Histogram::new(exponential_buckets(0.001, 2.0, 17))
+        });
+        let first_token = Family::<ExpertLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.005, 2.0, 14))
+        });
+        let tokens = Family::<TokenLabels, Counter>::default();
+        let fuel = Family::<ExpertLabels, Counter>::default();
+        let cancelled = Family::<ExpertLabels, Counter>::default();
+        let (in_flight, queue_depth, engine_queued, batch_size, bundles): (Gauge, Gauge, Gauge, Gauge, Gauge) =
+            Default::default();
+        let bundle_errors = Counter::default();
+        registry.register("requests", "Requests answered", requests.clone());
+        registry.register(
+            "request_duration_seconds",
+            "Request latency until the last byte",
+            latency.clone(),
+        );
+        registry.register(
+            "time_to_first_token_seconds",
+            "Time from request to the first streamed text",
+            first_token.clone(),
+        );
+        registry.register("tokens", "Tokens read and generated", tokens.clone());
+        registry.register("expert_fuel", "Fuel burned by each expert", fuel.clone());
+        registry.register(
+            "streams_cancelled",
+            "Streams whose client disconnected before the end",
+            cancelled.clone(),
+        );
+        registry.register("requests_in_flight", "Requests running", in_flight.clone());
+        registry.register(
+            "queue_depth",
+            "Requests waiting for admission",
+            queue_depth.clone(),
+        );
+        registry.register(
+            "engine_queued_sequences",
+            "Sequences waiting in the engine's queue",
+            engine_queued.clone(),
+        );
+        registry.register(
+            "engine_batch_size",
+            "Sequences in the engine's running batch",
+            batch_size.clone(),
+        );
+        registry.register("bundles_loaded", "Bundles loaded", bundles.clone());
+        registry.register(
+            "bundle_load_errors",
+            "Bundles that failed to load or reload",
+            bundle_errors.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            latency,
+            first_token,
+            tokens,
+            fuel,
+            cancelled,
+            in_flight,
+            queue_depth,
+            engine_queued,
+            batch_size,
+            bundles,
+            bundle_errors,
+        }
+    }
+
+    /// Count one answered request.
+    pub fn record(&self, labels: RequestLabels, seconds: f64) {
+        self.requests.get_or_create(&labels).inc();
+        self.latency.get_or_create(&labels).observe(seconds);
+    }
+
+    /// Count the tokens of one answer.
+    pub fn record_tokens(&self, model: &str, prompt: u32, completion: u32) {
+        for (direction, n) in [("prompt", prompt), ("completion", completion)] {
+            self.tokens
+                .get_or_create(&TokenLabels {
+                    model: model.to_string(),
+                    direction,
+                })
+                .inc_by(u64::from(n));
+        }
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
