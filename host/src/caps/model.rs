@@ -189,7 +189,11 @@ impl Host for InvocationState {
                 let messages = messages.into_iter().map(chat_message).collect();
                 let engine = self.ensemble.model().clone();
                 match self.answer_stream.clone() {
-                    Some(deltas) => engine.chat_streaming(messages, params, adapter, deltas).await,
+                    Some(deltas) => {
+                        engine
+                            .chat_streaming(messages, params, adapter, deltas)
+                            .await
+                    }
                     None => engine.chat(messages, params, adapter).await,
                 }
                 .map_err(model_error)

@@ -22,37 +22,52 @@ pub struct EngineArgs {
     pub model: Option<PathBuf>,
 
     /// Where the models run: cpu (burn flex), wgpu, or auto (wgpu when built
-    /// with it and a GPU is present, else cpu).
-    #[arg(long, default_value = "auto", value_name = "cpu|wgpu|auto")]
-    pub device: DeviceChoice,
+    /// with it and a GPU is present, else cpu) [default: auto].
+    #[arg(long, value_name = "cpu|wgpu|auto")]
+    pub device: Option<DeviceChoice>,
 
-    /// Memory for KV caches, in MiB.
-    #[arg(long, default_value_t = 2048, value_name = "MIB")]
-    pub kv_budget_mib: usize,
+    /// Memory for KV caches, in MiB [default: 2048].
+    #[arg(long, value_name = "MIB")]
+    pub kv_budget_mib: Option<usize>,
 
-    /// Most sequences decoded together in one forward pass.
-    #[arg(long, default_value_t = 32, value_name = "N")]
-    pub max_batch: usize,
+    /// Most sequences decoded together in one forward pass [default: 32].
+    #[arg(long, value_name = "N")]
+    pub max_batch: Option<usize>,
 }
 
+/// Default of `--kv-budget-mib`.
+pub const DEFAULT_KV_BUDGET_MIB: usize = 2048;
+/// Default of `--max-batch`.
+pub const DEFAULT_MAX_BATCH: usize = 32;
+
 impl EngineArgs {
+    /// The device asked for.
+    pub fn device(&self) -> DeviceChoice {
+        self.device.unwrap_or(DeviceChoice::Auto)
+    }
+
+    /// The models directory.
+    pub fn store(&self) -> ModelStore {
+        ModelStore::new(
+            self.models_dir
+                .clone()
+                .unwrap_or_else(ModelStore::default_dir),
+        )
+    }
+
     /// The engine options these arguments describe.
     pub fn options(&self) -> EngineOptions {
         EngineOptions {
-            device: self.device,
-            max_batch: self.max_batch.max(1),
-            kv_budget_bytes: self.kv_budget_mib << 20,
+            device: self.device(),
+            max_batch: self.max_batch.unwrap_or(DEFAULT_MAX_BATCH).max(1),
+            kv_budget_bytes: self.kv_budget_mib.unwrap_or(DEFAULT_KV_BUDGET_MIB) << 20,
             ..EngineOptions::default()
         }
     }
 
     /// Load the engine, saying on stderr what is loading and how long it took.
     pub fn load(&self) -> anyhow::Result<Arc<BurnEngine>> {
-        let store = ModelStore::new(
-            self.models_dir
-                .clone()
-                .unwrap_or_else(ModelStore::default_dir),
-        );
+        let store = self.store();
         let started = Instant::now();
         let engine = match &self.model {
             None => BurnEngine::from_store(&store, self.options()),
@@ -67,7 +82,7 @@ impl EngineArgs {
         .context("cannot load the model engine")?;
         tracing::info!(
             model = engine.model_name(),
-            device = self.device.resolve().as_str(),
+            device = self.device().resolve().as_str(),
             "engine loaded in {:.1?}",
             started.elapsed()
         );

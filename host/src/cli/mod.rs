@@ -8,6 +8,7 @@ mod generate;
 mod inspect;
 mod models;
 mod run;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +33,10 @@ pub struct Args {
     /// Log more (repeat for more); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+
+    /// Write log lines as JSON objects (one per line), for log collectors.
+    #[arg(long, global = true)]
+    log_json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -48,11 +53,15 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Embed texts with the embedding model and compare them.
     Embed(embed::EmbedArgs),
+    /// Serve experts and models over an OpenAI-compatible HTTP API.
+    Serve(serve::ServeArgs),
 }
 
 /// Run the parsed command.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    init_logging(args.verbose);
+    // A server's request log is its main output; other commands stay quiet.
+    let base = usize::from(matches!(args.command, Command::Serve(_)));
+    init_logging(args.verbose as usize + base, args.log_json);
     let cache_dir = if args.no_cache {
         None
     } else {
@@ -68,6 +77,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Run(a) => tokio::runtime::Runtime::new()?.block_on(run::run(a, cache_dir)),
         Command::Generate(a) => tokio::runtime::Runtime::new()?.block_on(generate::run(a)),
         Command::Embed(a) => tokio::runtime::Runtime::new()?.block_on(embed::run(a)),
+        Command::Serve(a) => tokio::runtime::Runtime::new()?.block_on(serve::run(a, cache_dir)),
     }
 }
 
@@ -82,7 +92,7 @@ pub(crate) fn print(text: &str) -> std::io::Result<()> {
     }
 }
 
-fn init_logging(verbose: u8) {
+fn init_logging(verbose: usize, json: bool) {
     let default = match verbose {
         0 => "warn",
         1 => "info",
@@ -91,8 +101,13 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .init();
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
 }

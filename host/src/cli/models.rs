@@ -36,6 +36,14 @@ pub fn run(args: ModelsArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn pull(store: &ModelStore, force: bool) -> anyhow::Result<ExitCode> {
+    pull_all(store, force)?;
+    super::print(&format!("{}\n", store.dir().display()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Fetch every default model that is missing (all of them with `force`),
+/// with progress on stderr.
+pub(crate) fn pull_all(store: &ModelStore, force: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(store.dir())?;
     for spec in MODELS {
         let mut bar: Option<ProgressBar> = None;
@@ -69,8 +77,7 @@ fn pull(store: &ModelStore, force: bool) -> anyhow::Result<ExitCode> {
             }
         })?;
     }
-    super::print(&format!("{}\n", store.dir().display()))?;
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 fn list(store: &ModelStore) -> anyhow::Result<ExitCode> {

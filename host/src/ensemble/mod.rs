@@ -4,6 +4,7 @@
 //! and returns its answer together with the [`Trace`] of what it did.
 
 mod error;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::future::Future;

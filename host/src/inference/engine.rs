@@ -241,8 +241,13 @@ impl BurnEngine {
         let llama = Llama::load(weights.as_ref(), &device).map_err(failed)?;
         drop(weights);
         let embedder_name = embedder.and_then(|dir| {
-            dir.file_name()
-                .map(|n| n.to_string_lossy().rsplit("__").next().unwrap_or_default().to_string())
+            dir.file_name().map(|n| {
+                n.to_string_lossy()
+                    .rsplit("__")
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            })
         });
         let embedder = embedder
             .map(|dir| Embedder::load(dir, &device))

@@ -120,9 +120,7 @@ pub(super) async fn completions(
         let req: openai::CompletionRequest = openai::parse(&body)?;
         served.model = req.model.clone();
         let prompts = req.prompts()?;
-        let checked = req
-            .common
-            .check(openai::COMPLETIONS_DEFAULT_MAX_TOKENS)?;
+        let checked = req.common.check(openai::COMPLETIONS_DEFAULT_MAX_TOKENS)?;
         Ok::<_, ApiError>(Plan {
             shape: Shape::Completion,
             target: state.resolve(&req.model)?,
@@ -166,9 +164,10 @@ async fn run(state: AppState, plan: Result<Plan, ApiError>, mut served: Served) 
 /// Answer every choice, then reply once.
 async fn whole(state: &AppState, plan: &Plan, served: &mut Served) -> Result<Response, ApiError> {
     let n = plan.checked.n;
-    let jobs = plan.inputs.iter().flat_map(|input| {
-        (0..n).map(move |i| answer(state, plan, input, i, None))
-    });
+    let jobs = plan
+        .inputs
+        .iter()
+        .flat_map(|input| (0..n).map(move |i| answer(state, plan, input, i, None)));
     let answers = futures_util::future::join_all(jobs).await;
     let answers = answers.into_iter().collect::<Result<Vec<_>, _>>()?;
     // A prompt is read once however many choices it gets.
@@ -350,9 +349,7 @@ async fn answer(
                     expert: expert.name().to_string(),
                 })
                 .inc_by(trace.fuel_consumed);
-            let response = invocation
-                .result
-                .map_err(|e| ApiError::from_invoke(&e))?;
+            let response = invocation.result.map_err(|e| ApiError::from_invoke(&e))?;
             let metadata: serde_json::Map<String, Value> = response
                 .metadata
                 .iter()

@@ -149,7 +149,11 @@ impl ApiError {
                 "server_error",
                 "model_not_loaded",
             ),
-            _ => (StatusCode::INTERNAL_SERVER_ERROR, "server_error", "model_failed"),
+            _ => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "model_failed",
+            ),
         };
         let mut e = Self::new(status, kind, error.to_string());
         e.code = Some(code.into());

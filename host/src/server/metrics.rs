@@ -84,8 +84,13 @@ impl Metrics {
         let tokens = Family::<TokenLabels, Counter>::default();
         let fuel = Family::<ExpertLabels, Counter>::default();
         let cancelled = Family::<ExpertLabels, Counter>::default();
-        let (in_flight, queue_depth, engine_queued, batch_size, bundles): (Gauge, Gauge, Gauge, Gauge, Gauge) =
-            Default::default();
+        let (in_flight, queue_depth, engine_queued, batch_size, bundles): (
+            Gauge,
+            Gauge,
+            Gauge,
+            Gauge,
+            Gauge,
+        ) = Default::default();
         let bundle_errors = Counter::default();
         registry.register("requests", "Requests answered", requests.clone());
         registry.register(

@@ -131,7 +131,11 @@ impl AppState {
 
     /// Replace the list of bundles that failed to load.
     pub fn set_bundle_problems(&self, problems: Vec<BundleProblem>) {
-        *self.inner.problems.write().unwrap_or_else(|e| e.into_inner()) = problems;
+        *self
+            .inner
+            .problems
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = problems;
     }
 
     /// Bundles that failed to load.
@@ -155,10 +159,16 @@ impl AppState {
             return Ok(Target::Expert(expert));
         }
         let engine = self.inner.ensemble.model();
-        if model == engine.model_name() && model != crate::inference::NoModel.model_name() {
+        // Model names are matched ignoring case, as hubs spell them both ways.
+        if model.eq_ignore_ascii_case(engine.model_name())
+            && engine.model_name() != crate::inference::NoModel.model_name()
+        {
             return Ok(Target::Base);
         }
-        if engine.embedder_name() == Some(model) {
+        if engine
+            .embedder_name()
+            .is_some_and(|e| e.eq_ignore_ascii_case(model))
+        {
             return Ok(Target::Embedder);
         }
         let known: Vec<String> = self.catalog().into_iter().map(|e| e.id).collect();
@@ -252,7 +262,10 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authenticate,
+        ))
         .layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
@@ -329,7 +342,10 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
             .metrics()
             .record_tokens(&model, served.prompt_tokens, served.completion_tokens);
     }
-    let error = response.extensions().get::<ApiError>().map(|e| e.message.clone());
+    let error = response
+        .extensions()
+        .get::<ApiError>()
+        .map(|e| e.message.clone());
     tracing::info!(
         request_id = %id,
         %method,
@@ -357,11 +373,7 @@ fn endpoint_name(path: &str) -> &'static str {
     }
 }
 
-async fn authenticate(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
+async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let keys = &state.options().api_keys;
     if keys.is_empty() || request.uri().path() == "/healthz" {
         return next.run(request).await;
@@ -372,7 +384,11 @@ async fn authenticate(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match given {
-        Some(key) if keys.iter().any(|k| constant_time_eq(k.as_bytes(), key.trim().as_bytes())) => {
+        Some(key)
+            if keys
+                .iter()
+                .any(|k| constant_time_eq(k.as_bytes(), key.trim().as_bytes())) =>
+        {
             next.run(request).await
         }
         Some(_) => ApiError::unauthorized("the API key is not valid").into_response(),
@@ -530,7 +546,10 @@ async fn embed(
     {
         return Err(ApiError::invalid(
             Some("dimensions".into()),
-            format!("this model's embeddings have {} dimensions, not {d}", v.len()),
+            format!(
+                "this model's embeddings have {} dimensions, not {d}",
+                v.len()
+            ),
         ));
     }
     let tokens: u32 = texts

@@ -242,7 +242,10 @@ impl CommonParams {
         if let Some(t) = self.temperature
             && !(t.is_finite() && (0.0..=2.0).contains(&t))
         {
-            return Err(bad("temperature", format!("must be between 0 and 2, got {t}")));
+            return Err(bad(
+                "temperature",
+                format!("must be between 0 and 2, got {t}"),
+            ));
         }
         if let Some(p) = self.top_p
             && !(p > 0.0 && p <= 1.0)
@@ -266,7 +269,9 @@ impl CommonParams {
             {
                 return Err(bad(
                     field,
-                    format!("is not supported (got {v}); use `repetition_penalty` (> 1 discourages repeats) or leave it out"),
+                    format!(
+                        "is not supported (got {v}); use `repetition_penalty` (> 1 discourages repeats) or leave it out"
+                    ),
                 ));
             }
         }
@@ -350,7 +355,9 @@ impl ChatRequest {
         {
             return Err(ApiError::invalid(
                 Some("top_logprobs".into()),
-                format!("`top_logprobs` {k} is not supported: `logprobs: true` returns the chosen tokens' log-probabilities only"),
+                format!(
+                    "`top_logprobs` {k} is not supported: `logprobs: true` returns the chosen tokens' log-probabilities only"
+                ),
             ));
         }
         if self.tools.as_ref().is_some_and(|t| !t.is_empty()) {
@@ -427,7 +434,9 @@ impl CompletionRequest {
         {
             return Err(ApiError::invalid(
                 Some("logprobs".into()),
-                format!("`logprobs` {k} is not supported: 0 or 1 return the chosen tokens' log-probabilities"),
+                format!(
+                    "`logprobs` {k} is not supported: 0 or 1 return the chosen tokens' log-probabilities"
+                ),
             ));
         }
         let prompts = match &self.prompt {
@@ -479,8 +488,10 @@ mod tests {
 
     #[test]
     fn a_bad_field_is_named() {
-        let e = parse::<ChatRequest>(br#"{"model": "m", "messages": [{"role": "robot", "content": "hi"}]}"#)
-            .unwrap_err();
+        let e = parse::<ChatRequest>(
+            br#"{"model": "m", "messages": [{"role": "robot", "content": "hi"}]}"#,
+        )
+        .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("messages[0].role"));
         assert!(e.message.contains("robot"), "{}", e.message);
         let e = parse::<ChatRequest>(br#"{"model": "m", "messages": [], "temperature": "hot"}"#)

@@ -1,0 +1,387 @@
+//! `tessera serve`: the OpenAI-compatible server over a directory of
+//! bundles, with hot reload and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::Deserialize;
+use tessera_host::build::{BuildOptions, build_plugin};
+use tessera_host::bundle::MANIFEST_FILE;
+use tessera_host::ensemble::Ensemble;
+use tessera_host::ensemble::watch::{BundleWatcher, ScanReport};
+use tessera_host::inference::{DeviceChoice, MODELS, ModelStatus};
+use tessera_host::sandbox::{HostPolicy, Sandbox};
+use tessera_host::server::{self, AppState, BundleProblem, ServerOptions};
+
+/// Default address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default interval between bundle directory scans.
+pub const DEFAULT_RELOAD_INTERVAL_MS: u64 = 1000;
+
+/// Arguments of `tessera serve`. Every option can also come from the
+/// `--config` file (same names, kebab-case); flags win.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Bundle directories, or directories of bundles (plugin crates among
+    /// them are built first) [default: ./plugins, the example experts].
+    #[arg(value_name = "DIR")]
+    bundles: Vec<PathBuf>,
+
+    /// A TOML file with these options (flags override it).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+
+    /// An API key clients must send as `Authorization: Bearer KEY`
+    /// (repeat for several) [env: TESSERA_API_KEY].
+    #[arg(long = "api-key", value_name = "KEY", env = "TESSERA_API_KEY")]
+    api_keys: Vec<String>,
+
+    /// A file of API keys, one per line (`#` starts a comment).
+    #[arg(long, value_name = "FILE")]
+    api_keys_file: Option<PathBuf>,
+
+    /// Largest request body, in bytes [default: 4 MiB].
+    #[arg(long, value_name = "BYTES")]
+    max_body_bytes: Option<usize>,
+
+    /// Requests that run at once [default: 64].
+    #[arg(long, value_name = "N")]
+    max_running: Option<usize>,
+
+    /// Requests that may wait for a place; more get 429 [default: 256].
+    #[arg(long, value_name = "N")]
+    max_queued: Option<usize>,
+
+    /// Time limit of a base-model request, in seconds [default: 300].
+    #[arg(long, value_name = "SECS")]
+    request_timeout_secs: Option<u64>,
+
+    /// How often the bundle directories are rescanned, in milliseconds; 0
+    /// turns hot reload off [default: 1000].
+    #[arg(long, value_name = "MS")]
+    reload_interval_ms: Option<u64>,
+
+    /// Do not build plugin crates; serve what is built already.
+    #[arg(long)]
+    no_build: bool,
+
+    /// Load no model: only experts that need none can answer.
+    #[arg(long)]
+    no_model: bool,
+
+    #[command(flatten)]
+    engine: super::engine::EngineArgs,
+}
+
+/// The `--config` file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct ConfigFile {
+    bundles: Option<Vec<PathBuf>>,
+    listen: Option<SocketAddr>,
+    api_keys: Option<Vec<String>>,
+    api_keys_file: Option<PathBuf>,
+    max_body_bytes: Option<usize>,
+    max_running: Option<usize>,
+    max_queued: Option<usize>,
+    request_timeout_secs: Option<u64>,
+    reload_interval_ms: Option<u64>,
+    no_build: Option<bool>,
+    no_model: Option<bool>,
+    models_dir: Option<PathBuf>,
+    model: Option<PathBuf>,
+    device: Option<String>,
+    kv_budget_mib: Option<usize>,
+    max_batch: Option<usize>,
+}
+
+impl ConfigFile {
+    fn read(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the config file {}", path.display()))?;
+        let mut config: ConfigFile =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        // Paths in the file are relative to the file.
+        let base = path.parent().unwrap_or(Path::new("."));
+        let rebase = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        config.bundles.iter_mut().flatten().for_each(rebase);
+        config.api_keys_file.iter_mut().for_each(rebase);
+        config.models_dir.iter_mut().for_each(rebase);
+        config.model.iter_mut().for_each(rebase);
+        Ok(config)
+    }
+}
+
+impl ServeArgs {
+    /// Fill what the flags left out from the config file.
+    fn merge(mut self) -> anyhow::Result<Self> {
+        let Some(path) = &self.config else {
+            return Ok(self);
+        };
+        let c = ConfigFile::read(path)?;
+        if self.bundles.is_empty() {
+            self.bundles = c.bundles.unwrap_or_default();
+        }
+        if self.api_keys.is_empty() {
+            self.api_keys = c.api_keys.unwrap_or_default();
+        }
+        self.listen = self.listen.or(c.listen);
+        self.api_keys_file = self.api_keys_file.or(c.api_keys_file);
+        self.max_body_bytes = self.max_body_bytes.or(c.max_body_bytes);
+        self.max_running = self.max_running.or(c.max_running);
+        self.max_queued = self.max_queued.or(c.max_queued);
+        self.request_timeout_secs = self.request_timeout_secs.or(c.request_timeout_secs);
+        self.reload_interval_ms = self.reload_interval_ms.or(c.reload_interval_ms);
+        self.no_build |= c.no_build.unwrap_or(false);
+        self.no_model |= c.no_model.unwrap_or(false);
+        let e = &mut self.engine;
+        e.models_dir = e.models_dir.take().or(c.models_dir);
+        e.model = e.model.take().or(c.model);
+        if e.device.is_none()
+            && let Some(d) = c.device
+        {
+            e.device = Some(
+                d.parse::<DeviceChoice>()
+                    .map_err(|m| anyhow::anyhow!("{}: device: {m}", path.display()))?,
+            );
+        }
+        e.kv_budget_mib = e.kv_budget_mib.or(c.kv_budget_mib);
+        e.max_batch = e.max_batch.or(c.max_batch);
+        Ok(self)
+    }
+
+    fn api_keys(&self) -> anyhow::Result<Vec<String>> {
+        let mut keys = self.api_keys.clone();
+        if let Some(path) = &self.api_keys_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the API keys file {}", path.display()))?;
+            keys.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(String::from),
+            );
+            if keys.is_empty() {
+                anyhow::bail!(
+                    "{}: no API keys in the file (one per line); remove --api-keys-file to serve without keys",
+                    path.display()
+                );
+            }
+        }
+        keys.retain(|k| !k.is_empty());
+        Ok(keys)
+    }
+
+    fn options(&self) -> anyhow::Result<ServerOptions> {
+        let d = ServerOptions::default();
+        Ok(ServerOptions {
+            api_keys: self.api_keys()?,
+            max_body_bytes: self.max_body_bytes.unwrap_or(d.max_body_bytes),
+            max_running: self.max_running.unwrap_or(d.max_running),
+            max_queued: self.max_queued.unwrap_or(d.max_queued),
+            request_timeout: self
+                .request_timeout_secs
+                .map_or(d.request_timeout, Duration::from_secs),
+        })
+    }
+}
+
+pub async fn run(args: ServeArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let args = args.merge()?;
+    let options = args.options()?;
+    let roots = if args.bundles.is_empty() {
+        let examples = PathBuf::from("plugins");
+        if !examples.is_dir() {
+            anyhow::bail!(
+                "no bundle directories given, and no ./plugins directory (the example experts) here: pass one, e.g. `tessera serve path/to/bundles`"
+            );
+        }
+        vec![examples]
+    } else {
+        args.bundles.clone()
+    };
+    for root in &roots {
+        if !root.is_dir() {
+            anyhow::bail!(
+                "{}: not a directory; pass bundle directories or directories of bundles",
+                root.display()
+            );
+        }
+    }
+    let listen = args
+        .listen
+        .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default address"));
+    // Bind first: a taken port is reported before minutes of loading.
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} (--listen)"))?;
+
+    let mut watcher = BundleWatcher::new(roots);
+    if !args.no_build {
+        build_crates(&watcher.discover());
+    }
+    let engine = if args.no_model {
+        args.engine.engine(true)?
+    } else {
+        if args.engine.model.is_none() {
+            let store = args.engine.store();
+            if MODELS
+                .iter()
+                .any(|spec| !matches!(store.status(spec), ModelStatus::Present))
+            {
+                eprintln!(
+                    "fetching the default models into {} (once) ...",
+                    store.dir().display()
+                );
+                super::models::pull_all(&store, false)?;
+            }
+        }
+        args.engine.load()?
+    };
+    let sandbox = Sandbox::new(HostPolicy::default(), cache_dir.as_deref())?;
+    let ensemble = Ensemble::new(sandbox, engine);
+    let state = AppState::new(ensemble.clone(), options);
+
+    let started = Instant::now();
+    let report = watcher.scan(&ensemble).await;
+    publish(&state, &watcher, &report);
+    eprintln!(
+        "loaded {} experts in {:.1?}{}",
+        ensemble.experts().len(),
+        started.elapsed(),
+        if report.failed.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; {} bundles failed (see above and GET /healthz)",
+                report.failed.len()
+            )
+        }
+    );
+
+    let interval = args
+        .reload_interval_ms
+        .unwrap_or(DEFAULT_RELOAD_INTERVAL_MS);
+    let reloader = (interval > 0).then(|| {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(interval));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let report = watcher.scan(state.ensemble()).await;
+                publish(&state, &watcher, &report);
+            }
+        })
+    });
+
+    let address = listener.local_addr()?;
+    let engine = state.ensemble().model().clone();
+    eprintln!(
+        "serving {} experts, {} and {} on http://{address}/v1 (Ctrl-C stops)",
+        state.ensemble().experts().len(),
+        engine.model_name(),
+        engine.embedder_name().unwrap_or("no embedder"),
+    );
+    tracing::info!(%address, "listening");
+    server::serve(listener, state, shutdown_signal()).await?;
+    if let Some(reloader) = reloader {
+        reloader.abort();
+    }
+    eprintln!("stopped: every request in flight was answered");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Log what a scan changed and publish the failures for `/healthz`.
+fn publish(state: &AppState, watcher: &BundleWatcher, report: &ScanReport) {
+    for name in &report.added {
+        tracing::info!(expert = name, "expert loaded");
+    }
+    for name in &report.replaced {
+        tracing::info!(expert = name, "expert replaced by a new version");
+    }
+    for name in &report.removed {
+        tracing::info!(expert = name, "expert removed");
+    }
+    for (dir, why) in &report.failed {
+        eprintln!("error: bundle {} not loaded: {why}", dir.display());
+    }
+    state
+        .metrics()
+        .bundle_errors
+        .inc_by(report.failed.len() as u64);
+    state.set_bundle_problems(
+        watcher
+            .problems()
+            .into_iter()
+            .map(|(path, error)| BundleProblem {
+                path: path.display().to_string(),
+                error,
+            })
+            .collect(),
+    );
+}
+
+/// Build the plugin crates among `dirs` (cargo makes unchanged ones quick).
+/// A crate that fails to build is reported; its last build, if any, is
+/// served.
+fn build_crates(dirs: &[PathBuf]) {
+    for dir in dirs {
+        if !(dir.join("Cargo.toml").is_file() && dir.join(MANIFEST_FILE).is_file()) {
+            continue;
+        }
+        eprintln!("building {} ...", dir.display());
+        let options = BuildOptions {
+            quiet: true,
+            ..BuildOptions::default()
+        };
+        if let Err(e) = build_plugin(dir, &options) {
+            eprintln!("error: cannot build {}: {e:#}", dir.display());
+        }
+    }
+}
+
+/// Resolves on the first SIGINT or SIGTERM; a second one exits at once.
+async fn shutdown_signal() {
+    wait_for_signal().await;
+    eprintln!(
+        "shutting down: no new connections; finishing the requests in flight (signal again to exit now)"
+    );
+    tokio::spawn(async {
+        wait_for_signal().await;
+        eprintln!("exiting now");
+        std::process::exit(130);
+    });
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,227 @@
+//! Hot reload: the bundle directories a host serves, rescanned for bundles
+//! added, replaced or removed.
+//!
+//! A *root* is a bundle directory (it holds `tessera.toml`) or a directory
+//! of them. Each scan lists the bundles under the roots and compares each
+//! one's files (names, sizes, modification times) with the last scan: a
+//! new or changed bundle is opened, compiled and `describe`d before it
+//! replaces the old version, so a broken one is reported and the old one
+//! keeps serving; in-flight requests hold the version they started with.
+//! For a plugin crate the files compared are those `tessera build` writes.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::Ensemble;
+use crate::bundle::{Bundle, MANIFEST_FILE};
+
+/// The files of a bundle directory as last seen.
+type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
+
+/// What one scan changed.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ScanReport {
+    /// Experts added, by name.
+    pub added: Vec<String>,
+    /// Experts replaced by a new version.
+    pub replaced: Vec<String>,
+    /// Experts removed because their directory is gone.
+    pub removed: Vec<String>,
+    /// Bundles that failed this scan: (directory, why).
+    pub failed: Vec<(PathBuf, String)>,
+}
+
+impl ScanReport {
+    /// Did anything change or fail?
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty()
+            && self.replaced.is_empty()
+            && self.removed.is_empty()
+            && self.failed.is_empty()
+    }
+}
+
+struct Loaded {
+    fingerprint: Fingerprint,
+    name: String,
+    sha256: String,
+}
+
+/// The bundle directories of a host and what was loaded from each.
+pub struct BundleWatcher {
+    roots: Vec<PathBuf>,
+    loaded: BTreeMap<PathBuf, Loaded>,
+    /// Bundles that failed, with the files they failed with: retried only
+    /// once those change.
+    failed: BTreeMap<PathBuf, (Fingerprint, String)>,
+}
+
+impl BundleWatcher {
+    /// Watch `roots`.
+    pub fn new(roots: Vec<PathBuf>) -> Self {
+        BundleWatcher {
+            roots,
+            loaded: BTreeMap::new(),
+            failed: BTreeMap::new(),
+        }
+    }
+
+    /// The bundle directories under the roots now.
+    pub fn discover(&self) -> Vec<PathBuf> {
+        let mut dirs = Vec::new();
+        for root in &self.roots {
+            if root.join(MANIFEST_FILE).is_file() {
+                dirs.push(root.clone());
+                continue;
+            }
+            let Ok(entries) = std::fs::read_dir(root) else {
+                continue;
+            };
+            let mut found: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.join(MANIFEST_FILE).is_file())
+                .collect();
+            found.sort();
+            dirs.extend(found);
+        }
+        dirs
+    }
+
+    /// Bundles that failed to load and have not changed since, with why.
+    pub fn problems(&self) -> Vec<(PathBuf, String)> {
+        self.failed
+            .iter()
+            .map(|(dir, (_, why))| (dir.clone(), why.clone()))
+            .collect()
+    }
+
+    /// Load what is new or changed and remove what is gone.
+    pub async fn scan(&mut self, ensemble: &Arc<Ensemble>) -> ScanReport {
+        let mut report = ScanReport::default();
+        let dirs = self.discover();
+        let gone: Vec<PathBuf> = self
+            .loaded
+            .keys()
+            .filter(|d| !dirs.contains(d))
+            .cloned()
+            .collect();
+        for dir in gone {
+            let old = self.loaded.remove(&dir).expect("listed above");
+            self.remove_if_ours(ensemble, &old);
+            report.removed.push(old.name);
+        }
+        self.failed.retain(|d, _| dirs.contains(d));
+
+        for dir in dirs {
+            let fingerprint = fingerprint(&dir);
+            if self
+                .loaded
+                .get(&dir)
+                .is_some_and(|l| l.fingerprint == fingerprint)
+                || self
+                    .failed
+                    .get(&dir)
+                    .is_some_and(|(f, _)| *f == fingerprint)
+            {
+                continue;
+            }
+            match self.load(ensemble, &dir, &fingerprint).await {
+                Ok(Change::Added(name)) => report.added.push(name),
+                Ok(Change::Replaced(name)) => report.replaced.push(name),
+                Ok(Change::Same) => {}
+                Err(why) => {
+                    tracing::error!(bundle = %dir.display(), "bundle not loaded: {why}");
+                    report.failed.push((dir.clone(), why.clone()));
+                    self.failed.insert(dir, (fingerprint, why));
+                }
+            }
+        }
+        report
+    }
+
+    async fn load(
+        &mut self,
+        ensemble: &Arc<Ensemble>,
+        dir: &Path,
+        fingerprint: &Fingerprint,
+    ) -> Result<Change, String> {
+        let bundle = Bundle::open(dir).map_err(|e| e.to_string())?;
+        let name = bundle.manifest.name.clone();
+        if let Some(old) = self.loaded.get_mut(dir)
+            && old.sha256 == bundle.sha256
+            && old.name == name
+        {
+            // Touched, not changed (a rebuild that produced the same bytes).
+            old.fingerprint = fingerprint.clone();
+            self.failed.remove(dir);
+            return Ok(Change::Same);
+        }
+        if let Some((other, _)) = self
+            .loaded
+            .iter()
+            .find(|(d, l)| l.name == name && d.as_path() != dir)
+        {
+            return Err(format!(
+                "the name `{name}` is already served from {}; give one of them another name in its {MANIFEST_FILE}",
+                other.display()
+            ));
+        }
+        let sha256 = bundle.sha256.clone();
+        let expert = ensemble.add(bundle).await.map_err(|e| e.to_string())?;
+        let name = expert.name().to_string();
+        self.failed.remove(dir);
+        let previous = self.loaded.insert(
+            dir.to_path_buf(),
+            Loaded {
+                fingerprint: fingerprint.clone(),
+                name: name.clone(),
+                sha256,
+            },
+        );
+        match previous {
+            None => Ok(Change::Added(name)),
+            Some(old) => {
+                if old.name != name {
+                    ensemble.remove(&old.name);
+                }
+                Ok(Change::Replaced(name))
+            }
+        }
+    }
+
+    fn remove_if_ours(&self, ensemble: &Ensemble, old: &Loaded) {
+        if ensemble
+            .expert(&old.name)
+            .is_some_and(|e| e.component.sha256 == old.sha256)
+        {
+            ensemble.remove(&old.name);
+        }
+    }
+}
+
+enum Change {
+    Added(String),
+    Replaced(String),
+    Same,
+}
+
+/// The files directly in `dir` and in the bundle `tessera build` writes
+/// for a crate there.
+fn fingerprint(dir: &Path) -> Fingerprint {
+    let mut files = Vec::new();
+    for d in [dir.to_path_buf(), crate::build::default_bundle_dir(dir)] {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_file() {
+                files.push((entry.path(), meta.len(), meta.modified().ok()));
+            }
+        }
+    }
+    files.sort();
+    files
+}
