@@ -11,10 +11,10 @@ use serde::Deserialize;
 use tessera_host::build::{BuildOptions, build_plugin};
 use tessera_host::bundle::MANIFEST_FILE;
 use tessera_host::ensemble::Ensemble;
-use tessera_host::ensemble::watch::{BundleWatcher, ScanReport};
+use tessera_host::ensemble::watch::BundleWatcher;
 use tessera_host::inference::{DeviceChoice, MODELS, ModelStatus};
 use tessera_host::sandbox::{HostPolicy, Sandbox};
-use tessera_host::server::{self, AppState, BundleProblem, ServerOptions};
+use tessera_host::server::{self, AppState, ServerOptions, reload};
 
 /// Default address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -255,7 +255,7 @@ pub async fn run(args: ServeArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<
 
     let started = Instant::now();
     let report = watcher.scan(&ensemble).await;
-    publish(&state, &watcher, &report);
+    reload::publish(&state, &watcher, &report);
     eprintln!(
         "loaded {} experts in {:.1?}{}",
         ensemble.experts().len(),
@@ -273,18 +273,8 @@ pub async fn run(args: ServeArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<
     let interval = args
         .reload_interval_ms
         .unwrap_or(DEFAULT_RELOAD_INTERVAL_MS);
-    let reloader = (interval > 0).then(|| {
-        let state = state.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(interval));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let report = watcher.scan(state.ensemble()).await;
-                publish(&state, &watcher, &report);
-            }
-        })
-    });
+    let reloader = (interval > 0)
+        .then(|| reload::spawn_reloader(state.clone(), watcher, Duration::from_millis(interval)));
 
     let address = listener.local_addr()?;
     let engine = state.ensemble().model().clone();
@@ -301,36 +291,6 @@ pub async fn run(args: ServeArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<
     }
     eprintln!("stopped: every request in flight was answered");
     Ok(ExitCode::SUCCESS)
-}
-
-/// Log what a scan changed and publish the failures for `/healthz`.
-fn publish(state: &AppState, watcher: &BundleWatcher, report: &ScanReport) {
-    for name in &report.added {
-        tracing::info!(expert = name, "expert loaded");
-    }
-    for name in &report.replaced {
-        tracing::info!(expert = name, "expert replaced by a new version");
-    }
-    for name in &report.removed {
-        tracing::info!(expert = name, "expert removed");
-    }
-    for (dir, why) in &report.failed {
-        eprintln!("error: bundle {} not loaded: {why}", dir.display());
-    }
-    state
-        .metrics()
-        .bundle_errors
-        .inc_by(report.failed.len() as u64);
-    state.set_bundle_problems(
-        watcher
-            .problems()
-            .into_iter()
-            .map(|(path, error)| BundleProblem {
-                path: path.display().to_string(),
-                error,
-            })
-            .collect(),
-    );
 }
 
 /// Build the plugin crates among `dirs` (cargo makes unchanged ones quick).

