@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job until `tessera serve` lands: build the host and the example
+# A tour of the command line (the main job is scripts/serve.sh): build the host and the example
 # experts, fetch the models, then run the engine alone and each expert on a
 # prompt (one with its trace). Installs the wasm toolchain first if needed.
 set -euo pipefail
@@ -10,7 +10,7 @@ cargo build --release --locked --bin tessera
 tessera=target/release/tessera
 
 "$tessera" models pull
-for expert in calculator chain-of-thought self-consistency; do
+for expert in assistant calculator chain-of-thought self-consistency; do
     "$tessera" build "plugins/$expert" >/dev/null
 done
 

@@ -15,6 +15,14 @@ cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+echo "== the official openai Python client, for the serve tests"
+venv=target/openai-venv
+if ! "$venv/bin/python" -c "import openai" 2>/dev/null; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet openai==3.54.0
+fi
+export TESSERA_OPENAI_PYTHON="$PWD/$venv/bin/python"
+
 echo "== host, SDK and end-to-end tests"
 cargo test --workspace --locked
 

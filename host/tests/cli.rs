@@ -298,3 +298,77 @@ fn generate_embed_and_run_on_the_real_models() {
         stderr(&out)
     );
 }
+
+/// `tessera serve` as a miner runs it: options from a config file (with an
+/// API key), a plugin crate built at start, an OpenAI request over a
+/// socket, and a clean exit on SIGTERM.
+#[test]
+fn serve_answers_then_stops_on_sigterm() {
+    use std::io::{BufRead, BufReader, Read, Write};
+
+    let dir = scratch("serve");
+    let config = dir.join("serve.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "bundles = [{:?}]\nlisten = \"127.0.0.1:0\"\napi-keys = [\"sk-test\"]\nno-model = true\nreload-interval-ms = 0\n",
+            repo().join("plugins/calculator")
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .current_dir(repo())
+        .env(
+            "TESSERA_CACHE_DIR",
+            std::env::temp_dir().join("tessera-cli-test-cache"),
+        )
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting tessera serve");
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    let address = loop {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            let _ = child.kill();
+            panic!("tessera serve exited before serving:\n{log}");
+        }
+        log.push_str(&line);
+        if let Some(rest) = line.split("on http://").nth(1) {
+            break rest.split("/v1").next().unwrap().to_string();
+        }
+    };
+    assert!(log.contains("serving 1 experts"), "{log}");
+
+    let body = r#"{"model": "calculator", "messages": [{"role": "user", "content": "2^10 - 1"}]}"#;
+    let request = |key: &str| {
+        let mut stream = std::net::TcpStream::connect(&address).unwrap();
+        write!(
+            stream,
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+    };
+    let ok = request("sk-test");
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    assert!(ok.contains("1023"), "{ok}");
+    let refused = request("sk-wrong");
+    assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    stderr.read_to_string(&mut log).unwrap();
+    assert!(status.success(), "{status}\n{log}");
+    assert!(log.contains("stopped: every request in flight was answered"), "{log}");
+    assert!(log.contains("status=401"), "the request log has each request:\n{log}");
+}
