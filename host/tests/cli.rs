@@ -369,6 +369,12 @@ fn serve_answers_then_stops_on_sigterm() {
     let status = child.wait().unwrap();
     stderr.read_to_string(&mut log).unwrap();
     assert!(status.success(), "{status}\n{log}");
-    assert!(log.contains("stopped: every request in flight was answered"), "{log}");
-    assert!(log.contains("status=401"), "the request log has each request:\n{log}");
+    assert!(
+        log.contains("stopped: every request in flight was answered"),
+        "{log}"
+    );
+    assert!(
+        log.contains("status=401"),
+        "the request log has each request:\n{log}"
+    );
 }
