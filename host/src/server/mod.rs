@@ -314,7 +314,18 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
     let id = request_id(request.headers());
     let method = request.method().clone();
     let path = request.uri().path().to_string();
+    // Hyper drops this future when the client disconnects before the
+    // answer: the guard records that, and the dropped handler cancels the
+    // invocation and generation it was waiting on.
+    let mut gone = ClientGone {
+        state: &state,
+        endpoint: &endpoint,
+        id: &id,
+        started,
+        armed: true,
+    };
     let response = next.run(request).await;
+    gone.armed = false;
     let served = response
         .extensions()
         .get::<Served>()
@@ -360,6 +371,38 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
         "request"
     );
     response
+}
+
+struct ClientGone<'a> {
+    state: &'a AppState,
+    endpoint: &'a str,
+    id: &'a str,
+    started: Instant,
+    armed: bool,
+}
+
+impl Drop for ClientGone<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let seconds = self.started.elapsed().as_secs_f64();
+        self.state.metrics().record(
+            metrics::RequestLabels {
+                endpoint: self.endpoint.to_string(),
+                model: "-".into(),
+                status: 499,
+            },
+            seconds,
+        );
+        tracing::info!(
+            request_id = %self.id,
+            path = self.endpoint,
+            status = 499,
+            duration_ms = (seconds * 1000.0).round() as u64,
+            "client disconnected before the answer; its work was cancelled"
+        );
+    }
 }
 
 fn endpoint_name(path: &str) -> &'static str {
