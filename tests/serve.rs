@@ -417,7 +417,7 @@ async fn metrics_count_requests_tokens_and_fuel() {
     let text = String::from_utf8(body).unwrap();
     for needle in [
         "tessera_requests_total{endpoint=\"chat\",model=\"echo\",status=\"200\"} 1",
-        "tessera_requests_total{endpoint=\"chat\",model=\"nope\",status=\"404\"} 1",
+        "tessera_requests_total{endpoint=\"chat\",model=\"-\",status=\"404\"} 1",
         "tessera_request_duration_seconds_count{endpoint=\"chat\",model=\"fake\",status=\"200\"} 1",
         "tessera_tokens_total{model=\"fake\",direction=\"completion\"} 3",
         "tessera_expert_fuel_total{expert=\"echo\"}",

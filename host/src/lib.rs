@@ -24,8 +24,8 @@
 //! Modules, one per capability: [`sandbox`] (engine, limits, stores),
 //! [`bindings`] (the WIT contract), [`caps`] (host interfaces), [`bundle`]
 //! (manifests and components), [`inference`] (model engines), [`ensemble`]
-//! (loaded experts and invocation), [`audit`] (traces), [`build`] (plugin
-//! builds).
+//! (loaded experts, invocation, hot reload), [`audit`] (traces), [`build`]
+//! (plugin builds), [`server`] (the OpenAI-compatible HTTP API).
 #![deny(missing_docs)]
 
 pub mod audit;

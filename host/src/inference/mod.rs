@@ -1,9 +1,10 @@
 //! The model engine behind `tessera:expert/model`.
 //!
 //! Experts never see an engine directly: `caps::model` checks grants and
-//! budgets, then hands calls to a [`ModelEngine`]. The real engine (burn,
-//! SmolLM2 and MiniLM) lives here once built; until then the shipped host
-//! uses [`NoModel`], which says plainly that no model is loaded.
+//! budgets, then hands calls to a [`ModelEngine`]: the [`BurnEngine`]
+//! (SmolLM2 and MiniLM in burn, behind a continuous-batching scheduler), or
+//! [`NoModel`] for a host started with `--no-model`, which says plainly that
+//! no model is loaded.
 
 mod engine;
 pub mod gguf;

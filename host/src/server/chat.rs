@@ -92,12 +92,15 @@ pub(super) async fn chat_completions(
     let plan = (|| {
         let body = body_bytes(body)?;
         let req: openai::ChatRequest = openai::parse(&body)?;
+        let target = state.resolve(&req.model)?;
+        // Only served names become metric labels: unknown ones would let
+        // clients grow the label sets without bound.
         served.model = req.model.clone();
         req.check()?;
         let checked = req.common.check(crate::inference::DEFAULT_MAX_TOKENS)?;
         Ok::<_, ApiError>(Plan {
             shape: Shape::Chat,
-            target: state.resolve(&req.model)?,
+            target,
             inputs: vec![Input::Chat(req.messages()?)],
             model: req.model,
             checked,
@@ -118,12 +121,25 @@ pub(super) async fn completions(
     let plan = (|| {
         let body = body_bytes(body)?;
         let req: openai::CompletionRequest = openai::parse(&body)?;
+        let target = state.resolve(&req.model)?;
         served.model = req.model.clone();
         let prompts = req.prompts()?;
         let checked = req.common.check(openai::COMPLETIONS_DEFAULT_MAX_TOKENS)?;
+        let choices = prompts.len() as u64 * u64::from(checked.n);
+        if choices > u64::from(openai::MAX_CHOICES) {
+            return Err(ApiError::invalid(
+                Some("prompt".into()),
+                format!(
+                    "{} prompts × n = {} asks for {choices} choices; at most {} per request",
+                    prompts.len(),
+                    checked.n,
+                    openai::MAX_CHOICES
+                ),
+            ));
+        }
         Ok::<_, ApiError>(Plan {
             shape: Shape::Completion,
-            target: state.resolve(&req.model)?,
+            target,
             inputs: prompts.into_iter().map(Input::Prompt).collect(),
             model: req.model,
             checked,

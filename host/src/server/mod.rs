@@ -26,6 +26,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 pub use admission::Admission;
@@ -267,6 +268,7 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             authenticate,
         ))
+        .layer(CatchPanicLayer::custom(panicked))
         .layer(axum::middleware::from_fn_with_state(state.clone(), track))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
@@ -448,6 +450,17 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// A handler bug answers 500 and is logged; the server keeps serving.
+fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
+    tracing::error!("a request handler panicked: {message}");
+    ApiError::internal("-").into_response()
+}
+
 async fn not_found(request: Request) -> ApiError {
     ApiError::not_found(request.uri().path())
 }
@@ -526,8 +539,9 @@ async fn embed(
     use base64::Engine as _;
     let body = chat::body_bytes(body)?;
     let req: openai::EmbeddingRequest = openai::parse(&body)?;
+    let target = state.resolve(&req.model)?;
     served.model = req.model.clone();
-    match state.resolve(&req.model)? {
+    match target {
         Target::Embedder => {}
         _ => {
             return Err(ApiError::invalid(

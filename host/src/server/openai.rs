@@ -12,6 +12,8 @@ use crate::types::{Message, Request, Role, Sampling};
 
 /// Most choices one request may ask for (`n`).
 pub const MAX_N: u32 = 16;
+/// Most choices one completions request may ask for (prompts × `n`).
+pub const MAX_CHOICES: u32 = 64;
 /// Most stop strings (OpenAI's limit).
 pub const MAX_STOP: usize = 4;
 /// `max_tokens` of `/v1/completions` when the request has none (OpenAI's
