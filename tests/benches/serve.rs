@@ -170,16 +170,92 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
+    // `--trivial-only`: the first table alone, without the model (for
+    // profiling the request path).
+    let trivial_only = std::env::args().any(|a| a == "--trivial-only");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let ensemble = host_with(test_policy(), engine());
+        let model: Arc<dyn tessera_host::inference::ModelEngine> = if trivial_only {
+            Arc::new(tessera_host::inference::NoModel)
+        } else {
+            engine()
+        };
+        let ensemble = host_with(test_policy(), model);
         load(&ensemble, "tests/plugins/echo").await;
         let options = ServerOptions {
             max_running: 256,
             max_queued: 1024,
             ..ServerOptions::default()
         };
-        let base = start(AppState::new(ensemble, options)).await;
+        let state = AppState::new(ensemble.clone(), options);
+        let base = start(state.clone()).await;
+        // `--breakdown`: where the time of one trivial request goes, without
+        // the network (for profiling).
+        if std::env::args().any(|a| a == "--breakdown") {
+            use tower::ServiceExt;
+            let n = 5000;
+            let t = Instant::now();
+            for _ in 0..n {
+                let inv = ensemble
+                    .invoke("echo", tessera_host::types::Request::from_prompt("ping"))
+                    .await;
+                inv.result.unwrap();
+            }
+            println!("invoke: {:.1} µs", t.elapsed().as_secs_f64() * 1e6 / n as f64);
+            let e2 = ensemble.clone();
+            let per = tokio::spawn(async move {
+                let t = Instant::now();
+                for _ in 0..n {
+                    let inv = e2
+                        .invoke("echo", tessera_host::types::Request::from_prompt("ping"))
+                        .await;
+                    inv.result.unwrap();
+                }
+                t.elapsed().as_secs_f64() * 1e6 / n as f64
+            })
+            .await
+            .unwrap();
+            println!("invoke on a worker: {per:.1} µs");
+            let body = json!({"model": "echo", "messages": [{"role": "user", "content": "ping"}]}).to_string();
+            let app = server::app(state.clone());
+            let t = Instant::now();
+            for _ in 0..n {
+                let req = axum::http::Request::post("/v1/chat/completions")
+                    .header("content-type", "application/json")
+                    .body(axum::body::Body::from(body.clone()))
+                    .unwrap();
+                let r = app.clone().oneshot(req).await.unwrap();
+                axum::body::to_bytes(r.into_body(), usize::MAX).await.unwrap();
+            }
+            println!("oneshot: {:.1} µs", t.elapsed().as_secs_f64() * 1e6 / n as f64);
+            let t = Instant::now();
+            for _ in 0..n {
+                let req = axum::http::Request::get("/healthz").body(axum::body::Body::empty()).unwrap();
+                let r = app.clone().oneshot(req).await.unwrap();
+                axum::body::to_bytes(r.into_body(), usize::MAX).await.unwrap();
+            }
+            println!("oneshot healthz: {:.1} µs", t.elapsed().as_secs_f64() * 1e6 / n as f64);
+            let bad = json!({"model": "nope", "messages": [{"role": "user", "content": "ping"}]}).to_string();
+            let t = Instant::now();
+            for _ in 0..n {
+                let req = axum::http::Request::post("/v1/chat/completions")
+                    .header("content-type", "application/json")
+                    .body(axum::body::Body::from(bad.clone()))
+                    .unwrap();
+                let r = app.clone().oneshot(req).await.unwrap();
+                axum::body::to_bytes(r.into_body(), usize::MAX).await.unwrap();
+            }
+            println!("oneshot unknown model: {:.1} µs", t.elapsed().as_secs_f64() * 1e6 / n as f64);
+            let t = Instant::now();
+            for _ in 0..n {
+                let mut req = tessera_host::types::Request::from_prompt("ping");
+                req.metadata.push(("request-id".into(), uuid::Uuid::new_v4().to_string()));
+                let inv = ensemble.invoke("echo", req).await;
+                inv.result.unwrap();
+            }
+            println!("invoke with metadata: {:.1} µs", t.elapsed().as_secs_f64() * 1e6 / n as f64);
+            return;
+        }
         let hello = hello_world().await;
         let echo = json!({"model": "echo", "messages": [{"role": "user", "content": "ping"}]}).to_string();
 
@@ -195,6 +271,9 @@ fn main() {
             );
         }
 
+        if trivial_only {
+            return;
+        }
         println!();
         println!("## streaming on SmolLM2-135M (64 tokens per stream)");
         println!("| streams | TTFT p50 s | TTFT max s | tok/s per stream | aggregate tok/s |");
