@@ -91,7 +91,7 @@ pub(super) async fn chat_completions(
     let mut served = Served::default();
     let plan = (|| {
         let body = body_bytes(body)?;
-        let req: openai::ChatRequest = openai::parse(&body)?;
+        let req: openai::ChatRequest = openai::parse_request(&body)?;
         let target = state.resolve(&req.model)?;
         // Only served names become metric labels: unknown ones would let
         // clients grow the label sets without bound.
@@ -120,7 +120,7 @@ pub(super) async fn completions(
     let mut served = Served::default();
     let plan = (|| {
         let body = body_bytes(body)?;
-        let req: openai::CompletionRequest = openai::parse(&body)?;
+        let req: openai::CompletionRequest = openai::parse_request(&body)?;
         let target = state.resolve(&req.model)?;
         served.model = req.model.clone();
         let prompts = req.prompts()?;

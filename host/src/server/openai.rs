@@ -39,6 +39,32 @@ pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError>
     })
 }
 
+/// A request with [`CommonParams`]: the body is read twice, once for the
+/// endpoint's own fields and once for the common ones.
+pub trait WithCommon: serde::de::DeserializeOwned {
+    /// Where the common fields go.
+    fn common_mut(&mut self) -> &mut CommonParams;
+}
+
+impl WithCommon for ChatRequest {
+    fn common_mut(&mut self) -> &mut CommonParams {
+        &mut self.common
+    }
+}
+
+impl WithCommon for CompletionRequest {
+    fn common_mut(&mut self) -> &mut CommonParams {
+        &mut self.common
+    }
+}
+
+/// Parse a chat or completions body, naming the field at fault.
+pub fn parse_request<T: WithCommon>(body: &[u8]) -> Result<T, ApiError> {
+    let mut request: T = parse(body)?;
+    *request.common_mut() = parse(body)?;
+    Ok(request)
+}
+
 /// `stop`: one string or a list.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
@@ -158,8 +184,9 @@ pub struct ChatRequest {
     pub tools: Option<Vec<serde_json::Value>>,
     /// Only `{"type": "text"}` is supported.
     pub response_format: Option<serde_json::Value>,
-    /// The rest.
-    #[serde(flatten)]
+    /// The rest, read by [`parse_request`] from the same body (not with
+    /// `#[serde(flatten)]`, which would lose the field names in errors).
+    #[serde(skip)]
     pub common: CommonParams,
 }
 
@@ -188,8 +215,9 @@ pub struct CompletionRequest {
     pub echo: bool,
     /// Text after the insertion point: not supported.
     pub suffix: Option<String>,
-    /// The rest.
-    #[serde(flatten)]
+    /// The rest, read by [`parse_request`] from the same body (not with
+    /// `#[serde(flatten)]`, which would lose the field names in errors).
+    #[serde(skip)]
     pub common: CommonParams,
 }
 
@@ -490,14 +518,16 @@ mod tests {
 
     #[test]
     fn a_bad_field_is_named() {
-        let e = parse::<ChatRequest>(
+        let e = parse_request::<ChatRequest>(
             br#"{"model": "m", "messages": [{"role": "robot", "content": "hi"}]}"#,
         )
         .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("messages[0].role"));
         assert!(e.message.contains("robot"), "{}", e.message);
-        let e = parse::<ChatRequest>(br#"{"model": "m", "messages": [], "temperature": "hot"}"#)
-            .unwrap_err();
+        let e = parse_request::<ChatRequest>(
+            br#"{"model": "m", "messages": [], "temperature": "hot"}"#,
+        )
+        .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("temperature"));
         let e = parse::<ChatRequest>(b"{\"model\": ").unwrap_err();
         assert!(e.message.contains("not valid JSON"), "{}", e.message);
@@ -507,7 +537,7 @@ mod tests {
     #[test]
     fn sampling_ranges_are_checked() {
         let check = |json: &str| {
-            parse::<ChatRequest>(json.as_bytes())
+            parse_request::<ChatRequest>(json.as_bytes())
                 .unwrap()
                 .common
                 .check(256)
