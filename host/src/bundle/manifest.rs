@@ -19,6 +19,10 @@ pub const MANIFEST_FILE: &str = "tessera.toml";
 /// model = true          # may call tessera:expert/model
 /// experts = []          # experts it may call; "*" for any
 ///
+/// [routing]             # how `tessera/auto` treats it
+/// routable = true       # a candidate of the router (false: by name only)
+/// cost = 1              # cascades try cheaper experts first
+///
 /// [limits]              # each clamped by the host's policy
 /// memory-mib = 64
 /// deadline-ms = 10000
@@ -58,6 +62,41 @@ pub struct Manifest {
     /// What it asks for; the host clamps each limit to its policy.
     #[serde(default)]
     pub limits: LimitsSpec,
+    /// How the ensemble's router treats it.
+    #[serde(default)]
+    pub routing: RoutingSpec,
+}
+
+/// How `tessera/auto` treats an expert.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RoutingSpec {
+    /// Whether the router may pick it. Helpers that only make sense when
+    /// called on purpose (an aggregator, say) set this to `false`; they
+    /// stay callable by name.
+    #[serde(default = "yes")]
+    pub routable: bool,
+    /// Relative cost of an answer (1 = one short model call). A cascade
+    /// tries its candidates cheapest first.
+    #[serde(default = "one")]
+    pub cost: u32,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Default for RoutingSpec {
+    fn default() -> Self {
+        RoutingSpec {
+            routable: true,
+            cost: 1,
+        }
+    }
 }
 
 /// The world a bundle's component implements.
@@ -191,6 +230,7 @@ impl Manifest {
                 experts: Vec::new(),
             },
             limits: LimitsSpec::default(),
+            routing: RoutingSpec::default(),
         }
     }
 

@@ -7,7 +7,9 @@ mod manifest;
 use std::path::{Path, PathBuf};
 
 pub use component::{ComponentError, ComponentInfo, World};
-pub use manifest::{BundleKind, Capabilities, LimitsSpec, MANIFEST_FILE, Manifest, ManifestError};
+pub use manifest::{
+    BundleKind, Capabilities, LimitsSpec, MANIFEST_FILE, Manifest, ManifestError, RoutingSpec,
+};
 
 /// A bundle read from disk: its manifest and component bytes.
 #[derive(Debug, Clone)]

@@ -86,6 +86,10 @@ impl InvocationState {
             .recorder
             .generated_tokens
             .saturating_add(generation.completion_tokens);
+        for (_, logprob) in &generation.token_logprobs {
+            self.recorder.logprob_sum += f64::from(*logprob);
+            self.recorder.logprob_tokens += 1;
+        }
         Completion {
             text: generation.text,
             finish_reason: match generation.finish {

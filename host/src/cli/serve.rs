@@ -10,8 +10,9 @@ use anyhow::Context;
 use serde::Deserialize;
 use tessera_host::build::{BuildOptions, build_plugin};
 use tessera_host::bundle::MANIFEST_FILE;
-use tessera_host::ensemble::Ensemble;
+use tessera_host::ensemble::router::MAX_TOP_K;
 use tessera_host::ensemble::watch::BundleWatcher;
+use tessera_host::ensemble::{Ensemble, Registry, RouterConfig};
 use tessera_host::inference::{DeviceChoice, MODELS, ModelStatus};
 use tessera_host::sandbox::{HostPolicy, Sandbox};
 use tessera_host::server::{self, AppState, ServerOptions, reload};
@@ -76,6 +77,35 @@ pub struct ServeArgs {
     #[arg(long)]
     no_model: bool,
 
+    /// A router plugin (bundle of kind `router`) that decides for
+    /// `tessera/auto` instead of the default embedding router; when it
+    /// fails, the default router decides.
+    #[arg(long, value_name = "NAME")]
+    router: Option<String>,
+
+    /// Experts a routing decision keeps: the fan-out of `moa`, the length
+    /// of a cascade [default: 3].
+    #[arg(long, value_name = "K")]
+    route_top_k: Option<usize>,
+
+    /// Lowest similarity (-1..1) at which the router picks an expert;
+    /// below it the base model answers [default: 0.3].
+    #[arg(long, value_name = "SCORE")]
+    route_threshold: Option<f32>,
+
+    /// Strategy of a plain `tessera/auto`: route, moa or cascade
+    /// [default: route].
+    #[arg(long, value_name = "STRATEGY")]
+    strategy: Option<tessera_host::ensemble::Strategy>,
+
+    /// The expert that writes the final answer of `moa` [default: aggregator].
+    #[arg(long, value_name = "NAME")]
+    aggregator: Option<String>,
+
+    /// Confidence (0..1) at which a cascade stops escalating [default: 0.5].
+    #[arg(long, value_name = "P")]
+    cascade_threshold: Option<f32>,
+
     #[command(flatten)]
     engine: super::engine::EngineArgs,
 }
@@ -95,6 +125,12 @@ struct ConfigFile {
     reload_interval_ms: Option<u64>,
     no_build: Option<bool>,
     no_model: Option<bool>,
+    router: Option<String>,
+    route_top_k: Option<usize>,
+    route_threshold: Option<f32>,
+    strategy: Option<tessera_host::ensemble::Strategy>,
+    aggregator: Option<String>,
+    cascade_threshold: Option<f32>,
     models_dir: Option<PathBuf>,
     model: Option<PathBuf>,
     device: Option<String>,
@@ -145,6 +181,12 @@ impl ServeArgs {
         self.reload_interval_ms = self.reload_interval_ms.or(c.reload_interval_ms);
         self.no_build |= c.no_build.unwrap_or(false);
         self.no_model |= c.no_model.unwrap_or(false);
+        self.router = self.router.take().or(c.router);
+        self.route_top_k = self.route_top_k.or(c.route_top_k);
+        self.route_threshold = self.route_threshold.or(c.route_threshold);
+        self.strategy = self.strategy.or(c.strategy);
+        self.aggregator = self.aggregator.take().or(c.aggregator);
+        self.cascade_threshold = self.cascade_threshold.or(c.cascade_threshold);
         let e = &mut self.engine;
         e.models_dir = e.models_dir.take().or(c.models_dir);
         e.model = e.model.take().or(c.model);
@@ -183,6 +225,35 @@ impl ServeArgs {
         Ok(keys)
     }
 
+    fn router_config(&self) -> anyhow::Result<RouterConfig> {
+        let d = RouterConfig::default();
+        let top_k = self.route_top_k.unwrap_or(d.top_k);
+        if !(1..=MAX_TOP_K).contains(&top_k) {
+            anyhow::bail!("--route-top-k must be between 1 and {MAX_TOP_K}, not {top_k}");
+        }
+        let threshold = self.route_threshold.unwrap_or(d.threshold);
+        if !(-1.0..=1.0).contains(&threshold) {
+            anyhow::bail!(
+                "--route-threshold is a cosine similarity between -1 and 1, not {threshold}"
+            );
+        }
+        let cascade_threshold = self.cascade_threshold.unwrap_or(d.cascade_threshold);
+        if !(0.0..=1.0).contains(&cascade_threshold) {
+            anyhow::bail!(
+                "--cascade-threshold is a confidence between 0 and 1, not {cascade_threshold}"
+            );
+        }
+        Ok(RouterConfig {
+            top_k,
+            threshold,
+            plugin: self.router.clone(),
+            default_strategy: self.strategy.unwrap_or_default(),
+            aggregator: self.aggregator.clone().unwrap_or(d.aggregator.clone()),
+            cascade_threshold,
+            ..d
+        })
+    }
+
     fn options(&self) -> anyhow::Result<ServerOptions> {
         let d = ServerOptions::default();
         Ok(ServerOptions {
@@ -200,6 +271,7 @@ impl ServeArgs {
 pub async fn run(args: ServeArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let args = args.merge()?;
     let options = args.options()?;
+    let router_config = args.router_config()?;
     let roots = if args.bundles.is_empty() {
         let examples = PathBuf::from("plugins");
         if !examples.is_dir() {
@@ -251,15 +323,25 @@ pub async fn run(args: ServeArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<
     };
     let sandbox = Sandbox::new(HostPolicy::default(), cache_dir.as_deref())?;
     let ensemble = Ensemble::new(sandbox, engine);
+    ensemble.set_router_config(router_config.clone());
+    if cache_dir.is_some() {
+        ensemble
+            .registry()
+            .set_cache_dir(Some(Registry::default_cache_dir()));
+    }
     let state = AppState::new(ensemble.clone(), options);
 
     let started = Instant::now();
     let report = watcher.scan(&ensemble).await;
     reload::publish(&state, &watcher, &report);
+    let index = ensemble.registry().stats();
     eprintln!(
-        "loaded {} experts in {:.1?}{}",
+        "loaded {} experts in {:.1?} ({} routable: {} embedded, {} from the embedding cache){}",
         ensemble.experts().len(),
         started.elapsed(),
+        ensemble.registry().len(),
+        index.embedded,
+        index.from_cache,
         if report.failed.is_empty() {
             String::new()
         } else {
@@ -269,6 +351,17 @@ pub async fn run(args: ServeArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<
             )
         }
     );
+
+    if let Some(router) = &router_config.plugin {
+        match ensemble.expert(router) {
+            Some(r) if r.manifest.kind == tessera_host::bundle::BundleKind::Router => {
+                eprintln!("routing with the router plugin `{router}`")
+            }
+            _ => eprintln!(
+                "warning: --router {router}: no router bundle of that name is loaded; the default router decides until one is"
+            ),
+        }
+    }
 
     let interval = args
         .reload_interval_ms

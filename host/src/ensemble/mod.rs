@@ -4,6 +4,8 @@
 //! and returns its answer together with the [`Trace`] of what it did.
 
 mod error;
+pub mod registry;
+pub mod router;
 pub mod watch;
 
 use std::collections::BTreeMap;
@@ -15,9 +17,12 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use wasmtime::Trap;
 
 pub use error::{InvokeError, InvokeErrorKind};
+pub use registry::Registry;
+pub use router::{Decision, RouteError, RouterConfig, Strategy};
 
 use crate::audit::{Outcome, Trace};
 use crate::bindings::agent::AgentPre;
+use crate::bindings::router::RouterPre;
 use crate::bindings::types::{ExpertInfo, Request, Response};
 use crate::bundle::{Bundle, BundleKind, Manifest};
 use crate::inference::{Deltas, ModelEngine};
@@ -44,6 +49,7 @@ pub struct Expert {
     /// the host policy once, at load.
     pub limits: Limits,
     pre: Option<AgentPre<InvocationState>>,
+    router_pre: Option<RouterPre<InvocationState>>,
 }
 
 impl Expert {
@@ -102,6 +108,8 @@ pub struct Ensemble {
     sandbox: Sandbox,
     model: Arc<dyn ModelEngine>,
     experts: RwLock<BTreeMap<String, Arc<Expert>>>,
+    registry: Registry,
+    router_config: RwLock<RouterConfig>,
 }
 
 impl Ensemble {
@@ -111,7 +119,30 @@ impl Ensemble {
             sandbox,
             model,
             experts: RwLock::new(BTreeMap::new()),
+            registry: Registry::default(),
+            router_config: RwLock::new(RouterConfig::default()),
         })
+    }
+
+    /// The routing index.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// How `tessera/auto` routes.
+    pub fn router_config(&self) -> RouterConfig {
+        self.router_config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Change how `tessera/auto` routes.
+    pub fn set_router_config(&self, config: RouterConfig) {
+        *self
+            .router_config
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = config;
     }
 
     /// The sandbox.
@@ -200,6 +231,16 @@ impl Ensemble {
         } else {
             None
         };
+        let router_pre = if actual == BundleKind::Router {
+            Some(
+                RouterPre::new(component.pre.clone()).map_err(|e| AddError::Load {
+                    name: name.clone(),
+                    reason: LoadError::Link(format!("{e:#}")),
+                })?,
+            )
+        } else {
+            None
+        };
         let limits = self.sandbox.policy().limits_for(&manifest.limits);
         let expert = Arc::new(Expert {
             limits,
@@ -207,7 +248,9 @@ impl Ensemble {
             info,
             component,
             pre,
+            router_pre,
         });
+        self.index(&expert).await;
         self.experts
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -215,8 +258,33 @@ impl Ensemble {
         Ok(expert)
     }
 
+    /// Put a routable expert in the routing index (or take it out). An
+    /// expert that cannot be indexed still answers by name.
+    async fn index(&self, expert: &Expert) {
+        let routable =
+            expert.manifest.kind == BundleKind::Agent && expert.manifest.routing.routable;
+        if !routable || self.model.embedder_name().is_none() {
+            self.registry.remove(expert.name());
+            return;
+        }
+        if let Err(e) = self
+            .registry
+            .index(
+                self.model.as_ref(),
+                &expert.info,
+                &expert.component.sha256,
+                expert.manifest.routing.cost,
+            )
+            .await
+        {
+            self.registry.remove(expert.name());
+            tracing::warn!(expert = expert.name(), error = %e, "cannot index the expert for routing; it answers only by name");
+        }
+    }
+
     /// Remove the expert `name`; in-flight invocations finish on it.
     pub fn remove(&self, name: &str) -> Option<Arc<Expert>> {
+        self.registry.remove(name);
         self.experts
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -375,6 +443,8 @@ impl Ensemble {
             peak_memory_bytes: state.limiter.peak_bytes() as u64,
             model_calls: recorder.model_calls,
             generated_tokens: recorder.generated_tokens,
+            mean_logprob: (recorder.logprob_tokens > 0)
+                .then(|| (recorder.logprob_sum / f64::from(recorder.logprob_tokens)) as f32),
             host_calls: recorder.host_calls,
             logs: recorder.logs,
             logs_dropped: recorder.logs_dropped,
@@ -491,6 +561,7 @@ fn failed_trace(name: &str, depth: u32, error: &InvokeError) -> Trace {
         peak_memory_bytes: 0,
         model_calls: 0,
         generated_tokens: 0,
+        mean_logprob: None,
         host_calls: Vec::new(),
         logs: Vec::new(),
         logs_dropped: 0,

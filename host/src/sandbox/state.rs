@@ -45,6 +45,11 @@ pub(crate) struct Recorder {
     pub(crate) logs_dropped: u64,
     pub(crate) model_calls: u32,
     pub(crate) generated_tokens: u32,
+    /// Sum of the log-probabilities of the tokens its model calls
+    /// generated, and how many there were: the cascade's confidence when
+    /// the expert reports none.
+    pub(crate) logprob_sum: f64,
+    pub(crate) logprob_tokens: u32,
     pub(crate) panic_message: Option<String>,
     pub(crate) initial_fuel: u64,
     /// Fuel burned when the guest last entered the host.

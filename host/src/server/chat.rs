@@ -6,7 +6,7 @@ use std::time::Instant;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream;
@@ -17,6 +17,8 @@ use super::error::ApiError;
 use super::metrics::{ExpertLabels, RequestLabels};
 use super::openai::{self, Checked};
 use super::{AppState, Served, Target, request_id};
+use crate::audit::Trace;
+use crate::ensemble::{Decision, Invocation, Strategy};
 use crate::inference::{ChatMessage, ChatRole, Finish};
 
 /// Events buffered for a slow streaming client before generation waits.
@@ -69,6 +71,11 @@ struct Answer {
     logprobs: Vec<(String, f32)>,
     /// What the expert reported (absent for the base model).
     expert: Option<Value>,
+    /// How sure the answer is (0..1): the expert's report, else the mean
+    /// token probability of its model calls.
+    confidence: Option<f32>,
+    /// Traces of the invocations behind the answer.
+    traces: Vec<Trace>,
 }
 
 /// One request, parsed and checked.
@@ -81,6 +88,11 @@ struct Plan {
     logprobs: bool,
     request_id: String,
     started: Instant,
+    /// The router's decision, for `tessera/auto`.
+    decision: Option<Decision>,
+    /// Whether the caller asked for the invocation traces
+    /// (`x-tessera-trace: true`).
+    want_trace: bool,
 }
 
 pub(super) async fn chat_completions(
@@ -107,6 +119,8 @@ pub(super) async fn chat_completions(
             logprobs: req.logprobs,
             request_id: request_id(&headers),
             started: Instant::now(),
+            decision: None,
+            want_trace: wants_trace(&headers),
         })
     })();
     run(state, plan, served).await
@@ -146,12 +160,15 @@ pub(super) async fn completions(
             logprobs: req.logprobs.is_some(),
             request_id: request_id(&headers),
             started: Instant::now(),
+            decision: None,
+            want_trace: wants_trace(&headers),
         })
     })();
     run(state, plan, served).await
 }
 
 async fn run(state: AppState, plan: Result<Plan, ApiError>, mut served: Served) -> Response {
+    let mut route_header = None;
     let result = match plan {
         Ok(plan) if matches!(plan.target, Target::Embedder) => Err(ApiError::invalid(
             Some("model".into()),
@@ -160,12 +177,23 @@ async fn run(state: AppState, plan: Result<Plan, ApiError>, mut served: Served) 
                 plan.model
             ),
         )),
-        Ok(plan) => match state.admission().admit().await {
+        Ok(mut plan) => match state.admission().admit().await {
             Err(e) => Err(e),
-            Ok(admitted) if plan.checked.stream => {
-                return stream_response(state, plan, admitted, served).await;
-            }
-            Ok(_admitted) => whole(&state, &plan, &mut served).await,
+            Ok(admitted) => match decide(&state, &mut plan).await {
+                Err(e) => Err(e),
+                Ok(()) => {
+                    route_header = plan.decision.as_ref().map(decision_header);
+                    if plan.checked.stream {
+                        let mut response = stream_response(state, plan, admitted, served).await;
+                        if let Some(value) = route_header {
+                            response.headers_mut().insert(ROUTE_HEADER, value);
+                        }
+                        return response;
+                    }
+                    let _admitted = admitted;
+                    whole(&state, &plan, &mut served).await
+                }
+            },
         },
         Err(e) => Err(e),
     };
@@ -173,6 +201,121 @@ async fn run(state: AppState, plan: Result<Plan, ApiError>, mut served: Served) 
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
+    if let Some(value) = route_header {
+        response.headers_mut().insert(ROUTE_HEADER, value);
+    }
+    response.extensions_mut().insert(served);
+    response
+}
+
+/// The response header that carries the routing decision.
+pub(super) const ROUTE_HEADER: &str = "x-tessera-route";
+/// The request header that asks for the invocation traces in the answer.
+pub(super) const TRACE_HEADER: &str = "x-tessera-trace";
+
+fn wants_trace(headers: &HeaderMap) -> bool {
+    headers
+        .get(TRACE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| matches!(v.trim(), "1" | "true" | "yes"))
+}
+
+/// `strategy=moa; router=default; experts=calculator:0.712,summariser:0.433`
+/// (`experts=base` when the base model answers).
+fn decision_header(decision: &Decision) -> HeaderValue {
+    let experts = if decision.choices.is_empty() {
+        "base".to_string()
+    } else {
+        decision
+            .choices
+            .iter()
+            .map(|c| format!("{}:{:.3}", c.expert, c.score))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let text = format!(
+        "strategy={}; router={}; experts={experts}",
+        decision.strategy.as_str(),
+        decision.router
+    );
+    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("unprintable"))
+}
+
+/// For `tessera/auto`: ask the router who answers, before anything runs.
+async fn decide(state: &AppState, plan: &mut Plan) -> Result<(), ApiError> {
+    let Target::Auto(strategy) = plan.target else {
+        return Ok(());
+    };
+    let req = request_for(plan, &plan.inputs[0], 0);
+    let decision = state
+        .ensemble()
+        .route(&req, strategy)
+        .await
+        .map_err(|e| ApiError::from_route(&e))?;
+    state.record_decision(&decision);
+    tracing::debug!(
+        request_id = %plan.request_id,
+        strategy = decision.strategy.as_str(),
+        router = %decision.router,
+        experts = ?decision.choices,
+        plugin_error = ?decision.plugin_error,
+        "routed"
+    );
+    plan.decision = Some(decision);
+    Ok(())
+}
+
+/// `POST /v1/route`: the decision `tessera/auto` would make for a chat
+/// request, without running any expert.
+pub(super) async fn route(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let mut served = Served::default();
+    let result = async {
+        let body = body_bytes(body)?;
+        let req: openai::ChatRequest = openai::parse_request(&body)?;
+        let target = state.resolve(&req.model)?;
+        if !matches!(target, Target::Auto(_)) {
+            return Err(ApiError::invalid(
+                Some("model".into()),
+                format!(
+                    "`{}` is not routed; use tessera/auto, tessera/auto:moa or tessera/auto:cascade",
+                    req.model
+                ),
+            ));
+        }
+        served.model = req.model.clone();
+        let checked = req.common.check(crate::inference::DEFAULT_MAX_TOKENS)?;
+        let mut plan = Plan {
+            shape: Shape::Chat,
+            target,
+            inputs: vec![Input::Chat(req.messages()?)],
+            model: req.model,
+            checked,
+            logprobs: false,
+            request_id: request_id(&headers),
+            started: Instant::now(),
+            decision: None,
+            want_trace: false,
+        };
+        let _admitted = state.admission().admit().await?;
+        decide(&state, &mut plan).await?;
+        let decision = plan.decision.expect("decided");
+        let mut response = axum::Json(json!({
+            "object": "tessera.route",
+            "model": plan.model,
+            "decision": decision,
+        }))
+        .into_response();
+        response
+            .headers_mut()
+            .insert(ROUTE_HEADER, decision_header(&decision));
+        Ok::<_, ApiError>(response)
+    }
+    .await;
+    let mut response = result.unwrap_or_else(IntoResponse::into_response);
     response.extensions_mut().insert(served);
     response
 }
@@ -223,8 +366,10 @@ async fn whole(state: &AppState, plan: &Plan, served: &mut Served) -> Result<Res
         "choices": choices,
         "usage": usage(prompt_tokens, completion_tokens),
     });
-    if let Some(expert) = answers.first().and_then(|a| a.expert.clone()) {
-        body["tessera"] = expert;
+    if let Some(first) = answers.first()
+        && let Some(tessera) = tessera_field(plan, first)
+    {
+        body["tessera"] = tessera;
     }
     Ok(axum::Json(body).into_response())
 }
@@ -280,6 +425,38 @@ fn completion_logprobs(logprobs: &[(String, f32)]) -> Value {
     })
 }
 
+/// The `tessera` field of an answer: what the expert reported, the routing
+/// decision and, when asked for, the traces.
+fn tessera_field(plan: &Plan, answer: &Answer) -> Option<Value> {
+    let mut field = answer.expert.clone();
+    if let Some(decision) = &plan.decision {
+        let field = field.get_or_insert_with(|| json!({}));
+        field["route"] = serde_json::to_value(decision).unwrap_or(Value::Null);
+    }
+    if plan.want_trace {
+        let field = field.get_or_insert_with(|| json!({}));
+        field["traces"] = serde_json::to_value(&answer.traces).unwrap_or(Value::Null);
+    }
+    field
+}
+
+/// The request an expert gets for choice `choice` of `input`.
+fn request_for(plan: &Plan, input: &Input, choice: u32) -> crate::bindings::types::Request {
+    let messages = match input {
+        Input::Chat(m) => m.clone(),
+        Input::Prompt(p) => vec![ChatMessage {
+            role: ChatRole::User,
+            content: p.clone(),
+        }],
+    };
+    let mut checked = plan.checked.clone();
+    checked.sampling.seed = checked
+        .sampling
+        .seed
+        .map(|s| s.wrapping_add(u64::from(choice)));
+    openai::expert_request(&messages, &checked, &plan.request_id)
+}
+
 /// Answer choice `choice` of `input`, streaming text to `deltas` if given.
 async fn answer(
     state: &AppState,
@@ -288,108 +465,352 @@ async fn answer(
     choice: u32,
     deltas: Option<crate::inference::Deltas>,
 ) -> Result<Answer, ApiError> {
-    let checked = &plan.checked;
     match &plan.target {
-        Target::Base => {
-            let engine = state.ensemble().model().clone();
-            let mut params = checked.params.clone();
-            params.seed = params.seed.map(|s| s.wrapping_add(u64::from(choice)));
-            let call = async {
-                match (input.clone(), deltas) {
-                    (Input::Chat(m), None) => engine.chat(m, params, None).await,
-                    (Input::Chat(m), Some(d)) => engine.chat_streaming(m, params, None, d).await,
-                    (Input::Prompt(p), None) => engine.complete(p, params, None).await,
-                    (Input::Prompt(p), Some(d)) => {
-                        engine.complete_streaming(p, params, None, d).await
-                    }
-                }
-            };
-            let timeout = state.options().request_timeout;
-            let generation = tokio::time::timeout(timeout, call)
-                .await
-                .map_err(|_| {
-                    ApiError::deadline(format!(
-                        "the model did not finish within {} s (--request-timeout-secs)",
-                        timeout.as_secs()
-                    ))
-                })?
-                .map_err(|e| {
-                    let mut e = ApiError::from_model(&e);
-                    if e.status == StatusCode::BAD_REQUEST {
-                        e.param = Some(
-                            match plan.shape {
-                                Shape::Chat => "messages",
-                                Shape::Completion => "prompt",
-                            }
-                            .into(),
-                        );
-                    }
-                    e
-                })?;
-            Ok(Answer {
-                text: generation.text,
-                finish: match generation.finish {
-                    Finish::Stop => "stop",
-                    Finish::Length => "length",
-                },
-                prompt_tokens: generation.prompt_tokens,
-                completion_tokens: generation.completion_tokens,
-                logprobs: generation.token_logprobs,
-                expert: None,
-            })
-        }
+        Target::Base => answer_base(state, plan, input, choice, deltas).await,
         Target::Expert(expert) => {
-            let messages = match input {
-                Input::Chat(m) => m.clone(),
-                Input::Prompt(p) => vec![ChatMessage {
-                    role: ChatRole::User,
-                    content: p.clone(),
-                }],
-            };
-            let mut checked = checked.clone();
-            checked.sampling.seed = checked
-                .sampling
-                .seed
-                .map(|s| s.wrapping_add(u64::from(choice)));
-            let req = openai::expert_request(&messages, &checked, &plan.request_id);
-            let ensemble = state.ensemble();
-            let invocation = match deltas {
-                Some(d) => ensemble.invoke_streaming(expert.name(), req, d).await,
-                None => ensemble.invoke(expert.name(), req).await,
-            };
-            let trace = &invocation.trace;
-            state
-                .metrics()
-                .fuel
-                .get_or_create(&ExpertLabels {
-                    expert: expert.name().to_string(),
-                })
-                .inc_by(trace.fuel_consumed);
-            let response = invocation.result.map_err(|e| ApiError::from_invoke(&e))?;
-            let metadata: serde_json::Map<String, Value> = response
-                .metadata
-                .iter()
-                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-                .collect();
-            Ok(Answer {
-                finish: "stop",
-                prompt_tokens: response.usage.prompt_tokens,
-                completion_tokens: response.usage.completion_tokens,
-                logprobs: Vec::new(),
-                expert: Some(json!({
-                    "expert": expert.name(),
-                    "version": expert.manifest.version,
-                    "confidence": response.confidence,
-                    "metadata": metadata,
-                    "duration_ms": trace.duration_us / 1000,
-                    "fuel": trace.fuel_consumed,
-                    "model_calls": trace.model_calls,
-                })),
-                text: response.content,
-            })
+            let req = request_for(plan, input, choice);
+            let invocation = invoke(state, expert.name(), req, deltas).await;
+            expert_answer(invocation)
         }
+        Target::Auto(_) => answer_auto(state, plan, input, choice, deltas).await,
         Target::Embedder => unreachable!("refused before admission"),
     }
+}
+
+async fn answer_base(
+    state: &AppState,
+    plan: &Plan,
+    input: &Input,
+    choice: u32,
+    deltas: Option<crate::inference::Deltas>,
+) -> Result<Answer, ApiError> {
+    let engine = state.ensemble().model().clone();
+    let mut params = plan.checked.params.clone();
+    params.seed = params.seed.map(|s| s.wrapping_add(u64::from(choice)));
+    let call = async {
+        match (input.clone(), deltas) {
+            (Input::Chat(m), None) => engine.chat(m, params, None).await,
+            (Input::Chat(m), Some(d)) => engine.chat_streaming(m, params, None, d).await,
+            (Input::Prompt(p), None) => engine.complete(p, params, None).await,
+            (Input::Prompt(p), Some(d)) => engine.complete_streaming(p, params, None, d).await,
+        }
+    };
+    let timeout = state.options().request_timeout;
+    let generation = tokio::time::timeout(timeout, call)
+        .await
+        .map_err(|_| {
+            ApiError::deadline(format!(
+                "the model did not finish within {} s (--request-timeout-secs)",
+                timeout.as_secs()
+            ))
+        })?
+        .map_err(|e| {
+            let mut e = ApiError::from_model(&e);
+            if e.status == StatusCode::BAD_REQUEST {
+                e.param = Some(
+                    match plan.shape {
+                        Shape::Chat => "messages",
+                        Shape::Completion => "prompt",
+                    }
+                    .into(),
+                );
+            }
+            e
+        })?;
+    let confidence = mean_probability(generation.token_logprobs.iter().map(|(_, l)| *l));
+    Ok(Answer {
+        text: generation.text,
+        finish: match generation.finish {
+            Finish::Stop => "stop",
+            Finish::Length => "length",
+        },
+        prompt_tokens: generation.prompt_tokens,
+        completion_tokens: generation.completion_tokens,
+        logprobs: generation.token_logprobs,
+        expert: None,
+        confidence,
+        traces: Vec::new(),
+    })
+}
+
+/// exp(mean log-probability), or `None` for no tokens.
+fn mean_probability(logprobs: impl Iterator<Item = f32>) -> Option<f32> {
+    let (sum, n) = logprobs.fold((0.0f64, 0u32), |(s, n), l| (s + f64::from(l), n + 1));
+    (n > 0).then(|| (sum / f64::from(n)).exp() as f32)
+}
+
+/// Run expert `name`, counting its fuel.
+async fn invoke(
+    state: &AppState,
+    name: &str,
+    req: crate::bindings::types::Request,
+    deltas: Option<crate::inference::Deltas>,
+) -> Invocation {
+    let ensemble = state.ensemble();
+    let invocation = match deltas {
+        Some(d) => ensemble.invoke_streaming(name, req, d).await,
+        None => ensemble.invoke(name, req).await,
+    };
+    state
+        .metrics()
+        .fuel
+        .get_or_create(&ExpertLabels {
+            expert: name.to_string(),
+        })
+        .inc_by(invocation.trace.fuel_consumed);
+    invocation
+}
+
+/// An expert's invocation as an answer, or its error.
+fn expert_answer(invocation: Invocation) -> Result<Answer, ApiError> {
+    let trace = invocation.trace;
+    let response = invocation.result.map_err(|e| ApiError::from_invoke(&e))?;
+    let metadata: serde_json::Map<String, Value> = response
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    let confidence = response
+        .confidence
+        .or_else(|| trace.mean_logprob.map(|l| l.exp()));
+    Ok(Answer {
+        finish: "stop",
+        prompt_tokens: response.usage.prompt_tokens,
+        completion_tokens: response.usage.completion_tokens,
+        logprobs: Vec::new(),
+        expert: Some(json!({
+            "expert": trace.expert,
+            "version": trace.version,
+            "confidence": response.confidence,
+            "metadata": metadata,
+            "duration_ms": trace.duration_us / 1000,
+            "fuel": trace.fuel_consumed,
+            "model_calls": trace.model_calls,
+        })),
+        text: response.content,
+        confidence,
+        traces: vec![trace],
+    })
+}
+
+/// `tessera/auto`: run the strategy the router decided on.
+async fn answer_auto(
+    state: &AppState,
+    plan: &Plan,
+    input: &Input,
+    choice: u32,
+    deltas: Option<crate::inference::Deltas>,
+) -> Result<Answer, ApiError> {
+    let decision = plan.decision.as_ref().expect("routed before answering");
+    if decision.choices.is_empty() {
+        let mut answer = answer_base(state, plan, input, choice, deltas).await?;
+        answer.expert = Some(json!({ "answered_by": state.ensemble().model().model_name() }));
+        return Ok(answer);
+    }
+    let req = request_for(plan, input, choice);
+    let mut answer = match decision.strategy {
+        Strategy::Route => {
+            let expert = &decision.choices[0].expert;
+            expert_answer(invoke(state, expert, req, deltas).await)?
+        }
+        Strategy::Moa => fan_out(state, decision, req, deltas).await?,
+        Strategy::Cascade => cascade(state, decision, req).await?,
+    };
+    if let Some(field) = answer.expert.as_mut() {
+        let by = field
+            .get("expert")
+            .cloned()
+            .unwrap_or_else(|| json!(state.ensemble().model().model_name()));
+        field["answered_by"] = by;
+    }
+    Ok(answer)
+}
+
+/// Mixture of agents: the chosen experts answer in parallel; the
+/// aggregator writes the final answer from theirs. With one answer left
+/// (or an aggregator that fails) the best-ranked answer stands.
+async fn fan_out(
+    state: &AppState,
+    decision: &Decision,
+    req: crate::bindings::types::Request,
+    deltas: Option<crate::inference::Deltas>,
+) -> Result<Answer, ApiError> {
+    let invocations = futures_util::future::join_all(
+        decision
+            .choices
+            .iter()
+            .map(|c| invoke(state, &c.expert, req.clone(), None)),
+    )
+    .await;
+    let mut traces = Vec::new();
+    let mut report = Vec::new();
+    let mut answers = Vec::new();
+    let mut first_error = None;
+    for (choice, invocation) in decision.choices.iter().zip(invocations) {
+        traces.push(invocation.trace.clone());
+        match expert_answer(invocation) {
+            Ok(answer) => {
+                report.push(
+                    json!({ "expert": choice.expert, "ok": true, "confidence": answer.confidence }),
+                );
+                answers.push((choice.expert.clone(), answer));
+            }
+            Err(e) => {
+                report.push(json!({ "expert": choice.expert, "ok": false, "error": e.message }));
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    let (mut prompt_tokens, mut completion_tokens) =
+        answers.iter().fold((0, 0), |(p, c), (_, a)| {
+            (p + a.prompt_tokens, c + a.completion_tokens)
+        });
+    let Some((_, best)) = answers.first() else {
+        let mut e = first_error.expect("no answers means an error");
+        e.message = format!(
+            "every expert of the fan-out failed; the first: {}",
+            e.message
+        );
+        return Err(e);
+    };
+    let aggregator = state.ensemble().router_config().aggregator;
+    let mut aggregation_error = None;
+    let mut final_answer = None;
+    if answers.len() > 1 {
+        let mut agg_req = req.clone();
+        for (expert, answer) in &answers {
+            agg_req
+                .metadata
+                .push(("answer-expert".into(), expert.clone()));
+            agg_req
+                .metadata
+                .push(("answer".into(), answer.text.clone()));
+        }
+        let invocation = invoke(state, &aggregator, agg_req, deltas).await;
+        traces.push(invocation.trace.clone());
+        match expert_answer(invocation) {
+            Ok(a) => final_answer = Some(a),
+            Err(e) => {
+                tracing::warn!(aggregator = %aggregator, error = %e, "the aggregator failed; the best-ranked answer stands");
+                aggregation_error = Some(e.message);
+            }
+        }
+    }
+    let aggregated = final_answer.is_some();
+    let mut answer = match final_answer {
+        Some(a) => a,
+        None => {
+            let (_, a) = &answers[0];
+            Answer {
+                text: a.text.clone(),
+                finish: a.finish,
+                prompt_tokens: 0,
+                completion_tokens: 0,
+                logprobs: Vec::new(),
+                expert: best.expert.clone(),
+                confidence: a.confidence,
+                traces: Vec::new(),
+            }
+        }
+    };
+    if aggregated {
+        prompt_tokens += answer.prompt_tokens;
+        completion_tokens += answer.completion_tokens;
+    }
+    answer.prompt_tokens = prompt_tokens;
+    answer.completion_tokens = completion_tokens;
+    answer.traces = traces;
+    let field = answer.expert.get_or_insert_with(|| json!({}));
+    field["fan_out"] = json!(report);
+    field["aggregator"] = json!(aggregated.then_some(&aggregator));
+    if let Some(error) = aggregation_error {
+        field["aggregator_error"] = json!(error);
+    }
+    Ok(answer)
+}
+
+/// Cascade: the chosen experts, cheapest first, until one answers with a
+/// confidence at or above the threshold; if none does, the most
+/// confident answer stands.
+async fn cascade(
+    state: &AppState,
+    decision: &Decision,
+    req: crate::bindings::types::Request,
+) -> Result<Answer, ApiError> {
+    let ensemble = state.ensemble();
+    let threshold = ensemble.router_config().cascade_threshold;
+    let mut order: Vec<(u32, usize)> = decision
+        .choices
+        .iter()
+        .enumerate()
+        .map(|(rank, c)| {
+            let cost = ensemble
+                .expert(&c.expert)
+                .map_or(u32::MAX, |e| e.manifest.routing.cost);
+            (cost, rank)
+        })
+        .collect();
+    order.sort();
+    let mut traces = Vec::new();
+    let mut stages = Vec::new();
+    let mut best: Option<Answer> = None;
+    let mut first_error = None;
+    let (mut prompt_tokens, mut completion_tokens) = (0, 0);
+    for (cost, rank) in order {
+        let expert = &decision.choices[rank].expert;
+        let invocation = invoke(state, expert, req.clone(), None).await;
+        traces.push(invocation.trace.clone());
+        let answer = match expert_answer(invocation) {
+            Ok(a) => a,
+            Err(e) => {
+                stages.push(
+                    json!({ "expert": expert, "cost": cost, "ok": false, "error": e.message }),
+                );
+                first_error.get_or_insert(e);
+                continue;
+            }
+        };
+        prompt_tokens += answer.prompt_tokens;
+        completion_tokens += answer.completion_tokens;
+        let confidence = answer.confidence.unwrap_or(0.0);
+        let accepted = confidence >= threshold;
+        stages.push(json!({
+            "expert": expert, "cost": cost, "ok": true,
+            "confidence": answer.confidence, "accepted": accepted,
+        }));
+        if !accepted {
+            state
+                .metrics()
+                .escalations
+                .get_or_create(&ExpertLabels {
+                    expert: expert.clone(),
+                })
+                .inc();
+        }
+        if best
+            .as_ref()
+            .is_none_or(|b| confidence > b.confidence.unwrap_or(0.0))
+        {
+            best = Some(answer);
+        }
+        if accepted {
+            break;
+        }
+    }
+    let Some(mut answer) = best else {
+        let mut e = first_error.expect("no answers means an error");
+        e.message = format!(
+            "every expert of the cascade failed; the first: {}",
+            e.message
+        );
+        return Err(e);
+    };
+    answer.prompt_tokens = prompt_tokens;
+    answer.completion_tokens = completion_tokens;
+    answer.traces = traces;
+    let field = answer.expert.get_or_insert_with(|| json!({}));
+    field["cascade"] = json!({ "threshold": threshold, "stages": stages });
+    Ok(answer)
 }
 
 /// What the generating side of a stream sends to the response.
@@ -597,8 +1018,8 @@ async fn produce(
         };
     }
     last["usage"] = usage(answer.prompt_tokens, answer.completion_tokens);
-    if let Some(expert) = &answer.expert {
-        last["tessera"] = expert.clone();
+    if let Some(tessera) = tessera_field(plan, &answer) {
+        last["tessera"] = tessera;
     }
     send(last).await;
     if plan.checked.include_usage {

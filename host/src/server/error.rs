@@ -4,7 +4,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::ensemble::{InvokeError, InvokeErrorKind};
+use crate::ensemble::{InvokeError, InvokeErrorKind, RouteError};
 use crate::inference::ModelError;
 
 /// An error answered to an API client as
@@ -129,6 +129,27 @@ impl ApiError {
         let mut e = Self::new(status, kind, error.message.clone());
         e.code = Some(error.kind.as_str().to_string());
         e
+    }
+
+    /// A request to `tessera/auto` that could not be routed.
+    pub fn from_route(error: &RouteError) -> Self {
+        match error {
+            RouteError::NoUserMessage => Self::invalid(
+                Some("messages".into()),
+                "tessera/auto routes on the last user message; send at least one message with role `user`",
+            ),
+            RouteError::Embedder(_) => {
+                let mut e = Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    format!(
+                        "{error}; start the server with the embedding model (without --no-model) or name an expert in `model`"
+                    ),
+                );
+                e.code = Some("router_unavailable".into());
+                e
+            }
+        }
     }
 
     /// The status and body of a failed call to the base model.

@@ -34,6 +34,17 @@ pub struct ExpertLabels {
     pub expert: String,
 }
 
+/// Labels of a routing decision.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// `route`, `moa` or `cascade`.
+    pub strategy: String,
+    /// The best chosen expert, or `base` when the base model answers.
+    pub expert: String,
+    /// `default`, or the router plugin's name.
+    pub router: String,
+}
+
 /// Every metric the server keeps.
 pub struct Metrics {
     registry: Registry,
@@ -61,6 +72,14 @@ pub struct Metrics {
     pub bundles: Gauge,
     /// Bundles that failed to (re)load.
     pub bundle_errors: Counter,
+    /// Routing decisions of `tessera/auto`.
+    pub route_decisions: Family<RouteLabels, Counter>,
+    /// Time routing decisions took (query embedding included).
+    pub route_latency: Histogram,
+    /// Router plugin failures (the default router decided instead).
+    pub router_failures: Family<ExpertLabels, Counter>,
+    /// Cascade escalations: an answer below the confidence threshold.
+    pub escalations: Family<ExpertLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -92,6 +111,31 @@ impl Metrics {
             Gauge,
         ) = Default::default();
         let bundle_errors = Counter::default();
+        let route_decisions = Family::<RouteLabels, Counter>::default();
+        // 100 µs to ~3 s.
+        let route_latency = Histogram::new(exponential_buckets(0.0001, 2.0, 15));
+        let router_failures = Family::<ExpertLabels, Counter>::default();
+        let escalations = Family::<ExpertLabels, Counter>::default();
+        registry.register(
+            "route_decisions",
+            "Routing decisions of tessera/auto, by strategy and best expert",
+            route_decisions.clone(),
+        );
+        registry.register(
+            "route_duration_seconds",
+            "Time a routing decision took, the query embedding included",
+            route_latency.clone(),
+        );
+        registry.register(
+            "router_plugin_failures",
+            "Router plugin failures; the default router decided instead",
+            router_failures.clone(),
+        );
+        registry.register(
+            "cascade_escalations",
+            "Cascade answers below the confidence threshold, by expert",
+            escalations.clone(),
+        );
         registry.register("requests", "Requests answered", requests.clone());
         registry.register(
             "request_duration_seconds",
@@ -146,6 +190,10 @@ impl Metrics {
             batch_size,
             bundles,
             bundle_errors,
+            route_decisions,
+            route_latency,
+            router_failures,
+            escalations,
         }
     }
 

@@ -34,7 +34,7 @@ pub use error::ApiError;
 pub use metrics::Metrics;
 
 use crate::bundle::BundleKind;
-use crate::ensemble::{Ensemble, Expert};
+use crate::ensemble::{Ensemble, Expert, Strategy};
 
 /// Default most bytes of a request body.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 << 20;
@@ -155,6 +155,18 @@ impl AppState {
 
     /// Who answers `model`, or 404.
     fn resolve(&self, model: &str) -> Result<Target, ApiError> {
+        if let Some(strategy) = Strategy::ALL
+            .into_iter()
+            .find(|s| model.eq_ignore_ascii_case(s.model_id()))
+        {
+            // A plain `tessera/auto` takes the configured strategy.
+            let strategy = if strategy == Strategy::Route {
+                self.inner.ensemble.router_config().default_strategy
+            } else {
+                strategy
+            };
+            return Ok(Target::Auto(strategy));
+        }
         if let Some(expert) = self.inner.ensemble.expert(model)
             && expert.manifest.kind == BundleKind::Agent
         {
@@ -192,8 +204,48 @@ impl AppState {
         }
         if let Some(name) = engine.embedder_name() {
             entries.push(CatalogEntry::model(name, "embedding-model"));
+            let config = self.inner.ensemble.router_config();
+            for strategy in Strategy::ALL {
+                entries.push(CatalogEntry {
+                    id: strategy.model_id().to_string(),
+                    kind: "ensemble",
+                    detail: json!({
+                        "strategy": strategy.as_str(),
+                        "router": config.plugin.as_deref().unwrap_or("default"),
+                        "routable_experts": self.inner.ensemble.registry().len(),
+                    }),
+                });
+            }
         }
         entries
+    }
+
+    /// Count a routing decision.
+    fn record_decision(&self, decision: &crate::ensemble::Decision) {
+        let metrics = self.metrics();
+        metrics
+            .route_decisions
+            .get_or_create(&metrics::RouteLabels {
+                strategy: decision.strategy.as_str().to_string(),
+                expert: decision.top().unwrap_or("base").to_string(),
+                router: decision.router.clone(),
+            })
+            .inc();
+        metrics
+            .route_latency
+            .observe(decision.duration_us as f64 / 1e6);
+        if decision.plugin_error.is_some() {
+            let router = self
+                .inner
+                .ensemble
+                .router_config()
+                .plugin
+                .unwrap_or_default();
+            metrics
+                .router_failures
+                .get_or_create(&metrics::ExpertLabels { expert: router })
+                .inc();
+        }
     }
 }
 
@@ -205,6 +257,8 @@ enum Target {
     Base,
     Embedder,
     Expert(Arc<Expert>),
+    /// The router decides, then the strategy runs.
+    Auto(Strategy),
 }
 
 struct CatalogEntry {
@@ -258,6 +312,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/completions", post(chat::completions))
         .route("/v1/embeddings", post(embeddings))
+        .route("/v1/route", post(chat::route))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{*id}", get(get_model))
         .route("/healthz", get(healthz))
@@ -418,6 +473,7 @@ fn endpoint_name(path: &str) -> &'static str {
         "/v1/chat/completions" => "chat",
         "/v1/completions" => "completions",
         "/v1/embeddings" => "embeddings",
+        "/v1/route" => "route",
         "/v1/models" | "/v1/models/{*id}" => "models",
         "/healthz" => "healthz",
         "/metrics" => "metrics",

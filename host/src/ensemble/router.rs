@@ -1,0 +1,391 @@
+//! Which experts answer a request sent to `tessera/auto`.
+//!
+//! The default router embeds the request (its last user turn, with the
+//! turn before it when the last one is short) and scores every routable
+//! expert by the best cosine similarity between that vector and the
+//! expert's description and examples ([`super::registry`]). The top `k`
+//! above [`RouterConfig::threshold`] are chosen; when none is, the base
+//! model answers. A router plugin (a bundle of kind `router`) can replace
+//! it by configuration; when the plugin fails or runs out of time, the
+//! default router decides and the failure is reported in the decision.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::Ensemble;
+use crate::bindings::types::{ExpertInfo, Request, Role};
+use crate::sandbox::InvocationState;
+
+/// Default number of experts a decision keeps.
+pub const DEFAULT_TOP_K: usize = 3;
+/// Default lowest score of a chosen expert. MiniLM cosine similarities of
+/// unrelated sentences sit around 0 to 0.2, of related ones above 0.4.
+pub const DEFAULT_THRESHOLD: f32 = 0.3;
+/// Default time a router plugin gets before the default router decides.
+pub const DEFAULT_PLUGIN_DEADLINE_MS: u64 = 2_000;
+/// A last user turn shorter than this (bytes) is routed together with the
+/// turn before it ("and in miles?").
+pub const SHORT_TURN_BYTES: usize = 48;
+/// Most bytes of the earlier turn added as context.
+pub const CONTEXT_BYTES: usize = 256;
+/// Largest `top_k` a request or config may ask for.
+pub const MAX_TOP_K: usize = 16;
+
+/// How a request to `tessera/auto` is answered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// The best expert answers (`tessera/auto`).
+    #[default]
+    Route,
+    /// The top-k experts answer in parallel and an aggregator writes the
+    /// final answer from theirs (`tessera/auto:moa`).
+    Moa,
+    /// The cheapest candidate answers first; below the confidence
+    /// threshold the request escalates to the next (`tessera/auto:cascade`).
+    Cascade,
+}
+
+impl Strategy {
+    /// Every strategy.
+    pub const ALL: [Strategy; 3] = [Strategy::Route, Strategy::Moa, Strategy::Cascade];
+
+    /// Its name in model ids and configs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Route => "route",
+            Strategy::Moa => "moa",
+            Strategy::Cascade => "cascade",
+        }
+    }
+
+    /// The model id that selects it: `tessera/auto`, `tessera/auto:moa`,
+    /// `tessera/auto:cascade`.
+    pub fn model_id(self) -> &'static str {
+        match self {
+            Strategy::Route => AUTO_MODEL,
+            Strategy::Moa => "tessera/auto:moa",
+            Strategy::Cascade => "tessera/auto:cascade",
+        }
+    }
+}
+
+impl std::str::FromStr for Strategy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Strategy::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown strategy `{s}`: use route, moa or cascade"))
+    }
+}
+
+/// The model id of the ensemble's automatic routing.
+pub const AUTO_MODEL: &str = "tessera/auto";
+
+/// How the ensemble routes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouterConfig {
+    /// Experts a decision keeps (the fan-out of `moa`, the length of a
+    /// cascade).
+    pub top_k: usize,
+    /// Lowest score of a chosen expert; below it the base model answers.
+    pub threshold: f32,
+    /// A router plugin (bundle of kind `router`) that decides instead of
+    /// the default router.
+    pub plugin: Option<String>,
+    /// Time the plugin gets.
+    pub plugin_deadline: Duration,
+    /// The strategy of a plain `tessera/auto`.
+    pub default_strategy: Strategy,
+    /// The expert that writes the final answer of `moa`.
+    pub aggregator: String,
+    /// A cascade stops at the first answer at least this confident (0..1).
+    pub cascade_threshold: f32,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            top_k: DEFAULT_TOP_K,
+            threshold: DEFAULT_THRESHOLD,
+            plugin: None,
+            plugin_deadline: Duration::from_millis(DEFAULT_PLUGIN_DEADLINE_MS),
+            default_strategy: Strategy::Route,
+            aggregator: "aggregator".into(),
+            cascade_threshold: 0.5,
+        }
+    }
+}
+
+/// One chosen expert.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Choice {
+    /// The expert.
+    pub expert: String,
+    /// Its score (cosine similarity for the default router).
+    pub score: f32,
+}
+
+/// What the router decided, returned to the caller and kept in the trace.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Decision {
+    /// The strategy that answers.
+    pub strategy: Strategy,
+    /// Who decided: `default`, or the router plugin's name.
+    pub router: String,
+    /// The chosen experts, best first; empty when the base model answers.
+    pub choices: Vec<Choice>,
+    /// The best candidates whatever their score (at most `top_k`), for
+    /// people reading the decision.
+    pub candidates: Vec<Choice>,
+    /// Score below which experts were not chosen.
+    pub threshold: f32,
+    /// Why the router plugin's decision was not used, when it was not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plugin_error: Option<String>,
+    /// Time the decision took, microseconds (the query embedding included).
+    pub duration_us: u64,
+}
+
+impl Decision {
+    /// The best chosen expert, if any.
+    pub fn top(&self) -> Option<&str> {
+        self.choices.first().map(|c| c.expert.as_str())
+    }
+}
+
+/// Why no decision could be made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RouteError {
+    /// The request has no user message to route on.
+    #[error("the request has no user message to route on")]
+    NoUserMessage,
+    /// The embedding model is missing or failed.
+    #[error("the router needs the embedding model: {0}")]
+    Embedder(String),
+}
+
+/// The text routed on: the last user turn, with the turn before it when
+/// the last one is short.
+pub fn query_text(req: &Request) -> Option<String> {
+    let last = req
+        .messages
+        .iter()
+        .rposition(|m| matches!(m.role, Role::User))?;
+    let question = req.messages[last].content.trim();
+    if question.len() >= SHORT_TURN_BYTES || last == 0 {
+        return Some(question.to_string());
+    }
+    let context = req.messages[..last]
+        .iter()
+        .rev()
+        .find(|m| matches!(m.role, Role::User | Role::Assistant))
+        .map(|m| super::registry::cut(m.content.trim(), CONTEXT_BYTES));
+    Some(match context {
+        Some(context) if !context.is_empty() => format!("{context}\n{question}"),
+        _ => question.to_string(),
+    })
+}
+
+impl Ensemble {
+    /// Decide who answers `req` under `strategy`.
+    pub async fn route(
+        self: &Arc<Self>,
+        req: &Request,
+        strategy: Strategy,
+    ) -> Result<Decision, RouteError> {
+        let started = Instant::now();
+        let config = self.router_config();
+        let query = query_text(req).ok_or(RouteError::NoUserMessage)?;
+        let mut plugin_error = None;
+        if let Some(plugin) = &config.plugin {
+            match self.route_with_plugin(plugin, req, &config).await {
+                Ok((choices, candidates)) => {
+                    return Ok(Decision {
+                        strategy,
+                        router: plugin.clone(),
+                        choices,
+                        candidates,
+                        threshold: config.threshold,
+                        plugin_error: None,
+                        duration_us: started.elapsed().as_micros() as u64,
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(router = %plugin, error = %e, "router plugin failed; the default router decides");
+                    plugin_error = Some(e);
+                }
+            }
+        }
+        let vector = self
+            .model()
+            .embed(vec![query])
+            .await
+            .map_err(|e| RouteError::Embedder(e.to_string()))?
+            .pop()
+            .ok_or_else(|| RouteError::Embedder("no vector returned".into()))?;
+        let ranked = self.registry().rank(&vector, config.top_k);
+        let candidates: Vec<Choice> = ranked
+            .iter()
+            .map(|(e, score)| Choice {
+                expert: e.name.clone(),
+                score: *score,
+            })
+            .collect();
+        let choices = candidates
+            .iter()
+            .filter(|c| c.score >= config.threshold)
+            .cloned()
+            .collect();
+        Ok(Decision {
+            strategy,
+            router: "default".into(),
+            choices,
+            candidates,
+            threshold: config.threshold,
+            plugin_error,
+            duration_us: started.elapsed().as_micros() as u64,
+        })
+    }
+
+    /// Ask the router plugin `name`; its choices must be routable experts.
+    async fn route_with_plugin(
+        self: &Arc<Self>,
+        name: &str,
+        req: &Request,
+        config: &RouterConfig,
+    ) -> Result<(Vec<Choice>, Vec<Choice>), String> {
+        let router = self
+            .expert(name)
+            .ok_or_else(|| format!("no router plugin named `{name}` is loaded"))?;
+        let pre = router.router_pre.as_ref().ok_or_else(|| {
+            format!(
+                "`{name}` is a {} bundle, not a router",
+                router.manifest.kind.world_name()
+            )
+        })?;
+        let candidates: Vec<ExpertInfo> = self
+            .registry()
+            .entries()
+            .iter()
+            .map(|e| e.info.clone())
+            .collect();
+        let mut limits = router.limits;
+        limits.deadline_ms = limits
+            .deadline_ms
+            .min(config.plugin_deadline.as_millis() as u64);
+        let deadline = Instant::now() + limits.deadline();
+        let state = InvocationState::new(
+            self.clone(),
+            vec![name.to_string()],
+            router.manifest.capabilities.clone(),
+            limits,
+            deadline,
+        );
+        let mut store = self.sandbox().new_store(state);
+        let run = async {
+            let instance = pre.instantiate_async(&mut store).await?;
+            instance.call_route(&mut store, req, &candidates).await
+        };
+        let ranked = match tokio::time::timeout_at(deadline.into(), run).await {
+            Err(_) => {
+                return Err(format!(
+                    "`{name}` did not decide within {} ms",
+                    limits.deadline_ms
+                ));
+            }
+            Ok(Err(e)) => {
+                return Err(format!(
+                    "`{name}` failed: {}",
+                    super::classify(e, store.data())
+                ));
+            }
+            Ok(Ok(Err(guest))) => {
+                return Err(format!(
+                    "`{name}` returned an error: {}",
+                    super::InvokeError::from_guest(guest)
+                ));
+            }
+            Ok(Ok(Ok(ranked))) => ranked,
+        };
+        let mut choices: Vec<Choice> = Vec::new();
+        for choice in ranked {
+            if !choice.score.is_finite() {
+                return Err(format!(
+                    "`{name}` gave `{}` a score that is not a number",
+                    choice.name
+                ));
+            }
+            if candidates.iter().any(|c| c.name == choice.name)
+                && !choices.iter().any(|c| c.expert == choice.name)
+            {
+                choices.push(Choice {
+                    expert: choice.name,
+                    score: choice.score,
+                });
+            }
+        }
+        choices.sort_by(|a, b| b.score.total_cmp(&a.score));
+        choices.truncate(config.top_k);
+        Ok((choices.clone(), choices))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bindings::types::{Message, Sampling};
+
+    fn request(turns: &[(Role, &str)]) -> Request {
+        Request {
+            messages: turns
+                .iter()
+                .map(|(role, content)| Message {
+                    role: *role,
+                    content: content.to_string(),
+                })
+                .collect(),
+            sampling: Sampling {
+                temperature: None,
+                top_p: None,
+                top_k: None,
+                repetition_penalty: None,
+                max_tokens: None,
+                seed: None,
+                stop: Vec::new(),
+            },
+            metadata: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_short_follow_up_is_routed_with_the_turn_before_it() {
+        let long = "Please convert twenty five degrees celsius to fahrenheit for me";
+        assert_eq!(
+            query_text(&request(&[(Role::System, "be nice"), (Role::User, long)])).unwrap(),
+            long
+        );
+        assert_eq!(
+            query_text(&request(&[
+                (Role::User, "convert 5 km to miles"),
+                (Role::Assistant, "3.11 miles"),
+                (Role::User, "and 10 km?"),
+            ]))
+            .unwrap(),
+            "3.11 miles\nand 10 km?"
+        );
+        assert!(query_text(&request(&[(Role::System, "x")])).is_none());
+    }
+
+    #[test]
+    fn strategies_parse_from_their_names() {
+        for s in Strategy::ALL {
+            assert_eq!(s.as_str().parse::<Strategy>().unwrap(), s);
+        }
+        assert!("fastest".parse::<Strategy>().unwrap_err().contains("moa"));
+    }
+}
