@@ -154,6 +154,30 @@ impl Request {
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
     }
+
+    /// Every value of metadata entry `key`, in order (a key may repeat).
+    pub fn metadata_all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.metadata
+            .iter()
+            .filter(move |(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The answers of a fan-out (`tessera/auto:moa`) that an aggregator is
+    /// asked to combine: `(expert, answer)` pairs, from the metadata
+    /// entries `answer-expert` and `answer` the host adds in that order.
+    pub fn answers(&self) -> Vec<(&str, &str)> {
+        let mut answers = Vec::new();
+        let mut expert = "";
+        for (k, v) in &self.metadata {
+            match k.as_str() {
+                "answer-expert" => expert = v,
+                "answer" => answers.push((expert, v.as_str())),
+                _ => {}
+            }
+        }
+        answers
+    }
 }
 
 impl Response {

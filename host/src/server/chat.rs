@@ -109,7 +109,19 @@ pub(super) async fn chat_completions(
         // clients grow the label sets without bound.
         served.model = req.model.clone();
         req.check()?;
-        let checked = req.common.check(crate::inference::DEFAULT_MAX_TOKENS)?;
+        let mut checked = req.common.check(crate::inference::DEFAULT_MAX_TOKENS)?;
+        if let Some(schema) = req.schema()? {
+            if matches!(target, Target::Base) {
+                return Err(ApiError::invalid(
+                    Some("response_format".into()),
+                    format!(
+                        "the base model `{}` cannot honour a JSON schema; send it to an expert that does (json-extractor) or to tessera/auto",
+                        req.model
+                    ),
+                ));
+            }
+            checked.metadata.push(("schema".into(), schema));
+        }
         Ok::<_, ApiError>(Plan {
             shape: Shape::Chat,
             target,

@@ -396,15 +396,31 @@ impl ChatRequest {
                 "tools (function calling) are not supported; leave `tools` out",
             ));
         }
-        if let Some(format) = &self.response_format
-            && format.get("type").and_then(|t| t.as_str()) != Some("text")
-        {
-            return Err(ApiError::invalid(
-                Some("response_format".into()),
-                "only `{\"type\": \"text\"}` is supported as `response_format`",
-            ));
-        }
+        self.schema()?;
         Ok(())
+    }
+
+    /// The JSON schema of `response_format: {"type": "json_schema",
+    /// "json_schema": {"schema": {...}}}`, as JSON text; experts read it as
+    /// the request metadata `schema`.
+    pub fn schema(&self) -> Result<Option<String>, ApiError> {
+        let Some(format) = &self.response_format else {
+            return Ok(None);
+        };
+        match format.get("type").and_then(|t| t.as_str()) {
+            Some("text") => Ok(None),
+            Some("json_schema") => match format.pointer("/json_schema/schema") {
+                Some(schema) if schema.is_object() => Ok(Some(schema.to_string())),
+                _ => Err(ApiError::invalid(
+                    Some("response_format.json_schema.schema".into()),
+                    "`response_format` of type json_schema needs `json_schema.schema`, a JSON Schema object",
+                )),
+            },
+            _ => Err(ApiError::invalid(
+                Some("response_format".into()),
+                "`response_format` may be `{\"type\": \"text\"}` or `{\"type\": \"json_schema\", \"json_schema\": {\"schema\": {...}}}` (answered by experts that honour the request metadata `schema`, such as json-extractor)",
+            )),
+        }
     }
 
     /// The conversation, with text content only.

@@ -124,6 +124,10 @@ pub fn extract_expression(question: &str) -> Option<String> {
         (" divided by ", " / "),
         (" over ", " / "),
         (" to the power of ", " ^ "),
+        (" squared", " ^ 2"),
+        (" cubed", " ^ 3"),
+        ("% of ", " / 100 * "),
+        (" percent of ", " / 100 * "),
         ("×", "*"),
         ("÷", "/"),
         ("**", "^"),
@@ -335,5 +339,9 @@ mod tests {
         );
         assert_eq!(extract_expression("what's 3 x 4").as_deref(), Some("3 * 4"));
         assert_eq!(extract_expression("no numbers here"), None);
+        let percent = extract_expression("Calculate 15% of 240").unwrap();
+        assert_eq!(eval(&percent), "36");
+        let squared = extract_expression("What is 17 squared?").unwrap();
+        assert_eq!(eval(&squared), "289");
     }
 }
