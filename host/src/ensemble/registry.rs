@@ -198,14 +198,20 @@ impl Registry {
             .remove(name);
     }
 
-    /// The `k` experts closest to `query` (any vector; normalised here),
-    /// best first, with their scores.
-    pub fn rank(&self, query: &[f32], k: usize) -> Vec<(Arc<Entry>, f32)> {
-        let query = normalised(query.to_vec());
+    /// The `k` experts closest to any of `queries` (vectors of one query,
+    /// normalised here), best first, with their scores.
+    pub fn rank(&self, queries: &[Vec<f32>], k: usize) -> Vec<(Arc<Entry>, f32)> {
+        let queries: Vec<Vec<f32>> = queries.iter().map(|q| normalised(q.clone())).collect();
         let entries = self.read();
         let mut scored: Vec<(Arc<Entry>, f32)> = entries
             .values()
-            .map(|e| (e.clone(), e.score(&query)))
+            .map(|e| {
+                let best = queries
+                    .iter()
+                    .map(|q| e.score(q))
+                    .fold(f32::NEG_INFINITY, f32::max);
+                (e.clone(), best)
+            })
             .collect();
         drop(entries);
         let k = k.min(scored.len());
@@ -350,13 +356,19 @@ mod tests {
             }
         }
         let top: Vec<String> = registry
-            .rank(&[0.0, 2.0], 2)
+            .rank(&[vec![0.0, 2.0]], 2)
             .into_iter()
             .map(|(e, _)| e.name.clone())
             .collect();
         assert_eq!(top, ["c", "b"]);
-        assert_eq!(registry.rank(&[1.0, 0.0], 10).len(), 3);
-        assert!(registry.rank(&[1.0, 0.0], 0).is_empty());
+        assert_eq!(registry.rank(&[vec![1.0, 0.0]], 10).len(), 3);
+        assert!(registry.rank(&[vec![1.0, 0.0]], 0).is_empty());
+        // Several views of a query: each expert keeps its best.
+        let top = registry.rank(&[vec![1.0, 0.0], vec![0.0, 1.0]], 3);
+        assert!(
+            top.iter()
+                .all(|(e, s)| e.name == "b" || (*s - 1.0).abs() < 1e-6)
+        );
     }
 
     #[test]

@@ -21,8 +21,10 @@ use crate::sandbox::InvocationState;
 /// Default number of experts a decision keeps.
 pub const DEFAULT_TOP_K: usize = 3;
 /// Default lowest score of a chosen expert. MiniLM cosine similarities of
-/// unrelated sentences sit around 0 to 0.2, of related ones above 0.4.
-pub const DEFAULT_THRESHOLD: f32 = 0.3;
+/// unrelated sentences sit around 0 to 0.15; a request and an example of
+/// the same task usually score 0.25 and more (measured on the labelled
+/// routing set, `tests/data/routing-labelled.json`).
+pub const DEFAULT_THRESHOLD: f32 = 0.2;
 /// Default time a router plugin gets before the default router decides.
 pub const DEFAULT_PLUGIN_DEADLINE_MS: u64 = 2_000;
 /// A last user turn shorter than this (bytes) is routed together with the
@@ -191,6 +193,29 @@ pub fn query_text(req: &Request) -> Option<String> {
     })
 }
 
+/// What is embedded for a query: the whole text and, when the text is
+/// long, its head (up to the first colon, line break or sentence end),
+/// which is usually the instruction ("Summarise this:", "Extract the name
+/// and age as JSON:") that a long passage after it would drown out. An
+/// expert scores its best match against either.
+pub fn query_views(query: &str) -> Vec<String> {
+    let mut views = vec![query.to_string()];
+    let head_end = query
+        .char_indices()
+        .find(|&(i, c)| {
+            matches!(c, ':' | '\n')
+                || (matches!(c, '.' | '?' | '!') && query[i + 1..].starts_with(char::is_whitespace))
+        })
+        .map(|(i, _)| i);
+    if let Some(end) = head_end {
+        let head = query[..end].trim();
+        if head.len() >= 8 && head.len() * 2 <= query.len() {
+            views.push(head.to_string());
+        }
+    }
+    views
+}
+
 impl Ensemble {
     /// Decide who answers `req` under `strategy`.
     pub async fn route(
@@ -221,14 +246,18 @@ impl Ensemble {
                 }
             }
         }
-        let vector = self
+        if self.model().embedder_name().is_none() {
+            return Err(RouteError::Embedder("no embedding model is loaded".into()));
+        }
+        let vectors = self
             .model()
-            .embed(vec![query])
+            .embed(query_views(&query))
             .await
-            .map_err(|e| RouteError::Embedder(e.to_string()))?
-            .pop()
-            .ok_or_else(|| RouteError::Embedder("no vector returned".into()))?;
-        let ranked = self.registry().rank(&vector, config.top_k);
+            .map_err(|e| RouteError::Embedder(e.to_string()))?;
+        if vectors.is_empty() {
+            return Err(RouteError::Embedder("no vector returned".into()));
+        }
+        let ranked = self.registry().rank(&vectors, config.top_k);
         let candidates: Vec<Choice> = ranked
             .iter()
             .map(|(e, score)| Choice {
@@ -379,6 +408,13 @@ mod tests {
             "3.11 miles\nand 10 km?"
         );
         assert!(query_text(&request(&[(Role::System, "x")])).is_none());
+    }
+
+    #[test]
+    fn a_long_request_is_also_routed_on_its_instruction() {
+        let views = query_views("Summarise this: the council met on Tuesday and voted on it.");
+        assert_eq!(views[1], "Summarise this");
+        assert_eq!(query_views("What is 2 + 2?").len(), 1);
     }
 
     #[test]
