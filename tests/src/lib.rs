@@ -115,3 +115,87 @@ pub fn real_engine() -> Arc<BurnEngine> {
         })
         .clone()
 }
+
+/// Topics the fixture's experts are generated from.
+const FIXTURE_TOPICS: &[&str] = &[
+    "astronomy",
+    "baking",
+    "chess",
+    "dentistry",
+    "ecology",
+    "fishing",
+    "geology",
+    "hiking",
+    "insurance",
+    "jazz",
+    "knitting",
+    "law",
+    "marketing",
+    "nutrition",
+    "opera",
+    "poetry",
+    "quantum physics",
+    "robotics",
+    "sailing",
+    "taxes",
+    "urban planning",
+    "volcanoes",
+    "wine",
+    "yoga",
+    "zoology",
+    "gardening",
+    "cycling",
+    "photography",
+    "pottery",
+    "welding",
+];
+/// What the fixture's experts do with a topic.
+const FIXTURE_TASKS: &[&str] = &[
+    "answers beginner questions about",
+    "writes study notes on",
+    "gives safety advice for",
+    "recommends reading on",
+    "explains the history of",
+    "plans projects in",
+    "quizzes people on",
+    "translates jargon of",
+];
+
+/// Write `count` distinct bundles under `dir` (`expert-0000`, ...): one
+/// component (`tests/plugins/echo`, built first), each with its own name,
+/// description, tags and examples, so each has its own digest and
+/// routing texts. Returns the bundle directories.
+pub fn fixture_bundles(dir: &Path, count: usize) -> Vec<PathBuf> {
+    let echo = Bundle::open(&plugin("tests/plugins/echo")).expect("echo bundle");
+    std::fs::create_dir_all(dir).expect("fixture dir");
+    (0..count)
+        .map(|i| {
+            let topic = FIXTURE_TOPICS[i % FIXTURE_TOPICS.len()];
+            let task = FIXTURE_TASKS[(i / FIXTURE_TOPICS.len()) % FIXTURE_TASKS.len()];
+            let round = i / (FIXTURE_TOPICS.len() * FIXTURE_TASKS.len());
+            let name = format!("expert-{i:04}");
+            let bundle = dir.join(&name);
+            std::fs::create_dir_all(&bundle).expect("bundle dir");
+            std::fs::write(bundle.join("component.wasm"), &echo.wasm).expect("component");
+            let manifest = format!(
+                r#"name = "{name}"
+version = "0.1.{round}"
+kind = "agent"
+description = "Expert {i}: {task} {topic} (edition {round})."
+tags = ["{topic}", "fixture"]
+examples = [
+    "Tell me something about {topic} (variant {i})",
+    "I have a question on {topic}: where do I start?",
+    "Help me with {topic}, please: request {i}",
+]
+component = "component.wasm"
+sha256 = "{sha}"
+"#,
+                sha = echo.sha256
+            );
+            std::fs::write(bundle.join(tessera_host::bundle::MANIFEST_FILE), manifest)
+                .expect("manifest");
+            bundle
+        })
+        .collect()
+}

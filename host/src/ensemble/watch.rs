@@ -17,6 +17,9 @@ use std::time::SystemTime;
 use super::Ensemble;
 use crate::bundle::{Bundle, MANIFEST_FILE};
 
+/// A scan logs its progress every this many bundles.
+pub const PROGRESS_EVERY: usize = 100;
+
 /// The files of a bundle directory as last seen.
 type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
 
@@ -114,7 +117,16 @@ impl BundleWatcher {
         }
         self.failed.retain(|d, _| dirs.contains(d));
 
-        for dir in dirs {
+        let total = dirs.len();
+        let started = std::time::Instant::now();
+        for (done, dir) in dirs.into_iter().enumerate() {
+            // A long first load shows progress.
+            if done > 0 && done % PROGRESS_EVERY == 0 {
+                tracing::info!(
+                    "loading bundles: {done}/{total} in {:.1?}",
+                    started.elapsed()
+                );
+            }
             let fingerprint = fingerprint(&dir);
             if self
                 .loaded
