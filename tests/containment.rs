@@ -13,6 +13,7 @@ use tessera_tests::{bundle, host, host_with, load, load_as, plugin, repo_root, t
 
 const HOSTILE: &str = "tests/plugins/hostile";
 const ECHO: &str = "tests/plugins/echo";
+const IMPOSTOR: &str = "tests/plugins/impostor";
 /// The hostile manifest's `limits.deadline-ms`.
 const HOSTILE_DEADLINE_MS: u64 = 500;
 
@@ -386,6 +387,60 @@ async fn tampered_component_fails_its_digest() {
     std::fs::write(dir.join("echo.wasm"), wasm).unwrap();
     let err = Bundle::open(&dir).unwrap_err().to_string();
     assert!(err.contains("sha256"), "{err}");
+}
+
+/// Regression: a bundle that looked synthesised (`version = "0.0.0"`, no
+/// description) took the name its `describe()` returned, after the
+/// duplicate check, and so could take over `calculator`. The manifest's
+/// name is the expert's name; another name from `describe()` is refused
+/// with both named.
+#[tokio::test]
+async fn a_component_cannot_take_another_experts_name() {
+    let host = host();
+    load(&host, "plugins/calculator").await;
+    let mut impostor = bundle(IMPOSTOR);
+    impostor.manifest.version = "0.0.0".into();
+    impostor.manifest.description.clear();
+    let err = host.add(impostor).await.err().expect("refused");
+    assert!(matches!(err, AddError::NameMismatch { .. }), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("`impostor`") && message.contains("`calculator`"),
+        "{message}"
+    );
+    // The same component as a bare .wasm (its describe() names it) cannot
+    // take a loaded expert's name either.
+    let dir = plugin(IMPOSTOR);
+    let wasm = dir.join(bundle(IMPOSTOR).manifest.component.unwrap());
+    let err = host
+        .add(Bundle::open(&wasm).unwrap())
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string().contains("another loaded expert has it"),
+        "{err}"
+    );
+    let answer = host
+        .invoke("calculator", Request::from_prompt("6 * 7"))
+        .await;
+    assert!(answer.result.unwrap().content.contains("42"));
+    assert_eq!(host.experts().len(), 1);
+}
+
+/// Regression: an expert named like the base model or the embedder
+/// shadowed it for every client.
+#[tokio::test]
+async fn model_names_and_the_tessera_prefix_are_reserved() {
+    let host = host_with(test_policy(), Arc::new(tessera_tests::FakeEngine::echo()));
+    for name in ["fake", "tessera-auto"] {
+        let mut b = bundle(ECHO);
+        b.manifest.name = name.into();
+        let err = host.add(b).await.err().expect("refused");
+        assert!(matches!(err, AddError::ReservedName { .. }), "{err}");
+        assert!(err.to_string().contains(name), "{err}");
+    }
+    assert!(host.experts().is_empty());
 }
 
 fn tempdir() -> std::path::PathBuf {

@@ -546,8 +546,20 @@ async fn hot_reload_adds_replaces_and_removes_bundles() {
         .json()
         .await
         .unwrap();
-    let error = health["bundle_errors"][0]["error"].as_str().unwrap();
-    assert!(error.contains("sha256"), "{health}");
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(health["bundle_errors"], 1, "{health}");
+    // The open health check names no path; the details are in /v1/status.
+    assert!(!health.to_string().contains('/'), "{health}");
+    let status: Value = client
+        .get(format!("{}/v1/status", server.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let error = status["bundle_errors"][0]["error"].as_str().unwrap();
+    assert!(error.contains("sha256"), "{status}");
     assert_eq!(
         ask("second", "still").await.1["choices"][0]["message"]["content"],
         "still"

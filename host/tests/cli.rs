@@ -299,9 +299,9 @@ fn generate_embed_and_run_on_the_real_models() {
     );
 }
 
-/// `tessera serve` as a miner runs it: options from a config file (with an
-/// API key), a plugin crate built at start, an OpenAI request over a
-/// socket, and a clean exit on SIGTERM.
+/// `tessera serve` as a plugin author runs it: options from a config file
+/// (with an API key), their plugin crate built at start (`build = true`),
+/// an OpenAI request over a socket, and a clean exit on SIGTERM.
 #[test]
 fn serve_answers_then_stops_on_sigterm() {
     use std::io::{BufRead, BufReader, Read, Write};
@@ -311,7 +311,7 @@ fn serve_answers_then_stops_on_sigterm() {
     std::fs::write(
         &config,
         format!(
-            "bundles = [{:?}]\nlisten = \"127.0.0.1:0\"\napi-keys = [\"sk-test\"]\nno-model = true\nreload-interval-ms = 0\n",
+            "bundles = [{:?}]\nlisten = \"127.0.0.1:0\"\napi-keys = [\"sk-test\"]\nno-model = true\nreload-interval-ms = 0\nbuild = true\n",
             repo().join("plugins/calculator")
         ),
     )
@@ -377,4 +377,64 @@ fn serve_answers_then_stops_on_sigterm() {
         log.contains("status=401"),
         "the request log has each request:\n{log}"
     );
+}
+
+/// Regression: `tessera serve` ran `cargo build` on every plugin crate it
+/// was given, so a stranger's `build.rs` ran natively on the miner's
+/// machine. Now serving never builds unless `--build` is given: the crate
+/// is reported as unbuilt, with the command that builds it.
+#[test]
+fn serve_does_not_build_plugin_sources() {
+    use std::io::{BufRead, BufReader};
+
+    let dir = scratch("no-build");
+    let marker = dir.join("build-script-ran");
+    let plugin = dir.join("stranger");
+    std::fs::create_dir_all(plugin.join("src")).unwrap();
+    std::fs::write(
+        plugin.join("Cargo.toml"),
+        "[package]\nname = \"stranger\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[lib]\ncrate-type = [\"cdylib\"]\n\n[workspace]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        plugin.join("build.rs"),
+        format!("fn main() {{ std::fs::write({marker:?}, b\"pwned\").unwrap(); }}\n"),
+    )
+    .unwrap();
+    std::fs::write(plugin.join("src/lib.rs"), "").unwrap();
+    std::fs::write(
+        plugin.join("tessera.toml"),
+        "name = \"stranger\"\nversion = \"0.1.0\"\n",
+    )
+    .unwrap();
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["serve", "--no-model", "--listen", "127.0.0.1:0"])
+        .args(["--reload-interval-ms", "0"])
+        .arg(&plugin)
+        .env(
+            "TESSERA_CACHE_DIR",
+            std::env::temp_dir().join("tessera-cli-test-cache"),
+        )
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting tessera serve");
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    loop {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        log.push_str(&line);
+        if line.contains("on http://") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(log.contains("serving 0 experts"), "{log}");
+    assert!(log.contains("tessera build"), "{log}");
+    assert!(!log.contains("building"), "{log}");
+    assert!(!marker.exists(), "the plugin's build script ran:\n{log}");
 }

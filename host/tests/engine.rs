@@ -200,6 +200,41 @@ async fn too_long_for_the_context_is_refused() {
     assert!(engine.complete("Hi".into(), greedy(2), None).await.is_ok());
 }
 
+/// Regression: `temperature: 1e-40` (or a repetition penalty of 1e-40)
+/// made the sampler index an empty list on the engine thread, which died
+/// and took every later request with it.
+#[tokio::test]
+async fn degenerate_sampling_does_not_stop_the_engine() {
+    let engine = engine();
+    for (temperature, repetition_penalty) in [(1e-40, 1.0), (1.0, 1e-40), (1e-40, 1e-40)] {
+        let params = SamplingParams {
+            temperature,
+            repetition_penalty,
+            top_p: 0.9,
+            max_tokens: 4,
+            ..SamplingParams::default()
+        };
+        let g = engine
+            .complete("The capital of France is".into(), params, None)
+            .await
+            .unwrap();
+        assert!(g.completion_tokens >= 1, "{g:?}");
+    }
+    // A token id the model does not have is refused, not fed to the step.
+    let err = engine
+        .generate_ids(vec![1, 49_152 + 5], greedy(2))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ModelError::InvalidInput(_)), "{err}");
+    assert!(err.to_string().contains("vocabulary of 49152"), "{err}");
+    let g = engine
+        .complete("The capital of France is".into(), greedy(3), None)
+        .await
+        .unwrap();
+    assert!(g.text.contains("Paris"), "{g:?}");
+    assert!(engine.health().serving);
+}
+
 #[tokio::test]
 async fn embeddings_match_sentence_transformers() {
     let engine = engine();

@@ -260,6 +260,11 @@ impl std::ops::AddAssign for Usage {
 
 impl ExpertInfo {
     /// Info with a name and a description; version from the crate.
+    ///
+    /// The name must be the one in the bundle's `tessera.toml` (the
+    /// manifest's name is the expert's name; the host refuses a component
+    /// whose `describe()` claims another), or empty for a component served
+    /// under several manifests.
     pub fn new(name: impl Into<String>, description: impl Into<String>) -> Self {
         ExpertInfo {
             name: name.into(),

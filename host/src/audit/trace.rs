@@ -34,8 +34,12 @@ pub struct Trace {
     /// (`None` when it generated none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mean_logprob: Option<f32>,
-    /// Host calls, in order.
+    /// Host calls, in order (up to the request's trace budget).
     pub host_calls: Vec<HostCall>,
+    /// Host calls not recorded because the request's trace budget
+    /// (`HostPolicy::max_trace_entries`) was spent.
+    #[serde(default)]
+    pub host_calls_dropped: u64,
     /// Log lines the guest wrote (up to the host's log cap).
     pub logs: Vec<LogLine>,
     /// Log lines dropped because the cap was reached.

@@ -4,6 +4,56 @@ use serde::{Deserialize, Serialize};
 
 /// The manifest's file name inside a bundle or plugin crate.
 pub const MANIFEST_FILE: &str = "tessera.toml";
+/// Longest description (manifest or `describe()`), bytes.
+pub const MAX_DESCRIPTION_BYTES: usize = 4096;
+/// Most tags.
+pub const MAX_TAGS: usize = 32;
+/// Longest tag, bytes.
+pub const MAX_TAG_BYTES: usize = 64;
+/// Most example prompts; each is embedded for routing when it loads.
+pub const MAX_EXAMPLES: usize = 32;
+/// Longest example prompt, bytes.
+pub const MAX_EXAMPLE_BYTES: usize = 1024;
+
+/// Check what an expert says about itself (from its manifest or its
+/// `describe()`) against the caps above; the error names the field.
+pub fn check_description(
+    description: &str,
+    tags: &[String],
+    examples: &[String],
+) -> Result<(), (&'static str, String)> {
+    if description.len() > MAX_DESCRIPTION_BYTES {
+        return Err((
+            "description",
+            format!(
+                "is {} bytes; at most {MAX_DESCRIPTION_BYTES}",
+                description.len()
+            ),
+        ));
+    }
+    let lists = [
+        ("tags", tags, MAX_TAGS, MAX_TAG_BYTES),
+        ("examples", examples, MAX_EXAMPLES, MAX_EXAMPLE_BYTES),
+    ];
+    for (field, items, max_count, max_bytes) in lists {
+        if items.len() > max_count {
+            return Err((
+                field,
+                format!("holds {} items; at most {max_count}", items.len()),
+            ));
+        }
+        if let Some(i) = items.iter().position(|t| t.len() > max_bytes) {
+            return Err((
+                field,
+                format!(
+                    "item {i} is {} bytes; at most {max_bytes} each",
+                    items[i].len()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// A bundle's `tessera.toml`.
 ///
@@ -260,10 +310,35 @@ impl Manifest {
                 format!("{:?}", self.version),
             ));
         }
+        if let Some(component) = &self.component
+            && (component.as_os_str().is_empty()
+                || !component
+                    .components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_))))
+        {
+            return Err(invalid(
+                "component",
+                "a relative path inside the bundle directory, such as \"expert.wasm\" (no `..`, not absolute)",
+                format!("{:?}", component.display().to_string()),
+            ));
+        }
         if let Some(sha) = &self.sha256
             && (sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()))
         {
             return Err(invalid("sha256", "64 hex digits", format!("{sha:?}")));
+        }
+        if let Err((field, problem)) =
+            check_description(&self.description, &self.tags, &self.examples)
+        {
+            return Err(invalid(
+                match field {
+                    "description" => "description",
+                    "tags" => "tags",
+                    _ => "examples",
+                },
+                "text within the caps of the plugin guide",
+                problem,
+            ));
         }
         for expert in &self.capabilities.experts {
             if expert != "*" && !is_valid_name(expert) {
@@ -288,14 +363,21 @@ impl Manifest {
     }
 }
 
-fn is_valid_name(name: &str) -> bool {
+/// Whether `name` is a valid expert name: 1 to 64 lowercase letters,
+/// digits and dashes, starting with a letter.
+pub fn is_valid_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some('a'..='z'))
         && name.len() <= 64
         && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '-'))
 }
 
-fn is_valid_version(version: &str) -> bool {
+/// Whether `version` is a semantic version `MAJOR.MINOR.PATCH` (with an
+/// optional pre-release or build suffix), at most 64 bytes.
+pub fn is_valid_version(version: &str) -> bool {
+    if version.len() > 64 {
+        return false;
+    }
     let core = version.split(['-', '+']).next().unwrap_or("");
     let parts: Vec<&str> = core.split('.').collect();
     parts.len() == 3

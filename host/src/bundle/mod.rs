@@ -4,12 +4,21 @@
 mod component;
 mod manifest;
 
-use std::path::{Path, PathBuf};
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
 
 pub use component::{ComponentError, ComponentInfo, World};
 pub use manifest::{
-    BundleKind, Capabilities, LimitsSpec, MANIFEST_FILE, Manifest, ManifestError, RoutingSpec,
+    BundleKind, Capabilities, LimitsSpec, MANIFEST_FILE, MAX_DESCRIPTION_BYTES, MAX_EXAMPLE_BYTES,
+    MAX_EXAMPLES, MAX_TAG_BYTES, MAX_TAGS, Manifest, ManifestError, RoutingSpec, check_description,
+    is_valid_name, is_valid_version,
 };
+
+/// The largest component file a bundle may hold. Python experts built
+/// with componentize-py are ~18 MB; Rust ones well under 1 MB.
+pub const MAX_COMPONENT_BYTES: u64 = 64 << 20;
+/// The largest manifest file.
+pub const MAX_MANIFEST_BYTES: u64 = 256 << 10;
 
 /// A bundle read from disk: its manifest and component bytes.
 #[derive(Debug, Clone)]
@@ -22,6 +31,9 @@ pub struct Bundle {
     pub wasm: Vec<u8>,
     /// sha256 of `wasm`, hex.
     pub sha256: String,
+    /// A bare `.wasm` given on the command line: its manifest was made up
+    /// here, so the component's `describe()` names it.
+    pub bare: bool,
 }
 
 /// Why a bundle could not be read.
@@ -41,7 +53,7 @@ pub enum BundleError {
     },
     /// The manifest names no component.
     #[error(
-        "{manifest}: no `component` field, and no built component: build the plugin with `tessera build {dir}`"
+        "{manifest}: no `component` field, and no built component: build the plugin with `tessera build {dir}` (or start `tessera serve --build` for your own plugin crates)"
     )]
     NoComponent {
         /// The manifest file.
@@ -64,6 +76,34 @@ pub enum BundleError {
     /// The path is neither a bundle directory nor a `.wasm` file.
     #[error("{0}: not a bundle (a directory with {MANIFEST_FILE}) nor a .wasm component")]
     NotABundle(PathBuf),
+    /// A file the manifest names lies outside the bundle directory.
+    #[error(
+        "{path}: resolves outside the bundle directory {dir} (through a symlink?); a bundle may only use its own files"
+    )]
+    OutsideBundle {
+        /// The file as named.
+        path: PathBuf,
+        /// The bundle directory.
+        dir: PathBuf,
+    },
+    /// Not a regular file (a FIFO, a device, a directory).
+    #[error("{path}: is {kind}, not a regular file")]
+    NotAFile {
+        /// The file.
+        path: PathBuf,
+        /// What it is instead.
+        kind: &'static str,
+    },
+    /// Over the size cap.
+    #[error("{path}: is {size} bytes, over the limit of {max} bytes")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+        /// The cap.
+        max: u64,
+    },
 }
 
 impl Bundle {
@@ -78,9 +118,16 @@ impl Bundle {
         if !manifest_path.is_file() {
             return Err(BundleError::NotABundle(path.to_path_buf()));
         }
-        let manifest = Manifest::from_file(&manifest_path)?;
+        let text = read_inside(path, Path::new(MANIFEST_FILE), MAX_MANIFEST_BYTES)?;
+        let text = String::from_utf8(text).map_err(|_| {
+            BundleError::Manifest(ManifestError::Parse {
+                path: manifest_path.clone(),
+                message: "the file is not UTF-8 text".into(),
+            })
+        })?;
+        let manifest = Manifest::from_toml(&text, &manifest_path)?;
         let component = match &manifest.component {
-            Some(component) => path.join(component),
+            Some(component) => component.clone(),
             None => {
                 // A plugin crate: use what `tessera build` made, if anything.
                 let built = crate::build::default_bundle_dir(path);
@@ -93,16 +140,13 @@ impl Bundle {
                 });
             }
         };
-        let wasm = std::fs::read(&component).map_err(|reason| BundleError::ReadComponent {
-            path: component.clone(),
-            reason,
-        })?;
+        let wasm = read_inside(path, &component, MAX_COMPONENT_BYTES)?;
         let sha256 = sha256_hex(&wasm);
         if let Some(expected) = &manifest.sha256
             && !expected.eq_ignore_ascii_case(&sha256)
         {
             return Err(BundleError::DigestMismatch {
-                path: component,
+                path: path.join(component),
                 expected: expected.clone(),
                 actual: sha256,
             });
@@ -112,14 +156,12 @@ impl Bundle {
             manifest,
             wasm,
             sha256,
+            bare: false,
         })
     }
 
     fn open_wasm(path: &Path) -> Result<Bundle, BundleError> {
-        let wasm = std::fs::read(path).map_err(|reason| BundleError::ReadComponent {
-            path: path.to_path_buf(),
-            reason,
-        })?;
+        let wasm = read_capped(path, MAX_COMPONENT_BYTES)?;
         let name = path
             .file_stem()
             .and_then(|s| s.to_str())
@@ -131,7 +173,108 @@ impl Bundle {
             manifest: Manifest::for_bare_component(&name),
             wasm,
             sha256,
+            bare: true,
         })
+    }
+}
+
+/// Read `rel` inside the bundle directory `dir`: a relative path of plain
+/// names that resolves, symlinks followed, to a regular file inside `dir`
+/// of at most `max` bytes.
+pub fn read_inside(dir: &Path, rel: &Path, max: u64) -> Result<Vec<u8>, BundleError> {
+    let named = dir.join(rel);
+    if !rel.components().all(|c| matches!(c, Component::Normal(_))) {
+        return Err(BundleError::OutsideBundle {
+            path: named,
+            dir: dir.to_path_buf(),
+        });
+    }
+    let io = |reason| BundleError::ReadComponent {
+        path: named.clone(),
+        reason,
+    };
+    let root = dir.canonicalize().map_err(io)?;
+    let resolved = named.canonicalize().map_err(io)?;
+    if !resolved.starts_with(&root) {
+        return Err(BundleError::OutsideBundle {
+            path: named,
+            dir: dir.to_path_buf(),
+        });
+    }
+    read_capped(&resolved, max).map_err(|e| match e {
+        // Name the file as the manifest does, not its resolved path.
+        BundleError::NotAFile { kind, .. } => BundleError::NotAFile { path: named, kind },
+        BundleError::TooLarge { size, max, .. } => BundleError::TooLarge {
+            path: named,
+            size,
+            max,
+        },
+        other => other,
+    })
+}
+
+/// Read the regular file `path`, of at most `max` bytes. A FIFO or device
+/// is refused without blocking on it (it is opened non-blocking and
+/// checked before any read), and the read stops at the cap even if the
+/// file grows meanwhile.
+pub fn read_capped(path: &Path, max: u64) -> Result<Vec<u8>, BundleError> {
+    let io = |reason| BundleError::ReadComponent {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = options.open(path).map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    if !meta.is_file() {
+        return Err(BundleError::NotAFile {
+            path: path.to_path_buf(),
+            kind: file_kind(&meta),
+        });
+    }
+    if meta.len() > max {
+        return Err(BundleError::TooLarge {
+            path: path.to_path_buf(),
+            size: meta.len(),
+            max,
+        });
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(max + 1).read_to_end(&mut bytes).map_err(io)?;
+    if bytes.len() as u64 > max {
+        return Err(BundleError::TooLarge {
+            path: path.to_path_buf(),
+            size: bytes.len() as u64,
+            max,
+        });
+    }
+    Ok(bytes)
+}
+
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        let t = meta.file_type();
+        if t.is_fifo() {
+            return "a FIFO";
+        }
+        if t.is_char_device() || t.is_block_device() {
+            return "a device";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+    }
+    if meta.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file"
     }
 }
 
@@ -139,4 +282,75 @@ impl Bundle {
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bundle_dir(component: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(MANIFEST_FILE),
+            format!("name = \"x\"\nversion = \"0.1.0\"\ncomponent = {component:?}\n"),
+        )
+        .unwrap();
+        dir
+    }
+
+    /// Regression: `component = "../../../../etc/passwd"` was read.
+    #[test]
+    fn component_paths_stay_inside_the_bundle() {
+        let dir = bundle_dir("../../../../etc/passwd");
+        let err = Bundle::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("field `component`"), "{err}");
+        let dir = bundle_dir("/etc/passwd");
+        let err = Bundle::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("field `component`"), "{err}");
+    }
+
+    #[test]
+    fn a_symlink_out_of_the_bundle_is_refused() {
+        let dir = bundle_dir("expert.wasm");
+        std::os::unix::fs::symlink("/etc/hostname", dir.path().join("expert.wasm")).unwrap();
+        let err = Bundle::open(dir.path()).unwrap_err();
+        assert!(matches!(err, BundleError::OutsideBundle { .. }), "{err}");
+        assert!(err.to_string().contains("outside the bundle directory"));
+        // A symlink within the bundle is fine.
+        let dir = bundle_dir("expert.wasm");
+        std::fs::write(dir.path().join("real.wasm"), b"bytes").unwrap();
+        std::os::unix::fs::symlink("real.wasm", dir.path().join("expert.wasm")).unwrap();
+        assert_eq!(Bundle::open(dir.path()).unwrap().wasm, b"bytes");
+    }
+
+    /// Regression: a FIFO as the component hung start-up.
+    #[test]
+    fn fifos_and_devices_are_refused_without_blocking() {
+        let dir = bundle_dir("expert.wasm");
+        let fifo = dir.path().join("expert.wasm");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let err = Bundle::open(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("is a FIFO"), "{err}");
+        let err = read_capped(Path::new("/dev/zero"), 10).unwrap_err();
+        assert!(err.to_string().contains("is a device"), "{err}");
+    }
+
+    #[test]
+    fn oversized_files_are_refused() {
+        let dir = bundle_dir("expert.wasm");
+        std::fs::write(dir.path().join("expert.wasm"), vec![0u8; 100]).unwrap();
+        let err = read_inside(dir.path(), Path::new("expert.wasm"), 99).unwrap_err();
+        assert!(
+            err.to_string().contains("100 bytes, over the limit of 99"),
+            "{err}"
+        );
+        assert_eq!(
+            read_inside(dir.path(), Path::new("expert.wasm"), 100)
+                .unwrap()
+                .len(),
+            100
+        );
+    }
 }

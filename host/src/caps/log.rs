@@ -25,13 +25,14 @@ impl Host for InvocationState {
                 .panic_message
                 .get_or_insert_with(|| truncate(&message, 1024));
         }
-        tracing::debug!(expert = self.expert_name(), level, %message, "guest log");
         let size = message.len() + fields.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
         let max = self.ensemble.sandbox().policy().max_log_bytes;
+        // The cap comes before any sink, the host's own log included.
         if self.recorder.log_bytes + size > max {
             self.recorder.logs_dropped += 1;
             return Ok(());
         }
+        tracing::debug!(expert = self.expert_name(), level, %message, "guest log");
         self.recorder.log_bytes += size;
         let at_us = self.elapsed_us();
         self.recorder.logs.push(LogLine {

@@ -6,12 +6,14 @@ use crate::bindings::types::{
     Completion, Error, FinishReason, Message, Role, Sampling, TokenLogprob, Usage,
 };
 use crate::inference::{
-    ChatMessage, ChatRole, DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, Finish, Generation, ModelError,
-    SamplingParams,
+    ChatMessage, ChatRole, Finish, Generation, ModelError, SamplingOptions, SamplingParams,
 };
 use crate::sandbox::InvocationState;
 
 const INTERFACE: &str = "tessera:expert/model";
+
+/// Most texts one `model.embed` call may send.
+pub const MAX_EMBED_TEXTS: usize = 256;
 
 impl InvocationState {
     /// Grants and budgets, checked before every model call.
@@ -48,37 +50,11 @@ impl InvocationState {
             .limits
             .generated_tokens
             .saturating_sub(self.recorder.generated_tokens);
-        let temperature = sampling.temperature.unwrap_or(DEFAULT_TEMPERATURE);
-        if !(temperature.is_finite() && temperature >= 0.0) {
-            return Err(Error::InvalidInput(format!(
-                "sampling.temperature must be a number >= 0, got {temperature}"
-            )));
-        }
-        let top_p = sampling.top_p.unwrap_or(1.0);
-        if !(top_p > 0.0 && top_p <= 1.0) {
-            return Err(Error::InvalidInput(format!(
-                "sampling.top-p must be in (0, 1], got {top_p}"
-            )));
-        }
-        let repetition_penalty = sampling.repetition_penalty.unwrap_or(1.0);
-        if !(repetition_penalty.is_finite() && repetition_penalty > 0.0) {
-            return Err(Error::InvalidInput(format!(
-                "sampling.repetition-penalty must be a number > 0, got {repetition_penalty}"
-            )));
-        }
-        Ok(SamplingParams {
-            temperature,
-            repetition_penalty,
-            top_p,
-            top_k: sampling.top_k,
-            max_tokens: sampling
-                .max_tokens
-                .unwrap_or(DEFAULT_MAX_TOKENS)
-                .min(remaining),
-            seed: sampling.seed,
-            stop: sampling.stop,
-            owner: Some(self.expert_name().to_string()),
-        })
+        let mut params = SamplingOptions::from(sampling)
+            .check(remaining)
+            .map_err(|e| Error::InvalidInput(format!("{} {}", e.field.wit_name(), e.message)))?;
+        params.owner = Some(self.expert_name().to_string());
+        Ok(params)
     }
 
     fn finish_generation(&mut self, generation: Generation) -> Completion {
@@ -133,6 +109,20 @@ impl InvocationState {
         };
         self.end_call(record, bytes_out, tokens, error, None);
         result
+    }
+}
+
+impl From<Sampling> for SamplingOptions {
+    fn from(s: Sampling) -> Self {
+        SamplingOptions {
+            temperature: s.temperature,
+            top_p: s.top_p,
+            top_k: s.top_k,
+            repetition_penalty: s.repetition_penalty,
+            max_tokens: s.max_tokens,
+            seed: s.seed,
+            stop: s.stop,
+        }
     }
 }
 
@@ -275,7 +265,17 @@ impl Host for InvocationState {
         texts: Vec<String>,
     ) -> wasmtime::Result<Result<Vec<Vec<f32>>, Error>> {
         let record = self.begin_call(INTERFACE, "embed", super::strings_len(&texts));
-        let result = match self.check_model_access(false) {
+        let access = self.check_model_access(false).and_then(|()| {
+            if texts.len() > MAX_EMBED_TEXTS {
+                Err(Error::LimitExceeded(format!(
+                    "model.embed takes at most {MAX_EMBED_TEXTS} texts per call, got {}; send them in batches",
+                    texts.len()
+                )))
+            } else {
+                Ok(())
+            }
+        });
+        let result = match access {
             Ok(()) => {
                 let engine = self.ensemble.model().clone();
                 engine.embed(texts).await.map_err(model_error)

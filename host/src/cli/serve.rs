@@ -26,8 +26,9 @@ pub const DEFAULT_RELOAD_INTERVAL_MS: u64 = 1000;
 /// `--config` file (same names, kebab-case); flags win.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// Bundle directories, or directories of bundles (plugin crates among
-    /// them are built first) [default: ./plugins, the example experts].
+    /// Bundle directories, or directories of bundles; a plugin crate is
+    /// served from what `tessera build` made of it [default: ./plugins,
+    /// the example experts].
     #[arg(value_name = "DIR")]
     bundles: Vec<PathBuf>,
 
@@ -41,7 +42,12 @@ pub struct ServeArgs {
 
     /// An API key clients must send as `Authorization: Bearer KEY`
     /// (repeat for several) [env: TESSERA_API_KEY].
-    #[arg(long = "api-key", value_name = "KEY", env = "TESSERA_API_KEY")]
+    #[arg(
+        long = "api-key",
+        value_name = "KEY",
+        env = "TESSERA_API_KEY",
+        hide_env_values = true
+    )]
     api_keys: Vec<String>,
 
     /// A file of API keys, one per line (`#` starts a comment).
@@ -69,8 +75,16 @@ pub struct ServeArgs {
     #[arg(long, value_name = "MS")]
     reload_interval_ms: Option<u64>,
 
-    /// Do not build plugin crates; serve what is built already.
+    /// Build the plugin crates among the bundle directories before serving.
+    /// Building runs cargo, and with it each crate's build scripts and
+    /// proc-macros, natively on this machine: use it only for your own
+    /// sources, never for bundles from strangers.
     #[arg(long)]
+    build: bool,
+
+    /// Serving never builds unless `--build` is given; kept so that older
+    /// command lines still work.
+    #[arg(long, hide = true)]
     no_build: bool,
 
     /// Load no model: only experts that need none can answer.
@@ -123,6 +137,7 @@ struct ConfigFile {
     max_queued: Option<usize>,
     request_timeout_secs: Option<u64>,
     reload_interval_ms: Option<u64>,
+    build: Option<bool>,
     no_build: Option<bool>,
     no_model: Option<bool>,
     router: Option<String>,
@@ -179,6 +194,7 @@ impl ServeArgs {
         self.max_queued = self.max_queued.or(c.max_queued);
         self.request_timeout_secs = self.request_timeout_secs.or(c.request_timeout_secs);
         self.reload_interval_ms = self.reload_interval_ms.or(c.reload_interval_ms);
+        self.build |= c.build.unwrap_or(false);
         self.no_build |= c.no_build.unwrap_or(false);
         self.no_model |= c.no_model.unwrap_or(false);
         self.router = self.router.take().or(c.router);
@@ -300,7 +316,7 @@ pub async fn run(args: ServeArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<
         .with_context(|| format!("cannot listen on {listen} (--listen)"))?;
 
     let mut watcher = BundleWatcher::new(roots);
-    if !args.no_build {
+    if args.build && !args.no_build {
         build_crates(&watcher.discover());
     }
     let engine = if args.no_model {
@@ -346,7 +362,7 @@ pub async fn run(args: ServeArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<
             String::new()
         } else {
             format!(
-                "; {} bundles failed (see above and GET /healthz)",
+                "; {} bundles failed (see above and GET /v1/status)",
                 report.failed.len()
             )
         }

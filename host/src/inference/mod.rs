@@ -12,6 +12,7 @@ pub mod llama;
 mod models;
 pub mod quant;
 pub mod sampler;
+pub mod sampling;
 mod tokenizer;
 pub mod weights;
 
@@ -23,6 +24,7 @@ pub use models::{
     MINILM, MODELS, MODELS_DIR_ENV, ModelFile, ModelFileError, ModelSpec, ModelStatus, ModelStore,
     PullEvent, SMOLLM2,
 };
+pub use sampling::{SamplingError, SamplingField, SamplingOptions};
 pub use tokenizer::{TextTokenizer, TokenizerError};
 pub use weights::LoadError;
 
@@ -210,6 +212,28 @@ pub trait ModelEngine: Send + Sync + 'static {
     fn stats(&self) -> Option<EngineStats> {
         None
     }
+
+    /// Whether the engine can serve, for `/healthz`.
+    fn health(&self) -> EngineHealth {
+        EngineHealth {
+            serving: true,
+            recovered_failures: 0,
+            last_failure: None,
+        }
+    }
+}
+
+/// Whether an engine serves, and what it survived.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct EngineHealth {
+    /// It accepts and runs work. `false` once its thread has ended: every
+    /// model request fails until the host restarts.
+    pub serving: bool,
+    /// Failures (panics inside a scheduler round) it recovered from: each
+    /// failed the requests running at that moment, and nothing else.
+    pub recovered_failures: u64,
+    /// The last such failure's cause.
+    pub last_failure: Option<String>,
 }
 
 /// Where streamed text goes: each message is the next piece of the answer.

@@ -35,11 +35,24 @@ pub const MAX_CALL_DEPTH: u32 = 4;
 pub const MAX_LOG_BYTES: usize = 64 * 1024;
 /// WASI stdout + stderr bytes kept per invocation; the rest is dropped.
 pub const MAX_STDIO_BYTES: usize = 64 * 1024;
+/// Host calls one request may record in its traces, nested ones
+/// included; past it they are counted, not kept. A loop of refused calls
+/// once grew host memory by gigabytes.
+pub const MAX_TRACE_ENTRIES: usize = 4096;
 /// The largest answer an expert may return.
 pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 /// Instances the pooling allocator keeps slots for: the most invocations
 /// that can run at once on one host.
 pub const POOL_INSTANCES: u32 = 512;
+/// Most core instances one component may create. A Rust expert has a few
+/// (its module and wit-component's shims); a componentize-py one links
+/// libc, libpython and friends as separate modules, about a dozen.
+pub const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 32;
+/// Most linear memories one component may hold (their sizes are summed
+/// against `limits.memory-mib` as well).
+pub const MAX_MEMORIES_PER_COMPONENT: u32 = 4;
+/// Most tables one component may hold.
+pub const MAX_TABLES_PER_COMPONENT: u32 = 16;
 
 /// What the host allows, whatever manifests ask for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -72,6 +85,8 @@ pub struct HostPolicy {
     pub max_stdio_bytes: usize,
     /// Largest answer.
     pub max_response_bytes: usize,
+    /// Host calls recorded per request, nested ones included.
+    pub max_trace_entries: usize,
     /// Concurrent instance slots in the pooling allocator.
     pub pool_instances: u32,
 }
@@ -93,6 +108,7 @@ impl Default for HostPolicy {
             max_log_bytes: MAX_LOG_BYTES,
             max_stdio_bytes: MAX_STDIO_BYTES,
             max_response_bytes: MAX_RESPONSE_BYTES,
+            max_trace_entries: MAX_TRACE_ENTRIES,
             pool_instances: POOL_INSTANCES,
         }
     }

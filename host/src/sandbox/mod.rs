@@ -270,6 +270,10 @@ fn engine_config(policy: &HostPolicy) -> Config {
     pool.total_memories(policy.pool_instances.saturating_mul(2));
     pool.total_tables(policy.pool_instances.saturating_mul(4));
     pool.total_stacks(policy.pool_instances);
+    // One component cannot take a large share of the pool's slots.
+    pool.max_core_instances_per_component(MAX_CORE_INSTANCES_PER_COMPONENT);
+    pool.max_memories_per_component(MAX_MEMORIES_PER_COMPONENT);
+    pool.max_tables_per_component(MAX_TABLES_PER_COMPONENT);
     pool.max_memory_size(usize::try_from(policy.max_memory_bytes).unwrap_or(usize::MAX));
     // Reset the low part of a finished instance's memory, tables and stack in
     // place (only the pages it touched, found with PAGEMAP_SCAN where the

@@ -2,6 +2,7 @@
 //! recorded and the (empty) WASI context.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use wasmtime::component::ResourceTable;
@@ -30,6 +31,9 @@ pub struct InvocationState {
     pub(crate) answer_stream: Option<crate::inference::Deltas>,
     pub(crate) limiter: MemoryLimiter,
     pub(crate) recorder: Recorder,
+    /// Host calls the whole request may still record (shared with nested
+    /// invocations).
+    pub(crate) trace_budget: Arc<AtomicUsize>,
     stdout: CappedOutput,
     stderr: CappedOutput,
     table: ResourceTable,
@@ -40,6 +44,7 @@ pub struct InvocationState {
 #[derive(Debug, Default)]
 pub(crate) struct Recorder {
     pub(crate) host_calls: Vec<HostCall>,
+    pub(crate) host_calls_dropped: u64,
     pub(crate) logs: Vec<LogLine>,
     pub(crate) log_bytes: usize,
     pub(crate) logs_dropped: u64,
@@ -66,9 +71,14 @@ pub(crate) struct Recorder {
 
 /// A host call being recorded; see [`InvocationState::begin_call`].
 pub struct CallRecord {
-    index: usize,
+    /// `None` when the trace budget was spent: the call is only counted.
+    index: Option<usize>,
     started: Instant,
 }
+
+/// Longest error line kept in a trace entry: errors may quote what the
+/// guest sent.
+pub const MAX_TRACE_ERROR_BYTES: usize = 1024;
 
 impl InvocationState {
     pub(crate) fn new(
@@ -93,6 +103,7 @@ impl InvocationState {
                 initial_fuel: limits.fuel,
                 ..Recorder::default()
             },
+            trace_budget: Arc::new(AtomicUsize::new(policy.max_trace_entries)),
             stdout: CappedOutput::new(stdio_cap),
             stderr: CappedOutput::new(stdio_cap),
             table: ResourceTable::new(),
@@ -119,6 +130,20 @@ impl InvocationState {
     ) -> CallRecord {
         let fuel = self.recorder.fuel_at_host_entry;
         let at_us = self.elapsed_us();
+        let spent = self
+            .trace_budget
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                left.checked_sub(1)
+            })
+            .is_err();
+        if spent {
+            self.recorder.host_calls_dropped += 1;
+            self.recorder.open_call = None;
+            return CallRecord {
+                index: None,
+                started: Instant::now(),
+            };
+        }
         self.recorder.host_calls.push(HostCall {
             interface: interface.to_string(),
             function: function.to_string(),
@@ -135,7 +160,7 @@ impl InvocationState {
         let index = self.recorder.host_calls.len() - 1;
         self.recorder.open_call = Some(index);
         CallRecord {
-            index,
+            index: Some(index),
             started: Instant::now(),
         }
     }
@@ -149,11 +174,12 @@ impl InvocationState {
         error: Option<String>,
         nested: Option<Trace>,
     ) {
-        let call = &mut self.recorder.host_calls[record.index];
+        let Some(index) = record.index else { return };
+        let call = &mut self.recorder.host_calls[index];
         call.duration_us = record.started.elapsed().as_micros() as u64;
         call.bytes_out = bytes_out;
         call.tokens = tokens;
-        call.error = error;
+        call.error = error.map(|e| truncate(e, MAX_TRACE_ERROR_BYTES));
         call.nested = nested.map(Box::new);
     }
 
@@ -163,6 +189,20 @@ impl InvocationState {
         let (err, err_dropped) = self.stderr.take();
         (out, err, out_dropped + err_dropped)
     }
+}
+
+/// `s` cut to at most `max` bytes (on a character boundary), marked with
+/// an ellipsis when cut.
+pub(crate) fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+    s
 }
 
 impl WasiView for InvocationState {

@@ -105,9 +105,10 @@ pub(super) async fn chat_completions(
         let body = body_bytes(body)?;
         let req: openai::ChatRequest = openai::parse_request(&body)?;
         let target = state.resolve(&req.model)?;
-        // Only served names become metric labels: unknown ones would let
-        // clients grow the label sets without bound.
-        served.model = req.model.clone();
+        // Only served names, in their canonical spelling, become metric
+        // labels: anything else would let clients grow the label sets
+        // without bound.
+        served.model = state.canonical_id(&target);
         req.check()?;
         let mut checked = req.common.check(crate::inference::DEFAULT_MAX_TOKENS)?;
         if let Some(schema) = req.schema()? {
@@ -148,7 +149,7 @@ pub(super) async fn completions(
         let body = body_bytes(body)?;
         let req: openai::CompletionRequest = openai::parse_request(&body)?;
         let target = state.resolve(&req.model)?;
-        served.model = req.model.clone();
+        served.model = state.canonical_id(&target);
         let prompts = req.prompts()?;
         let checked = req.common.check(openai::COMPLETIONS_DEFAULT_MAX_TOKENS)?;
         let choices = prompts.len() as u64 * u64::from(checked.n);
@@ -298,7 +299,7 @@ pub(super) async fn route(
                 ),
             ));
         }
-        served.model = req.model.clone();
+        served.model = state.canonical_id(&target);
         let checked = req.common.check(crate::inference::DEFAULT_MAX_TOKENS)?;
         let mut plan = Plan {
             shape: Shape::Chat,
@@ -841,7 +842,8 @@ async fn stream_response(
     mut served: Served,
 ) -> Response {
     let (tx, mut rx) = mpsc::channel::<Item>(STREAM_BUFFER);
-    let model = plan.model.clone();
+    let model = state.canonical_id(&plan.target);
+    let label = model.clone();
     let endpoint = plan.shape.endpoint();
     let driver_state = state.clone();
     tokio::spawn(async move {
@@ -860,7 +862,7 @@ async fn stream_response(
                 metrics
                     .cancelled
                     .get_or_create(&ExpertLabels {
-                        expert: plan.model.clone(),
+                        expert: label.clone(),
                     })
                     .inc();
                 (499, (0, 0))
@@ -872,16 +874,16 @@ async fn stream_response(
         metrics.record(
             RequestLabels {
                 endpoint: endpoint.to_string(),
-                model: plan.model.clone(),
+                model: label.clone(),
                 status,
             },
             seconds,
         );
-        metrics.record_tokens(&plan.model, tokens.0, tokens.1);
+        metrics.record_tokens(&label, tokens.0, tokens.1);
         tracing::info!(
             request_id = %plan.request_id,
             path = endpoint,
-            model = plan.model,
+            model = label,
             status,
             stream = true,
             duration_ms = (seconds * 1000.0).round() as u64,

@@ -189,6 +189,19 @@ impl AppState {
         Err(ApiError::unknown_model(model, &known))
     }
 
+    /// The canonical id of what answers: the metric label and log field
+    /// for a request, whatever spelling the client used (names match
+    /// ignoring case, and 300 spellings once made 300 label sets).
+    fn canonical_id(&self, target: &Target) -> String {
+        let engine = self.inner.ensemble.model();
+        match target {
+            Target::Base => engine.model_name().to_string(),
+            Target::Embedder => engine.embedder_name().unwrap_or("-").to_string(),
+            Target::Expert(e) => e.name().to_string(),
+            Target::Auto(strategy) => strategy.model_id().to_string(),
+        }
+    }
+
     fn catalog(&self) -> Vec<CatalogEntry> {
         let engine = self.inner.ensemble.model();
         let mut entries: Vec<CatalogEntry> = self
@@ -316,6 +329,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/models", get(list_models))
         .route("/v1/models/{*id}", get(get_model))
         .route("/healthz", get(healthz))
+        .route("/v1/status", get(status))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
@@ -476,6 +490,7 @@ fn endpoint_name(path: &str) -> &'static str {
         "/v1/route" => "route",
         "/v1/models" | "/v1/models/{*id}" => "models",
         "/healthz" => "healthz",
+        "/v1/status" => "status",
         "/metrics" => "metrics",
         _ => "other",
     }
@@ -486,11 +501,14 @@ async fn authenticate(State(state): State<AppState>, request: Request, next: Nex
     if keys.is_empty() || request.uri().path() == "/healthz" {
         return next.run(request).await;
     }
+    // The scheme is case-insensitive (RFC 9110 §11.1): `bearer` works too.
     let given = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| v.trim_start().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, key)| key);
     match given {
         Some(key)
             if keys
@@ -545,17 +563,54 @@ async fn get_model(State(state): State<AppState>, Path(id): Path<String>) -> Res
     }
 }
 
+/// For load balancers and anyone: no authentication, so no paths, names
+/// or errors. `ok`; `degraded` when bundles failed to load (the rest
+/// serve); `unavailable` with 503 when the model engine has stopped.
 async fn healthz(State(state): State<AppState>) -> Response {
-    let engine = state.ensemble().model();
-    let problems = state.bundle_problems();
+    let engine = state.ensemble().model().health();
+    let bundle_errors = state.bundle_problems().len();
+    let (code, status) = if !engine.serving {
+        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    } else if bundle_errors > 0 {
+        (axum::http::StatusCode::OK, "degraded")
+    } else {
+        (axum::http::StatusCode::OK, "ok")
+    };
+    (
+        code,
+        axum::Json(json!({
+            "status": status,
+            "engine": if engine.serving { "serving" } else { "stopped" },
+            "experts": state.ensemble().experts().len(),
+            "bundle_errors": bundle_errors,
+        })),
+    )
+        .into_response()
+}
+
+/// The operator's view, behind the API key: bundles that failed and why,
+/// the engine's failures and load.
+async fn status(State(state): State<AppState>) -> Response {
+    let model = state.ensemble().model();
+    let health = model.health();
     axum::Json(json!({
-        "status": "ok",
-        "model": engine.model_name(),
-        "embedder": engine.embedder_name(),
+        "status": if health.serving { "serving" } else { "stopped" },
+        "model": model.model_name(),
+        "embedder": model.embedder_name(),
+        "engine": health,
+        "engine_stats": model.stats().map(|s| json!({
+            "active": s.active,
+            "queued": s.queued,
+            "reserved_kv_tokens": s.reserved_kv_tokens,
+            "kv_budget_tokens": s.kv_budget_tokens,
+            "steps": s.steps,
+            "generated_tokens": s.generated_tokens,
+            "cancelled": s.cancelled,
+        })),
         "experts": state.ensemble().experts().len(),
         "in_flight": state.admission().running(),
         "queued": state.admission().queued(),
-        "bundle_errors": problems,
+        "bundle_errors": state.bundle_problems(),
     }))
     .into_response()
 }
@@ -602,7 +657,7 @@ async fn embed(
     let body = chat::body_bytes(body)?;
     let req: openai::EmbeddingRequest = openai::parse(&body)?;
     let target = state.resolve(&req.model)?;
-    served.model = req.model.clone();
+    served.model = state.canonical_id(&target);
     match target {
         Target::Embedder => {}
         _ => {

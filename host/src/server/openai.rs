@@ -7,15 +7,19 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::error::ApiError;
-use crate::inference::{ChatMessage, ChatRole, DEFAULT_TEMPERATURE, SamplingParams};
+use crate::inference::{ChatMessage, ChatRole, SamplingField, SamplingOptions, SamplingParams};
 use crate::types::{Message, Request, Role, Sampling};
 
 /// Most choices one request may ask for (`n`).
 pub const MAX_N: u32 = 16;
 /// Most choices one completions request may ask for (prompts × `n`).
 pub const MAX_CHOICES: u32 = 64;
-/// Most stop strings (OpenAI's limit).
-pub const MAX_STOP: usize = 4;
+/// Most `metadata` pairs (OpenAI's limit).
+pub const MAX_METADATA_PAIRS: usize = 16;
+/// Longest `metadata` key, bytes (OpenAI's limit).
+pub const MAX_METADATA_KEY_BYTES: usize = 64;
+/// Longest `metadata` value (and `user`), bytes (OpenAI's limit).
+pub const MAX_METADATA_VALUE_BYTES: usize = 512;
 /// `max_tokens` of `/v1/completions` when the request has none (OpenAI's
 /// default).
 pub const COMPLETIONS_DEFAULT_MAX_TOKENS: u32 = 16;
@@ -269,27 +273,6 @@ impl CommonParams {
         let bad = |field: &str, message: String| {
             ApiError::invalid(Some(field.to_string()), format!("`{field}` {message}"))
         };
-        if let Some(t) = self.temperature
-            && !(t.is_finite() && (0.0..=2.0).contains(&t))
-        {
-            return Err(bad(
-                "temperature",
-                format!("must be between 0 and 2, got {t}"),
-            ));
-        }
-        if let Some(p) = self.top_p
-            && !(p > 0.0 && p <= 1.0)
-        {
-            return Err(bad("top_p", format!("must be in (0, 1], got {p}")));
-        }
-        if let Some(0) = self.top_k {
-            return Err(bad("top_k", "must be at least 1".into()));
-        }
-        if let Some(r) = self.repetition_penalty
-            && !(r.is_finite() && r > 0.0)
-        {
-            return Err(bad("repetition_penalty", format!("must be > 0, got {r}")));
-        }
         for (field, value) in [
             ("frequency_penalty", self.frequency_penalty),
             ("presence_penalty", self.presence_penalty),
@@ -310,9 +293,6 @@ impl CommonParams {
             (None, Some(m)) => ("max_tokens", m),
             (None, None) => ("max_tokens", default_max_tokens),
         };
-        if max_tokens.1 == 0 {
-            return Err(bad(max_tokens.0, "must be at least 1".into()));
-        }
         let n = self.n.unwrap_or(1);
         if !(1..=MAX_N).contains(&n) {
             return Err(bad("n", format!("must be between 1 and {MAX_N}, got {n}")));
@@ -328,26 +308,61 @@ impl CommonParams {
             Some(Stop::One(s)) => vec![s.clone()],
             Some(Stop::Many(v)) => v.clone(),
         };
-        if stop.len() > MAX_STOP {
+        let options = SamplingOptions {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            repetition_penalty: self.repetition_penalty,
+            max_tokens: Some(max_tokens.1),
+            seed: self.seed,
+            stop: stop.clone(),
+        };
+        // The same check as for experts' model calls, so the two doors
+        // agree; only the field's spelling differs.
+        let params = options.check(u32::MAX).map_err(|e| {
+            let field = match e.field {
+                SamplingField::MaxTokens => max_tokens.0.to_string(),
+                other => other.http_name(),
+            };
+            bad(&field, e.message)
+        })?;
+        if self.metadata.len() > MAX_METADATA_PAIRS {
             return Err(bad(
-                "stop",
-                format!("may hold at most {MAX_STOP} strings, got {}", stop.len()),
+                "metadata",
+                format!(
+                    "may hold at most {MAX_METADATA_PAIRS} pairs, got {}",
+                    self.metadata.len()
+                ),
+            ));
+        }
+        if let Some((k, v)) = self
+            .metadata
+            .iter()
+            .find(|(k, v)| k.len() > MAX_METADATA_KEY_BYTES || v.len() > MAX_METADATA_VALUE_BYTES)
+        {
+            return Err(bad(
+                &format!("metadata.{}", k.chars().take(64).collect::<String>()),
+                format!(
+                    "is too long ({} byte key, {} byte value); keys may be {MAX_METADATA_KEY_BYTES} bytes and values {MAX_METADATA_VALUE_BYTES}",
+                    k.len(),
+                    v.len()
+                ),
+            ));
+        }
+        if self
+            .user
+            .as_ref()
+            .is_some_and(|u| u.len() > MAX_METADATA_VALUE_BYTES)
+        {
+            return Err(bad(
+                "user",
+                format!("may be at most {MAX_METADATA_VALUE_BYTES} bytes"),
             ));
         }
         let mut metadata: Vec<(String, String)> = self.metadata.clone().into_iter().collect();
         if let Some(user) = &self.user {
             metadata.push(("user".into(), user.clone()));
         }
-        let params = SamplingParams {
-            temperature: self.temperature.unwrap_or(DEFAULT_TEMPERATURE),
-            top_p: self.top_p.unwrap_or(1.0),
-            top_k: self.top_k,
-            repetition_penalty: self.repetition_penalty.unwrap_or(1.0),
-            max_tokens: max_tokens.1,
-            seed: self.seed,
-            stop: stop.clone(),
-            owner: None,
-        };
         let sampling = Sampling {
             temperature: self.temperature,
             top_p: self.top_p,
@@ -563,6 +578,8 @@ mod tests {
         for (field, value) in [
             ("temperature", "3"),
             ("top_p", "0"),
+            ("repetition_penalty", "0"),
+            ("stop", r#"["a","b","c","d","e"]"#),
             ("n", "0"),
             ("max_tokens", "0"),
             ("presence_penalty", "1"),

@@ -9,7 +9,9 @@ struct Hostile;
 
 impl Expert for Hostile {
     fn describe() -> ExpertInfo {
-        ExpertInfo::new("hostile", "Misbehaves on request.")
+        // No name: the tests load this component under several manifests
+        // (relay chains), and the manifest's name is the expert's name.
+        ExpertInfo::new("", "Misbehaves on request.")
     }
 
     fn handle(req: Request) -> Result<Response, Error> {
