@@ -370,6 +370,22 @@ async fn api_keys_are_required_when_configured() {
     assert_eq!(status, StatusCode::OK);
     let (status, _, _) = call_raw(&state, "GET", "/healthz", None, None).await;
     assert_eq!(status, StatusCode::OK);
+    // The operator's details are behind the key.
+    let (status, _, _) = call_raw(&state, "GET", "/v1/status", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, _) = call_raw(&state, "GET", "/v1/status", None, Some("sk-right")).await;
+    assert_eq!(status, StatusCode::OK);
+    // Regression: the scheme is case-insensitive (RFC 9110); `bearer`
+    // was refused.
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let request = Request::builder()
+            .uri("/v1/models")
+            .header("authorization", format!("{scheme} sk-right"))
+            .body(Body::empty())
+            .unwrap();
+        let response = server::app(state.clone()).oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{scheme}");
+    }
 }
 
 #[tokio::test]
@@ -396,13 +412,22 @@ async fn metrics_count_requests_tokens_and_fuel() {
         Some(chat("nope", "x")),
     )
     .await;
+    // Regression: labels kept the client's spelling, so 300 spellings of
+    // one model made 300 label sets.
+    call(
+        &state,
+        "POST",
+        "/v1/chat/completions",
+        Some(chat("FaKe", "x")),
+    )
+    .await;
     let (status, _, body) = call_raw(&state, "GET", "/metrics", None, None).await;
     assert_eq!(status, StatusCode::OK);
     let text = String::from_utf8(body).unwrap();
     for needle in [
         "tessera_requests_total{endpoint=\"chat\",model=\"echo\",status=\"200\"} 1",
         "tessera_requests_total{endpoint=\"chat\",model=\"-\",status=\"404\"} 1",
-        "tessera_request_duration_seconds_count{endpoint=\"chat\",model=\"fake\",status=\"200\"} 1",
+        "tessera_request_duration_seconds_count{endpoint=\"chat\",model=\"fake\",status=\"200\"} 2",
         "tessera_tokens_total{model=\"fake\",direction=\"completion\"} 3",
         "tessera_expert_fuel_total{expert=\"echo\"}",
         "tessera_bundles_loaded 2",
@@ -410,6 +435,7 @@ async fn metrics_count_requests_tokens_and_fuel() {
     ] {
         assert!(text.contains(needle), "{needle} missing from\n{text}");
     }
+    assert!(!text.contains("FaKe"), "{text}");
 }
 
 // ------------------------------------------------ over a socket, fake engine
@@ -564,6 +590,52 @@ async fn hot_reload_adds_replaces_and_removes_bundles() {
         ask("second", "still").await.1["choices"][0]["message"]["content"],
         "still"
     );
+}
+
+/// Regression: clients that sent half a request held their connections
+/// (200 of them for 35 s), and nothing capped how many were open. Now the
+/// headers must arrive within the header-read timeout, and past the
+/// connection cap new connections wait for a free slot.
+#[tokio::test]
+async fn slow_header_clients_are_cut_off_and_connections_capped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let options = ServerOptions {
+        header_read_timeout: Duration::from_secs(1),
+        max_connections: 4,
+        ..ServerOptions::default()
+    };
+    let server = start(fake_state(FakeEngine::echo(), options).await).await;
+    let address = server.base.trim_start_matches("http://").to_string();
+    let mut slow = Vec::new();
+    for _ in 0..4 {
+        let mut tcp = tokio::net::TcpStream::connect(&address).await.unwrap();
+        tcp.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n")
+            .await
+            .unwrap();
+        slow.push(tcp);
+    }
+    // Every slot is held: a well-formed request waits until the slow ones
+    // are cut off, then is answered.
+    let started = Instant::now();
+    let client = reqwest::Client::new();
+    let response = client
+        .post(format!("{}/v1/chat/completions", server.base))
+        .json(&chat("echo", "still here"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(500),
+        "answered after {waited:?}, before any slot was free"
+    );
+    for mut tcp in slow {
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "a half-sent request kept its connection");
+    }
 }
 
 #[tokio::test]

@@ -54,7 +54,7 @@ enum Command {
     /// Embed texts with the embedding model and compare them.
     Embed(embed::EmbedArgs),
     /// Serve experts and models over an OpenAI-compatible HTTP API.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
 }
 
 /// Run the parsed command.
@@ -77,7 +77,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Run(a) => tokio::runtime::Runtime::new()?.block_on(run::run(a, cache_dir)),
         Command::Generate(a) => tokio::runtime::Runtime::new()?.block_on(generate::run(a)),
         Command::Embed(a) => tokio::runtime::Runtime::new()?.block_on(embed::run(a)),
-        Command::Serve(a) => tokio::runtime::Runtime::new()?.block_on(serve::run(a, cache_dir)),
+        Command::Serve(a) => tokio::runtime::Runtime::new()?.block_on(serve::run(*a, cache_dir)),
     }
 }
 

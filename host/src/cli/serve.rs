@@ -70,6 +70,15 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECS")]
     request_timeout_secs: Option<u64>,
 
+    /// Most open client connections; more wait to be accepted
+    /// [default: 1024].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+
+    /// Seconds a client has to send a request's headers [default: 10].
+    #[arg(long, value_name = "SECS")]
+    header_read_timeout_secs: Option<u64>,
+
     /// How often the bundle directories are rescanned, in milliseconds; 0
     /// turns hot reload off [default: 1000].
     #[arg(long, value_name = "MS")]
@@ -136,6 +145,8 @@ struct ConfigFile {
     max_running: Option<usize>,
     max_queued: Option<usize>,
     request_timeout_secs: Option<u64>,
+    max_connections: Option<usize>,
+    header_read_timeout_secs: Option<u64>,
     reload_interval_ms: Option<u64>,
     build: Option<bool>,
     no_build: Option<bool>,
@@ -193,6 +204,9 @@ impl ServeArgs {
         self.max_running = self.max_running.or(c.max_running);
         self.max_queued = self.max_queued.or(c.max_queued);
         self.request_timeout_secs = self.request_timeout_secs.or(c.request_timeout_secs);
+        self.max_connections = self.max_connections.or(c.max_connections);
+        self.header_read_timeout_secs =
+            self.header_read_timeout_secs.or(c.header_read_timeout_secs);
         self.reload_interval_ms = self.reload_interval_ms.or(c.reload_interval_ms);
         self.build |= c.build.unwrap_or(false);
         self.no_build |= c.no_build.unwrap_or(false);
@@ -280,6 +294,14 @@ impl ServeArgs {
             request_timeout: self
                 .request_timeout_secs
                 .map_or(d.request_timeout, Duration::from_secs),
+            max_connections: match self.max_connections {
+                Some(0) => anyhow::bail!("--max-connections must be at least 1"),
+                other => other.unwrap_or(d.max_connections),
+            },
+            header_read_timeout: match self.header_read_timeout_secs {
+                Some(0) => anyhow::bail!("--header-read-timeout-secs must be at least 1"),
+                other => other.map_or(d.header_read_timeout, Duration::from_secs),
+            },
         })
     }
 }

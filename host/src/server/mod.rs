@@ -46,6 +46,13 @@ pub const DEFAULT_MAX_QUEUED: usize = 256;
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 /// Most texts in one embeddings request.
 pub const MAX_EMBED_INPUTS: usize = 2048;
+/// Default most open connections; past it new connections wait in the
+/// kernel's accept queue until one closes.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Default time a client has to send a request's headers, from the
+/// connection's first byte (or the previous response, on keep-alive).
+/// Slowloris clients holding connections open are cut off after it.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 const REQUEST_ID: &str = "x-request-id";
 
@@ -63,6 +70,10 @@ pub struct ServerOptions {
     /// Time limit of a base-model request (504 past it); experts run
     /// under their own deadline.
     pub request_timeout: Duration,
+    /// Most open connections.
+    pub max_connections: usize,
+    /// Time to send a request's headers.
+    pub header_read_timeout: Duration,
 }
 
 impl Default for ServerOptions {
@@ -73,6 +84,8 @@ impl Default for ServerOptions {
             max_running: DEFAULT_MAX_RUNNING,
             max_queued: DEFAULT_MAX_QUEUED,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
         }
     }
 }
@@ -346,20 +359,61 @@ pub fn app(state: AppState) -> Router {
 
 /// Serve `app(state)` on `listener` until `shutdown` resolves, then stop
 /// accepting and wait for the requests in flight (streams included).
+///
+/// Each connection must send its headers within
+/// [`ServerOptions::header_read_timeout`], and at most
+/// [`ServerOptions::max_connections`] are open at once: past that, new
+/// ones wait in the kernel's accept queue, so half-sent requests cannot
+/// pile up without bound.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    // Answers are small and written once: send them without waiting for
-    // the client's ACK of the previous segment (Nagle).
-    let listener = listener.tap_io(|tcp| {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+
+    let options = state.options().clone();
+    let slots = Arc::new(tokio::sync::Semaphore::new(options.max_connections.max(1)));
+    let graceful = GracefulShutdown::new();
+    let app = app(state);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        let tcp = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    // Out of file descriptors, or a connection reset while
+                    // queued: wait a little rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // Answers are small and written once: send them without waiting
+        // for the client's ACK of the previous segment (Nagle).
         let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+        let service = TowerToHyperService::new(app.clone());
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(options.header_read_timeout)
+            .serve_connection(TokioIo::new(tcp), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 /// The model a response was for, and the tokens it used, read by
