@@ -26,7 +26,10 @@ async fn main() -> anyhow::Result<()> {
     };
 
     // One sandbox per host: engine, linker, compile cache, host policy.
-    let sandbox = Sandbox::new(HostPolicy::default(), Some(&CompileCache::default_dir()))?;
+    let sandbox = Sandbox::new(
+        HostPolicy::default(),
+        CompileCache::default_dir().as_deref(),
+    )?;
     // No inference engine yet: model calls fail with a clear error.
     let ensemble = Ensemble::new(sandbox, Arc::new(NoModel));
 

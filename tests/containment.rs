@@ -14,6 +14,7 @@ use tessera_tests::{bundle, host, host_with, load, load_as, plugin, repo_root, t
 const HOSTILE: &str = "tests/plugins/hostile";
 const ECHO: &str = "tests/plugins/echo";
 const IMPOSTOR: &str = "tests/plugins/impostor";
+const BRAGGART: &str = "tests/plugins/braggart";
 /// The hostile manifest's `limits.deadline-ms`.
 const HOSTILE_DEADLINE_MS: u64 = 500;
 
@@ -267,24 +268,53 @@ async fn others_finish_while_a_hostile_expert_spins() {
     assert_eq!(error_kind(&spun), InvokeErrorKind::Deadline);
 }
 
+/// With one executor thread, only the epoch yields let the echo run: it
+/// must finish while the spinner still spins. (An earlier version only
+/// checked that both finished, which they did even without yields.)
 #[tokio::test(flavor = "current_thread")]
 async fn a_spinning_expert_yields_on_a_single_thread() {
-    // With one executor thread, only the epoch yields let the echo run.
     let host = host();
     load(&host, HOSTILE).await;
     load(&host, ECHO).await;
-    let spin = host.invoke("hostile", Request::from_prompt("spin"));
+    let spin = async {
+        let inv = host.invoke("hostile", Request::from_prompt("spin")).await;
+        (inv, Instant::now())
+    };
     let echo = async {
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let started = Instant::now();
         let inv = host
             .invoke("echo", Request::from_prompt("still here"))
             .await;
-        (inv, started.elapsed())
+        (inv, Instant::now())
     };
-    let (spun, (echoed, _)) = tokio::join!(spin, echo);
+    let ((spun, spin_done), (echoed, echo_done)) = tokio::join!(spin, echo);
     assert_eq!(echoed.result.unwrap().content, "still here");
     assert_eq!(error_kind(&spun), InvokeErrorKind::Deadline);
+    assert!(
+        echo_done + Duration::from_millis(200) < spin_done,
+        "the echo finished only {:?} before the spinner's deadline",
+        spin_done.saturating_duration_since(echo_done)
+    );
+}
+
+/// After a hostile run, the next invocation (a fresh instance, in a reused
+/// pool slot) sees fresh memory.
+#[tokio::test]
+async fn the_next_instance_sees_fresh_memory() {
+    let host = host_with(
+        HostPolicy {
+            pool_instances: 2,
+            ..test_policy()
+        },
+        Arc::new(NoModel),
+    );
+    load(&host, HOSTILE).await;
+    let marked = host.invoke("hostile", Request::from_prompt("mark")).await;
+    assert_eq!(marked.result.unwrap().content, "marked");
+    let hogged = host.invoke("hostile", Request::from_prompt("hog")).await;
+    assert_eq!(error_kind(&hogged), InvokeErrorKind::MemoryLimit);
+    let peeked = host.invoke("hostile", Request::from_prompt("peek")).await;
+    assert_eq!(peeked.result.unwrap().content, "0");
 }
 
 fn load_error(result: Result<Arc<tessera_host::ensemble::Expert>, AddError>) -> String {
@@ -366,11 +396,45 @@ async fn compiled_components_are_cached_on_disk() {
     assert_eq!(inv.result.unwrap().content, "cached");
 
     // A corrupt cache entry is dropped and the component recompiled.
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        std::fs::write(entry.unwrap().path(), b"corrupt").unwrap();
+    let entries = || {
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+            .collect::<Vec<_>>()
+    };
+    for entry in entries() {
+        std::fs::write(entry, b"corrupt").unwrap();
     }
     let third = make().add(bundle(ECHO)).await.unwrap();
     assert!(!third.component.from_cache);
+
+    // A well-formed entry made by another host (another key), planted in
+    // this cache, is never deserialised: its tag does not verify.
+    let other = tempdir();
+    tessera_host::ensemble::Ensemble::new(
+        tessera_host::sandbox::Sandbox::new(test_policy(), Some(&other)).unwrap(),
+        Arc::new(NoModel),
+    )
+    .add(bundle(ECHO))
+    .await
+    .unwrap();
+    for planted in std::fs::read_dir(&other).unwrap() {
+        let planted = planted.unwrap().path();
+        if planted.extension().is_some_and(|x| x == "cwasm") {
+            std::fs::copy(&planted, dir.join(planted.file_name().unwrap())).unwrap();
+        }
+    }
+    let fourth = make().add(bundle(ECHO)).await.unwrap();
+    assert!(!fourth.component.from_cache, "a foreign entry was loaded");
+    // A cache directory the host creates is private to this user, and
+    // its key readable by nobody else.
+    use std::os::unix::fs::PermissionsExt;
+    let fresh = tempdir().join("cache");
+    tessera_host::sandbox::Sandbox::new(test_policy(), Some(&fresh)).unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&fresh), 0o700);
+    assert_eq!(mode(&fresh.join("cache.key")), 0o600);
 }
 
 #[tokio::test]
@@ -441,6 +505,164 @@ async fn model_names_and_the_tessera_prefix_are_reserved() {
         assert!(err.to_string().contains(name), "{err}");
     }
     assert!(host.experts().is_empty());
+}
+
+/// WASI clocks and random are functions of the trace: the wall clock is
+/// the invocation's start, the monotonic clock steps 1 µs per reading, and
+/// the random bytes are ChaCha8's from the recorded seed, so a replay can
+/// give the guest exactly what it saw.
+#[tokio::test]
+async fn wasi_clocks_and_random_come_from_the_trace() {
+    use rand_wasi::rngs::ChaCha8Rng;
+    use rand_wasi::{RngExt, SeedableRng};
+
+    let inv = run_hostile("clock").await;
+    let answer = inv.result.unwrap().content;
+    let t = &inv.trace;
+    let wall = format!(
+        "wall={}.{:09}",
+        t.started_at_unix_ms / 1000,
+        (t.started_at_unix_ms % 1000) * 1_000_000
+    );
+    assert!(answer.contains(&wall), "{answer} vs {wall}");
+    assert!(answer.contains("mono=0,1000"), "{answer}");
+    // The recipe the trace documents: ChaCha8 from the seed, a byte per
+    // draw.
+    let expected: Vec<u8> = ChaCha8Rng::seed_from_u64(t.wasi_random_seed)
+        .random_iter::<u8>()
+        .take(8)
+        .collect();
+    let hex: String = expected.iter().map(|b| format!("{b:02x}")).collect();
+    assert!(
+        answer.contains(&format!("random={hex}")),
+        "{answer} vs {hex}"
+    );
+    // Another invocation draws from another seed.
+    let again = run_hostile("clock").await;
+    assert_ne!(again.trace.wasi_random_seed, t.wasi_random_seed);
+}
+
+/// Regression: every refused `experts.call` appended a trace entry that
+/// quoted the guest's name twice; a loop of them grew host memory by
+/// gigabytes. The trace keeps a bounded number of entries, counts the
+/// rest, and never quotes an invalid name.
+#[tokio::test]
+async fn refused_calls_cannot_grow_the_trace() {
+    let host = host();
+    load_as(&host, HOSTILE, |m| {
+        m.limits.deadline_ms = Some(20_000);
+        m.capabilities.experts = vec!["*".into()];
+    })
+    .await;
+    let inv = host
+        .invoke("hostile", Request::from_prompt("refused-loop"))
+        .await;
+    assert_eq!(inv.result.unwrap().content, "20000");
+    let max = test_policy().max_trace_entries;
+    assert_eq!(inv.trace.host_calls.len(), max);
+    assert_eq!(inv.trace.host_calls_dropped, (20_000 - max) as u64);
+    let error = inv.trace.host_calls[0].error.as_deref().unwrap();
+    assert!(error.contains("65536 bytes that are not one"), "{error}");
+    assert!(
+        inv.trace
+            .host_calls
+            .iter()
+            .all(|c| c.error.as_ref().is_some_and(|e| e.len() <= 1100))
+    );
+}
+
+async fn model_host(engine: tessera_tests::FakeEngine) -> Arc<tessera_host::ensemble::Ensemble> {
+    let host = host_with(test_policy(), Arc::new(engine));
+    load_as(&host, HOSTILE, |m| {
+        m.capabilities.model = true;
+    })
+    .await;
+    host
+}
+
+/// A guest's `model.embed` of ten thousand texts is refused with the cap,
+/// not queued on the engine.
+#[tokio::test]
+async fn embed_bomb_is_refused() {
+    let engine = tessera_tests::FakeEngine::echo();
+    let host = model_host(engine).await;
+    let inv = host
+        .invoke("hostile", Request::from_prompt("embed-bomb"))
+        .await;
+    let message = inv.result.unwrap_err().message;
+    assert!(message.contains("at most 256 texts"), "{message}");
+}
+
+/// A thousand stop strings (each searched for on every token, on the
+/// engine thread) are refused by the shared sampling check.
+#[tokio::test]
+async fn stop_string_bomb_is_refused() {
+    let host = model_host(tessera_tests::FakeEngine::echo()).await;
+    let inv = host
+        .invoke("hostile", Request::from_prompt("stop-bomb"))
+        .await;
+    let message = inv.result.unwrap_err().message;
+    assert!(
+        message.contains("sampling.stop") && message.contains("at most 4"),
+        "{message}"
+    );
+}
+
+/// An answer with ten thousand metadata pairs is refused with the cap.
+#[tokio::test]
+async fn metadata_bomb_is_refused() {
+    let inv = run_hostile("metadata-bomb").await;
+    assert_eq!(error_kind(&inv), InvokeErrorKind::ResponseTooLarge);
+    let message = inv.result.unwrap_err().message;
+    assert!(message.contains("at most 64 pairs"), "{message}");
+}
+
+/// Regression: a callee ran under its own budgets, so an expert allowed 2
+/// generated tokens could have a callee generate thousands for it. The
+/// callee now runs inside what is left of the caller's budget, and what
+/// it spends is charged to the caller.
+#[tokio::test]
+async fn a_callee_cannot_spend_past_the_callers_budget() {
+    let engine = tessera_tests::FakeEngine::new(|_, _| "one two three four five six".into());
+    let host = host_with(test_policy(), Arc::new(engine));
+    load_as(&host, HOSTILE, |m| {
+        m.name = "thief".into();
+        m.limits.generated_tokens = Some(2);
+        m.limits.model_calls = Some(3);
+        m.capabilities.experts = vec!["spender".into()];
+    })
+    .await;
+    load_as(&host, HOSTILE, |m| {
+        m.name = "spender".into();
+        m.capabilities.model = true;
+    })
+    .await;
+    let inv = host
+        .invoke(
+            "thief",
+            Request::from_prompt("theft").with_metadata("callee", "spender"),
+        )
+        .await;
+    assert_eq!(inv.result.unwrap().content, "one two");
+    assert_eq!(inv.trace.generated_tokens, 2);
+    assert_eq!(inv.trace.model_calls, 1);
+    let nested = inv.trace.host_calls[0].nested.as_ref().unwrap();
+    assert_eq!(nested.limits.generated_tokens, 2);
+    assert_eq!(nested.limits.model_calls, 3);
+}
+
+/// `describe()` output is capped where it enters the host: a megabyte of
+/// description (and ten thousand examples to embed) is refused by name.
+#[tokio::test]
+async fn a_giant_describe_is_refused() {
+    let host = host();
+    let err = host.add(bundle(BRAGGART)).await.err().expect("refused");
+    assert!(matches!(err, AddError::DescribeTooLarge { .. }), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("description") && message.contains("at most 4096"),
+        "{message}"
+    );
 }
 
 fn tempdir() -> std::path::PathBuf {

@@ -428,7 +428,7 @@ async fn metrics_count_requests_tokens_and_fuel() {
         "tessera_requests_total{endpoint=\"chat\",model=\"echo\",status=\"200\"} 1",
         "tessera_requests_total{endpoint=\"chat\",model=\"-\",status=\"404\"} 1",
         "tessera_request_duration_seconds_count{endpoint=\"chat\",model=\"fake\",status=\"200\"} 2",
-        "tessera_tokens_total{model=\"fake\",direction=\"completion\"} 3",
+        "tessera_tokens_total{model=\"fake\",direction=\"completion\"} 5",
         "tessera_expert_fuel_total{expert=\"echo\"}",
         "tessera_bundles_loaded 2",
         "tessera_queue_depth 0",

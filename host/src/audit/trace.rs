@@ -18,8 +18,16 @@ pub struct Trace {
     pub depth: u32,
     /// The limits the invocation ran under (manifest clamped by policy).
     pub limits: Limits,
-    /// Start time, milliseconds since the Unix epoch.
+    /// Start time, milliseconds since the Unix epoch. Also what WASI's
+    /// wall clock told the guest, for the whole invocation.
     pub started_at_unix_ms: u64,
+    /// The seed of WASI's random streams for this invocation: with it a
+    /// replay draws the same bytes. `wasi:random/random` is rand 0.10's
+    /// `ChaCha8Rng::seed_from_u64(seed)`, bytes taken as `random_iter::<u8>`
+    /// (one `next_u32` per byte); `insecure` is the same from
+    /// `seed ^ 0x5DEECE66D1CEF00D`.
+    #[serde(default)]
+    pub wasi_random_seed: u64,
     /// Wall-clock duration of the whole invocation, microseconds.
     pub duration_us: u64,
     /// Fuel the guest burned (its own, plus that of experts it called).

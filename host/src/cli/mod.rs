@@ -65,10 +65,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let cache_dir = if args.no_cache {
         None
     } else {
-        Some(
-            args.cache_dir
-                .unwrap_or_else(tessera_host::sandbox::CompileCache::default_dir),
-        )
+        let dir = args
+            .cache_dir
+            .or_else(tessera_host::sandbox::CompileCache::default_dir);
+        if dir.is_none() {
+            eprintln!(
+                "warning: no home directory, so compiled components are not cached; set $TESSERA_CACHE_DIR (or --cache-dir) to a directory of your own"
+            );
+        }
+        dir
     };
     match args.command {
         Command::Build(a) => build::run(a),

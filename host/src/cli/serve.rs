@@ -365,7 +365,7 @@ pub async fn run(args: ServeArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<
     if cache_dir.is_some() {
         ensemble
             .registry()
-            .set_cache_dir(Some(Registry::default_cache_dir()));
+            .set_cache_dir(Registry::default_cache_dir());
     }
     let state = AppState::new(ensemble.clone(), options);
 

@@ -550,6 +550,8 @@ impl Ensemble {
         );
         state.trace_budget = trace_budget;
         state.answer_stream = answer_stream;
+        state.wall_clock_unix_ms = started_at_unix_ms;
+        let wasi_random_seed = state.wasi_seed;
         let mut store = self.sandbox.new_store(state);
         let run = async {
             let agent = pre.instantiate_async(&mut store).await?;
@@ -595,6 +597,7 @@ impl Ensemble {
             depth,
             limits,
             started_at_unix_ms,
+            wasi_random_seed,
             duration_us: started.elapsed().as_micros() as u64,
             fuel_consumed: limits.fuel.saturating_sub(fuel_left),
             peak_memory_bytes: state.limiter.peak_bytes() as u64,
@@ -714,6 +717,7 @@ fn failed_trace(name: &str, depth: u32, error: &InvokeError) -> Trace {
         started_at_unix_ms: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64),
+        wasi_random_seed: 0,
         duration_us: 0,
         fuel_consumed: 0,
         peak_memory_bytes: 0,

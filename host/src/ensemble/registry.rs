@@ -110,8 +110,8 @@ impl Registry {
     }
 
     /// The default cache directory: `$TESSERA_EMBEDDING_CACHE`, else the
-    /// user's cache directory.
-    pub fn default_cache_dir() -> PathBuf {
+    /// user's cache directory; `None` without either.
+    pub fn default_cache_dir() -> Option<PathBuf> {
         crate::paths::user_dir(EMBEDDING_CACHE_ENV, dirs::cache_dir(), "embeddings")
     }
 
@@ -281,6 +281,9 @@ fn normalised(mut v: Vec<f32>) -> Vec<f32> {
     v
 }
 
+/// Widest embedding a cache file may hold (MiniLM's is 384).
+const MAX_CACHED_DIM: usize = 4096;
+
 fn cache_key(embedder: &str, component_sha256: &str, texts: &[String]) -> String {
     let mut hash = sha2::Sha256::new();
     for part in [embedder, component_sha256]
@@ -294,25 +297,32 @@ fn cache_key(embedder: &str, component_sha256: &str, texts: &[String]) -> String
 }
 
 /// Vectors stored as: magic, count (u32), dim (u32), count × dim f32, all
-/// little-endian. A file of the wrong size or count is ignored.
+/// little-endian. A file of the wrong size or count, or with a vector that
+/// is not finite and of unit length (the embedder's output always is), is
+/// ignored and the texts embedded again.
 fn read_cached(path: &Path, count: usize) -> Option<(Vec<f32>, usize)> {
-    let bytes = std::fs::read(path).ok()?;
+    let limit = (count as u64).saturating_mul(MAX_CACHED_DIM as u64 * 4) + 64;
+    let bytes = crate::bundle::read_capped(path, limit).ok()?;
     let rest = bytes.strip_prefix(CACHE_MAGIC.as_slice())?;
     let (head, body) = rest.split_at_checked(8)?;
     let stored = u32::from_le_bytes(head[..4].try_into().ok()?) as usize;
     let dim = u32::from_le_bytes(head[4..].try_into().ok()?) as usize;
-    if stored != count || body.len() != stored * dim * 4 {
+    if stored != count || dim == 0 || dim > MAX_CACHED_DIM || body.len() != stored * dim * 4 {
         return None;
     }
-    let vectors = body
+    let vectors: Vec<f32> = body
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect();
-    Some((vectors, dim))
+    let unit = vectors.chunks_exact(dim).all(|v| {
+        let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.iter().all(|x| x.is_finite()) && (norm - 1.0).abs() < 1e-3
+    });
+    unit.then_some((vectors, dim))
 }
 
 fn write_cached(dir: &Path, key: &str, vectors: &[f32], dim: usize) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
+    crate::paths::private_dir(dir)?;
     let mut bytes = Vec::with_capacity(16 + vectors.len() * 4);
     bytes.extend_from_slice(CACHE_MAGIC);
     bytes.extend_from_slice(&((vectors.len() / dim.max(1)) as u32).to_le_bytes());

