@@ -198,6 +198,21 @@ async fn too_long_for_the_context_is_refused() {
     assert!(err.to_string().contains("context holds 8192"), "{err}");
     // The engine still serves.
     assert!(engine.complete("Hi".into(), greedy(2), None).await.is_ok());
+    // Far too long to fit whatever it tokenizes to: refused by its size,
+    // before any tokenizing (once 19.5 s for two 4 MiB requests).
+    let huge = "x".repeat(4 << 20);
+    let err = engine
+        .chat(
+            vec![ChatMessage {
+                role: ChatRole::User,
+                content: huge,
+            }],
+            greedy(1),
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("4194304 bytes"), "{err}");
 }
 
 /// Regression: `temperature: 1e-40` (or a repetition penalty of 1e-40)
@@ -541,10 +556,13 @@ async fn owners_take_turns_for_admission() {
                 owner: Some(owner.into()),
                 ..greedy(6)
             };
-            engine
-                .complete(format!("Job {job}:"), params, None)
-                .await
+            // Token ids, so that jobs reach the scheduler in submission
+            // order (text is tokenized on blocking threads, in any order).
+            let prompt = engine
+                .tokenizer()
+                .encode_prompt(&format!("Job {job}:"))
                 .unwrap();
+            engine.generate_ids(prompt, params).await.unwrap();
             done.send(format!("{owner}{job}")).unwrap();
         }));
         // Submit in this order.

@@ -143,6 +143,9 @@ pub struct BurnEngine {
     name: String,
     embedder_name: Option<String>,
     tokenizer: Arc<TextTokenizer>,
+    /// Prompts tokenized lately, by digest: the `n` choices of one request
+    /// (and identical concurrent requests) tokenize their prompt once.
+    prompts: Mutex<VecDeque<(PromptKey, Arc<tokio::sync::OnceCell<PromptIds>>)>>,
     jobs: mpsc::Sender<Job>,
     context: usize,
     stats: Arc<Counters>,
@@ -284,6 +287,7 @@ impl BurnEngine {
             name,
             embedder_name,
             tokenizer,
+            prompts: Mutex::new(VecDeque::new()),
             jobs,
             context,
             stats,
@@ -369,12 +373,16 @@ impl BurnEngine {
 
     /// The prompt ids of a conversation, rendered with the model's chat
     /// template and the assistant's turn opened.
+    /// Special tokens typed in the messages are text, never markup.
     pub fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, ModelError> {
-        let text = self
+        let ids = self
             .tokenizer
-            .apply_chat_template(messages, true)
+            .encode_chat(messages, true)
             .map_err(|e| ModelError::InvalidInput(e.to_string()))?;
-        self.encode_prompt(&text)
+        if ids.is_empty() {
+            return Err(ModelError::InvalidInput("the prompt is empty".into()));
+        }
+        Ok(ids)
     }
 
     async fn generate(
@@ -399,8 +407,16 @@ impl BurnEngine {
     /// Logits of the next token after `prompt` (raw text, BOS added when
     /// the model wants it).
     pub async fn next_token_logits(&self, prompt: &str) -> Result<Vec<f32>, ModelError> {
-        let tokens = self.encode_prompt(prompt)?;
-        match self.submit(None, JobKind::Logits { tokens }).await? {
+        let tokens = self.raw_prompt(prompt.to_string()).await?;
+        match self
+            .submit(
+                None,
+                JobKind::Logits {
+                    tokens: tokens.to_vec(),
+                },
+            )
+            .await?
+        {
             Output::Logits(l) => Ok(l),
             _ => Err(ModelError::Failed(
                 "the engine answered the wrong job".into(),
@@ -408,16 +424,107 @@ impl BurnEngine {
         }
     }
 
-    fn encode_prompt(&self, text: &str) -> Result<Vec<u32>, ModelError> {
-        let ids = self
-            .tokenizer
-            .encode_prompt(text)
-            .map_err(|e| ModelError::InvalidInput(e.to_string()))?;
-        if ids.is_empty() {
-            return Err(ModelError::InvalidInput("the prompt is empty".into()));
+    /// Refuse, before tokenizing, text that cannot fit the context
+    /// whatever it tokenizes to: no token covers more than the
+    /// tokenizer's longest token's bytes.
+    fn check_prompt_bytes(&self, bytes: usize) -> Result<(), ModelError> {
+        let max = self
+            .context
+            .saturating_mul(self.tokenizer.max_token_bytes().max(1));
+        if bytes > max {
+            return Err(ModelError::InvalidInput(format!(
+                "the prompt is {bytes} bytes; the model's context of {} tokens cannot hold more than {max} bytes of text",
+                self.context
+            )));
         }
-        Ok(ids)
+        Ok(())
     }
+
+    /// The ids of a conversation: special tokens typed in the messages are
+    /// text. Tokenized on a blocking thread, once for identical concurrent
+    /// prompts.
+    async fn chat_ids(&self, messages: Vec<ChatMessage>) -> Result<Arc<Vec<u32>>, ModelError> {
+        self.check_prompt_bytes(messages.iter().map(|m| m.content.len()).sum())?;
+        let key = prompt_key(
+            "chat",
+            messages.iter().map(|m| m.content.as_str()),
+            &messages,
+        );
+        self.cached_prompt(key, move |t| t.encode_chat(&messages, true))
+            .await
+    }
+
+    /// The ids of raw text (BOS first when the model wants it); special
+    /// tokens written in it are markup, as the raw API's author intends.
+    async fn raw_prompt(&self, text: String) -> Result<Arc<Vec<u32>>, ModelError> {
+        self.check_prompt_bytes(text.len())?;
+        let key = prompt_key("raw", std::iter::once(text.as_str()), &[]);
+        self.cached_prompt(key, move |t| t.encode_prompt(&text))
+            .await
+    }
+
+    async fn cached_prompt(
+        &self,
+        key: PromptKey,
+        tokenize: impl FnOnce(&TextTokenizer) -> Result<Vec<u32>, super::TokenizerError>
+        + Send
+        + 'static,
+    ) -> Result<Arc<Vec<u32>>, ModelError> {
+        let cell = {
+            let mut prompts = self.prompts.lock().unwrap_or_else(|e| e.into_inner());
+            match prompts.iter().find(|(k, _)| *k == key) {
+                Some((_, cell)) => cell.clone(),
+                None => {
+                    let cell = Arc::new(tokio::sync::OnceCell::new());
+                    if prompts.len() >= PROMPT_CACHE {
+                        prompts.pop_front();
+                    }
+                    prompts.push_back((key, cell.clone()));
+                    cell
+                }
+            }
+        };
+        let tokenizer = self.tokenizer.clone();
+        cell.get_or_init(|| async move {
+            tokio::task::spawn_blocking(move || {
+                let ids =
+                    tokenize(&tokenizer).map_err(|e| ModelError::InvalidInput(e.to_string()))?;
+                if ids.is_empty() {
+                    return Err(ModelError::InvalidInput("the prompt is empty".into()));
+                }
+                Ok(Arc::new(ids))
+            })
+            .await
+            .unwrap_or_else(|e| Err(ModelError::Failed(format!("tokenizing failed: {e}"))))
+        })
+        .await
+        .clone()
+    }
+}
+
+/// How many recent prompts keep their token ids.
+const PROMPT_CACHE: usize = 64;
+
+type PromptKey = [u8; 32];
+type PromptIds = Result<Arc<Vec<u32>>, ModelError>;
+
+/// sha256 over the kind, then each part with its length and the roles.
+fn prompt_key<'a>(
+    kind: &str,
+    parts: impl Iterator<Item = &'a str>,
+    messages: &[ChatMessage],
+) -> PromptKey {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(kind.as_bytes());
+    for part in parts {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    for m in messages {
+        h.update([m.role as u8]);
+    }
+    h.finalize().into()
 }
 
 #[async_trait]
@@ -433,8 +540,8 @@ impl ModelEngine for BurnEngine {
         adapter: Option<String>,
     ) -> Result<Generation, ModelError> {
         no_adapter(adapter)?;
-        let prompt = self.chat_prompt(&messages)?;
-        self.generate_ids(prompt, params).await
+        let prompt = self.chat_ids(messages).await?;
+        self.generate_ids(prompt.to_vec(), params).await
     }
 
     async fn complete(
@@ -444,13 +551,16 @@ impl ModelEngine for BurnEngine {
         adapter: Option<String>,
     ) -> Result<Generation, ModelError> {
         no_adapter(adapter)?;
-        let prompt = self.encode_prompt(&prompt)?;
-        self.generate_ids(prompt, params).await
+        let prompt = self.raw_prompt(prompt).await?;
+        self.generate_ids(prompt.to_vec(), params).await
     }
 
     async fn tokenize(&self, text: String) -> Result<Vec<u32>, ModelError> {
-        self.tokenizer
-            .encode(&text)
+        self.check_prompt_bytes(text.len())?;
+        let tokenizer = self.tokenizer.clone();
+        tokio::task::spawn_blocking(move || tokenizer.encode(&text))
+            .await
+            .map_err(|e| ModelError::Failed(format!("tokenizing failed: {e}")))?
             .map_err(|e| ModelError::InvalidInput(e.to_string()))
     }
 
@@ -461,12 +571,10 @@ impl ModelEngine for BurnEngine {
         adapter: Option<String>,
     ) -> Result<f64, ModelError> {
         no_adapter(adapter)?;
-        let mut tokens = self.encode_prompt(&prompt)?;
+        self.check_prompt_bytes(prompt.len() + continuation.len())?;
+        let mut tokens = self.raw_prompt(prompt).await?.to_vec();
         let from = tokens.len();
-        let rest = self
-            .tokenizer
-            .encode(&continuation)
-            .map_err(|e| ModelError::InvalidInput(e.to_string()))?;
+        let rest = self.tokenize(continuation).await?;
         if rest.is_empty() {
             return Err(ModelError::InvalidInput("the continuation is empty".into()));
         }
@@ -487,8 +595,9 @@ impl ModelEngine for BurnEngine {
         deltas: super::Deltas,
     ) -> Result<Generation, ModelError> {
         no_adapter(adapter)?;
-        let prompt = self.chat_prompt(&messages)?;
-        self.generate_ids_streaming(prompt, params, deltas).await
+        let prompt = self.chat_ids(messages).await?;
+        self.generate_ids_streaming(prompt.to_vec(), params, deltas)
+            .await
     }
 
     async fn complete_streaming(
@@ -499,8 +608,9 @@ impl ModelEngine for BurnEngine {
         deltas: super::Deltas,
     ) -> Result<Generation, ModelError> {
         no_adapter(adapter)?;
-        let prompt = self.encode_prompt(&prompt)?;
-        self.generate_ids_streaming(prompt, params, deltas).await
+        let prompt = self.raw_prompt(prompt).await?;
+        self.generate_ids_streaming(prompt.to_vec(), params, deltas)
+            .await
     }
 
     fn embedder_name(&self) -> Option<&str> {

@@ -37,6 +37,12 @@ pub enum TokenizerError {
 /// Tokenizer, special tokens and chat template of a language model.
 pub struct TextTokenizer {
     inner: Tokenizer,
+    /// The same tokenizer with special tokens encoded as plain text: for
+    /// what users and experts write, so that typing `<|im_start|>` in a
+    /// message cannot open a turn of the chat template.
+    plain: Tokenizer,
+    /// Bytes of the longest token's text: no token covers more input.
+    max_token_bytes: usize,
     bos: u32,
     eos: u32,
     add_bos: bool,
@@ -63,6 +69,32 @@ fn strings<'a>(g: &'a GgufFile, key: &str) -> Result<Vec<&'a str>, TokenizerErro
                 .ok_or_else(|| TokenizerError::Metadata(format!("`{key}` holds a non-string")))
         })
         .collect()
+}
+
+/// `inner` with special tokens treated as text.
+fn plain(inner: &Tokenizer) -> Tokenizer {
+    let mut plain = inner.clone();
+    plain.set_encode_special_tokens(true);
+    plain
+}
+
+/// The longest token's text, in bytes. A byte-level token's text holds a
+/// character (of one or two UTF-8 bytes) per input byte, so this bounds the
+/// input bytes one token can stand for.
+fn max_token_bytes(inner: &Tokenizer) -> usize {
+    inner
+        .get_vocab(true)
+        .keys()
+        .map(String::len)
+        .max()
+        .unwrap_or(1)
+}
+
+/// Marks a message's place in the rendered chat template: private-use
+/// characters around a per-call nonce, which no template produces and no
+/// message can predict.
+fn sentinel(nonce: u64, index: usize) -> String {
+    format!("\u{F8FF}{nonce:016x}:{index}\u{F8FE}")
 }
 
 impl TextTokenizer {
@@ -144,6 +176,8 @@ impl TextTokenizer {
                 .ok_or_else(|| TokenizerError::Metadata(format!("`{key}` is missing")))
         };
         Ok(TextTokenizer {
+            plain: plain(&inner),
+            max_token_bytes: max_token_bytes(&inner),
             inner,
             bos: id("tokenizer.ggml.bos_token_id")?,
             eos: id("tokenizer.ggml.eos_token_id")?,
@@ -186,6 +220,8 @@ impl TextTokenizer {
         Ok(TextTokenizer {
             add_bos: config["add_bos_token"].as_bool().unwrap_or(false),
             template: config["chat_template"].as_str().map(str::to_string),
+            plain: plain(&inner),
+            max_token_bytes: max_token_bytes(&inner),
             inner,
             bos,
             eos,
@@ -212,12 +248,105 @@ impl TextTokenizer {
     }
 
     /// Token ids of `text`; special tokens written in the text (such as
-    /// `<|im_start|>`) become their ids. No BOS is added.
+    /// `<|im_start|>`) become their ids. No BOS is added. For raw prompts
+    /// whose author writes the markup; see [`encode_text`](Self::encode_text)
+    /// for text from users.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
         self.inner
             .encode(text, false)
             .map(|e| e.get_ids().to_vec())
             .map_err(|e| TokenizerError::Tokenizers(e.to_string()))
+    }
+
+    /// Token ids of `text` with special-token strings treated as plain
+    /// text: `<|im_start|>` typed by a user is the characters, not the
+    /// control token. No BOS is added.
+    pub fn encode_text(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        self.plain
+            .encode(text, false)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| TokenizerError::Tokenizers(e.to_string()))
+    }
+
+    /// Token ids of a conversation rendered with the chat template (BOS
+    /// first when the model wants it). The template's own markup becomes
+    /// control tokens; the messages' text never does, whatever it holds.
+    pub fn encode_chat(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>, TokenizerError> {
+        use std::hash::{BuildHasher, Hasher};
+        let nonce = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let marked: Vec<ChatMessage> = messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| ChatMessage {
+                role: m.role,
+                content: sentinel(nonce, i),
+            })
+            .collect();
+        let rendered = self.apply_chat_template(&marked, add_generation_prompt)?;
+        let mut ids = Vec::new();
+        if self.add_bos {
+            ids.push(self.bos);
+        }
+        let mut rest = rendered.as_str();
+        for (i, message) in messages.iter().enumerate() {
+            let mark = sentinel(nonce, i);
+            let Some((markup, after)) = rest.split_once(&mark) else {
+                // A template that transforms or drops the content: render
+                // it as is, with its special tokens defused.
+                return self.encode_chat_defused(messages, add_generation_prompt);
+            };
+            ids.extend(self.encode(markup)?);
+            ids.extend(self.encode_text(&message.content)?);
+            rest = after;
+        }
+        if rest.contains('\u{F8FF}') && rest.contains(&format!("{nonce:016x}")) {
+            // A sentinel appeared twice: the template repeats content.
+            return self.encode_chat_defused(messages, add_generation_prompt);
+        }
+        ids.extend(self.encode(rest)?);
+        Ok(ids)
+    }
+
+    /// The fallback of [`encode_chat`](Self::encode_chat) for templates
+    /// that do not copy each message once, verbatim: every special token's
+    /// text in the messages is broken with a zero-width space, then the
+    /// whole rendering is tokenized.
+    fn encode_chat_defused(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>, TokenizerError> {
+        let specials: Vec<String> = self
+            .inner
+            .get_added_tokens_decoder()
+            .values()
+            .filter(|t| t.special && t.content.chars().count() > 1)
+            .map(|t| t.content.clone())
+            .collect();
+        let defused: Vec<ChatMessage> = messages
+            .iter()
+            .map(|m| {
+                let mut content = m.content.clone();
+                for special in &specials {
+                    let mut chars = special.chars();
+                    let first = chars.next().expect("more than one char");
+                    let broken = format!("{first}\u{200B}{}", chars.as_str());
+                    content = content.replace(special.as_str(), &broken);
+                }
+                ChatMessage {
+                    role: m.role,
+                    content,
+                }
+            })
+            .collect();
+        let text = self.apply_chat_template(&defused, add_generation_prompt)?;
+        self.encode_prompt(&text)
     }
 
     /// Token ids of a prompt: BOS first when the model wants it.
@@ -245,6 +374,12 @@ impl TextTokenizer {
     /// The id of a token's text, if it is one token.
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
+    }
+
+    /// Bytes of the longest token's text: an upper bound on the input
+    /// bytes one token stands for.
+    pub fn max_token_bytes(&self) -> usize {
+        self.max_token_bytes
     }
 
     /// Beginning-of-sequence id.
