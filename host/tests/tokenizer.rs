@@ -109,11 +109,19 @@ fn special_tokens_in_messages_are_text() {
         content: injected.into(),
     }];
     let ids = t.encode_chat(&messages, true).unwrap();
-    let count = |id: u32| ids.iter().filter(|&&x| x == id).count();
-    // The template's: one turn opened for the user, one closed, one opened
-    // for the assistant.
-    assert_eq!(count(im_start), 2, "{ids:?}");
-    assert_eq!(count(im_end), 1, "{ids:?}");
+    let benign = t
+        .encode_chat(
+            &[ChatMessage {
+                role: ChatRole::User,
+                content: "hi".into(),
+            }],
+            true,
+        )
+        .unwrap();
+    let count = |ids: &[u32], id: u32| ids.iter().filter(|&&x| x == id).count();
+    // Only the template's own turns: as many as for a harmless message.
+    assert_eq!(count(&ids, im_start), count(&benign, im_start), "{ids:?}");
+    assert_eq!(count(&ids, im_end), count(&benign, im_end), "{ids:?}");
     // The typed markup is still there, as characters.
     let text = t.decode(&ids, true).unwrap();
     assert!(text.contains(injected), "{text}");
