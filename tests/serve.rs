@@ -354,6 +354,63 @@ async fn a_full_queue_answers_429_with_retry_after() {
     assert_eq!(second.await.unwrap().0, StatusCode::OK);
 }
 
+/// Each request reserves the sandbox instances it may need (choices ×
+/// parallel experts × call depth) when admitted, so a request with many
+/// choices cannot exhaust the pool halfway or for others: one that can
+/// never fit gets 400, one that does not fit now 429, and small requests
+/// still run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_reserve_their_sandbox_instances() {
+    let state = fake_state(FakeEngine::echo(), ServerOptions::default()).await;
+    // `hostile` may call experts: 1 + 4 levels = 5 instances a choice; the
+    // test pool has 16, 14 of them for requests.
+    let mut spin = chat("hostile", "spin");
+    spin["n"] = json!(3);
+    let (status, body) = call(&state, "POST", "/v1/chat/completions", Some(spin.clone())).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_error(&body, Some("n"), "15 sandbox instances");
+    assert_eq!(body["error"]["code"], "too_many_instances");
+
+    spin["n"] = json!(2);
+    let running = {
+        let state = state.clone();
+        tokio::spawn(async move { call(&state, "POST", "/v1/chat/completions", Some(spin)).await })
+    };
+    wait_for("the spinning request to start", || {
+        state.admission().running() == 1
+    })
+    .await;
+    let (status, body) = call(
+        &state,
+        "POST",
+        "/v1/chat/completions",
+        Some(chat("hostile", "spin")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_error(&body, None, "only 4 of 14 are free");
+    let (status, body) = call(
+        &state,
+        "POST",
+        "/v1/chat/completions",
+        Some(chat("echo", "small")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // The spinner hits its deadline (504).
+    let (status, _) = running.await.unwrap();
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    // Released: the next one fits.
+    let (status, _) = call(
+        &state,
+        "POST",
+        "/v1/chat/completions",
+        Some(chat("hostile", "spin")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+}
+
 #[tokio::test]
 async fn api_keys_are_required_when_configured() {
     let options = ServerOptions {

@@ -166,10 +166,51 @@ pub enum AddError {
     },
 }
 
+/// Pool slots kept out of request reservations, for loading bundles
+/// (`describe`) and router plugins while requests hold the rest.
+pub const LOAD_SLOTS: u32 = 2;
+
+/// Sandbox instances held for one request; released when dropped.
+#[derive(Debug)]
+pub struct SlotReservation {
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// Why a request cannot have the sandbox instances it may need.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SlotError {
+    /// More than the host has at all: asking again will not help.
+    #[error(
+        "this request may need {need} sandbox instances at once (choices × experts run in parallel × call depth), more than this host's {total}; ask for fewer choices (n)"
+    )]
+    NeverFits {
+        /// What it may need.
+        need: u32,
+        /// What the host has for requests.
+        total: u32,
+    },
+    /// Other requests hold them now.
+    #[error(
+        "this request may need {need} sandbox instances at once and only {free} of {total} are free now; retry shortly"
+    )]
+    Busy {
+        /// What it may need.
+        need: u32,
+        /// Free now.
+        free: u32,
+        /// What the host has for requests.
+        total: u32,
+    },
+}
+
 /// The experts of one host, the sandbox they run in and the model they
 /// share.
 pub struct Ensemble {
     sandbox: Sandbox,
+    /// Pool slots requests may reserve.
+    slots: Arc<tokio::sync::Semaphore>,
+    slots_total: u32,
     model: Arc<dyn ModelEngine>,
     experts: RwLock<BTreeMap<String, Arc<Expert>>>,
     registry: Registry,
@@ -179,13 +220,57 @@ pub struct Ensemble {
 impl Ensemble {
     /// An empty ensemble.
     pub fn new(sandbox: Sandbox, model: Arc<dyn ModelEngine>) -> Arc<Ensemble> {
+        let pool = sandbox.policy().pool_instances;
+        let slots_total = if pool > 2 * LOAD_SLOTS {
+            pool - LOAD_SLOTS
+        } else {
+            pool
+        };
         Arc::new(Ensemble {
+            slots: Arc::new(tokio::sync::Semaphore::new(slots_total as usize)),
+            slots_total,
             sandbox,
             model,
             experts: RwLock::new(BTreeMap::new()),
             registry: Registry::default(),
             router_config: RwLock::new(RouterConfig::default()),
         })
+    }
+
+    /// Sandbox instances one invocation of `expert` may hold at once: its
+    /// own, and one per level of `experts.call` below it when it may call
+    /// experts (calls are synchronous, so one chain at a time).
+    pub fn slots_for(&self, expert: &Expert) -> u32 {
+        if expert.manifest.capabilities.experts.is_empty() {
+            1
+        } else {
+            1 + self.sandbox.policy().max_call_depth
+        }
+    }
+
+    /// Hold `need` sandbox instances for a request, so that it cannot run
+    /// out of them halfway, nor exhaust the pool for others. Refused at
+    /// once, never waited for.
+    pub fn reserve_slots(&self, need: u32) -> Result<SlotReservation, SlotError> {
+        if need == 0 {
+            return Ok(SlotReservation { _permit: None });
+        }
+        if need > self.slots_total {
+            return Err(SlotError::NeverFits {
+                need,
+                total: self.slots_total,
+            });
+        }
+        match self.slots.clone().try_acquire_many_owned(need) {
+            Ok(permit) => Ok(SlotReservation {
+                _permit: Some(permit),
+            }),
+            Err(_) => Err(SlotError::Busy {
+                need,
+                free: self.slots.available_permits() as u32,
+                total: self.slots_total,
+            }),
+        }
     }
 
     /// The routing index.
@@ -267,14 +352,18 @@ impl Ensemble {
     /// it or leave it empty; any other name is refused. Only a bare
     /// `.wasm` given on the command line, whose manifest was made up, takes
     /// the name its component gives itself.
-    pub async fn add(self: &Arc<Self>, bundle: Bundle) -> Result<Arc<Expert>, AddError> {
+    pub async fn add(self: &Arc<Self>, mut bundle: Bundle) -> Result<Arc<Expert>, AddError> {
         let name = bundle.manifest.name.clone();
         if let Some(why) = self.reserved(&name) {
             return Err(AddError::ReservedName { name, why });
         }
-        let component = self
-            .sandbox
-            .load(&bundle.wasm, &bundle.sha256)
+        // Compiling takes up to seconds of CPU: on a blocking thread, not
+        // on the workers that answer requests.
+        let this = self.clone();
+        let (wasm, sha256) = (std::mem::take(&mut bundle.wasm), bundle.sha256.clone());
+        let component = tokio::task::spawn_blocking(move || this.sandbox.load(&wasm, &sha256))
+            .await
+            .unwrap_or_else(|e| Err(LoadError::Compile(format!("the compiler failed: {e}"))))
             .map_err(|reason| AddError::Load {
                 name: name.clone(),
                 reason,

@@ -73,23 +73,7 @@ impl BundleWatcher {
 
     /// The bundle directories under the roots now.
     pub fn discover(&self) -> Vec<PathBuf> {
-        let mut dirs = Vec::new();
-        for root in &self.roots {
-            if root.join(MANIFEST_FILE).is_file() {
-                dirs.push(root.clone());
-                continue;
-            }
-            let Ok(entries) = std::fs::read_dir(root) else {
-                continue;
-            };
-            let mut found: Vec<PathBuf> = entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.join(MANIFEST_FILE).is_file())
-                .collect();
-            found.sort();
-            dirs.extend(found);
-        }
-        dirs
+        discover(&self.roots)
     }
 
     /// Bundles that failed to load and have not changed since, with why.
@@ -100,10 +84,24 @@ impl BundleWatcher {
             .collect()
     }
 
-    /// Load what is new or changed and remove what is gone.
+    /// Load what is new or changed and remove what is gone. Directory
+    /// listings and file reads run on blocking threads, compiles too (in
+    /// [`Ensemble::add`]), so a scan never stalls the request workers.
     pub async fn scan(&mut self, ensemble: &Arc<Ensemble>) -> ScanReport {
         let mut report = ScanReport::default();
-        let dirs = self.discover();
+        let roots = self.roots.clone();
+        let listed = tokio::task::spawn_blocking(move || {
+            discover(&roots)
+                .into_iter()
+                .map(|d| {
+                    let f = fingerprint(&d);
+                    (d, f)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        let dirs: Vec<PathBuf> = listed.iter().map(|(d, _)| d.clone()).collect();
         let gone: Vec<PathBuf> = self
             .loaded
             .keys()
@@ -117,9 +115,9 @@ impl BundleWatcher {
         }
         self.failed.retain(|d, _| dirs.contains(d));
 
-        let total = dirs.len();
+        let total = listed.len();
         let started = std::time::Instant::now();
-        for (done, dir) in dirs.into_iter().enumerate() {
+        for (done, (dir, fingerprint)) in listed.into_iter().enumerate() {
             // A long first load shows progress.
             if done > 0 && done % PROGRESS_EVERY == 0 {
                 tracing::info!(
@@ -127,7 +125,6 @@ impl BundleWatcher {
                     started.elapsed()
                 );
             }
-            let fingerprint = fingerprint(&dir);
             if self
                 .loaded
                 .get(&dir)
@@ -159,7 +156,11 @@ impl BundleWatcher {
         dir: &Path,
         fingerprint: &Fingerprint,
     ) -> Result<Change, String> {
-        let bundle = Bundle::open(dir).map_err(|e| e.to_string())?;
+        let path = dir.to_path_buf();
+        let bundle = tokio::task::spawn_blocking(move || Bundle::open(&path))
+            .await
+            .map_err(|e| format!("reading the bundle failed: {e}"))?
+            .map_err(|e| e.to_string())?;
         let name = bundle.manifest.name.clone();
         if let Some(old) = self.loaded.get_mut(dir)
             && old.sha256 == bundle.sha256
@@ -217,6 +218,28 @@ enum Change {
     Added(String),
     Replaced(String),
     Same,
+}
+
+/// The bundle directories under `roots`: each root that is a bundle, and
+/// the bundles directly inside the others.
+fn discover(roots: &[PathBuf]) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    for root in roots {
+        if root.join(MANIFEST_FILE).is_file() {
+            dirs.push(root.clone());
+            continue;
+        }
+        let Ok(entries) = std::fs::read_dir(root) else {
+            continue;
+        };
+        let mut found: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.join(MANIFEST_FILE).is_file())
+            .collect();
+        found.sort();
+        dirs.extend(found);
+    }
+    dirs
 }
 
 /// The files directly in `dir` and in the bundle `tessera build` writes

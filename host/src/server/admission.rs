@@ -25,6 +25,14 @@ pub struct Admission {
 #[derive(Debug)]
 pub struct Admitted {
     _permit: OwnedSemaphorePermit,
+    _slots: Option<crate::ensemble::SlotReservation>,
+}
+
+impl Admitted {
+    /// Keep `slots` for as long as the request runs.
+    pub fn hold(&mut self, slots: crate::ensemble::SlotReservation) {
+        self._slots = Some(slots);
+    }
 }
 
 impl Admission {
@@ -52,7 +60,10 @@ impl Admission {
     /// Wait for a place, or refuse at once when the queue is full.
     pub async fn admit(&self) -> Result<Admitted, ApiError> {
         if let Ok(permit) = self.running.clone().try_acquire_owned() {
-            return Ok(Admitted { _permit: permit });
+            return Ok(Admitted {
+                _permit: permit,
+                _slots: None,
+            });
         }
         let queued = self.queued.fetch_add(1, Ordering::SeqCst);
         // Decrement on every path, including the future being dropped
@@ -71,7 +82,10 @@ impl Admission {
             .acquire_owned()
             .await
             .expect("the admission semaphore is never closed");
-        Ok(Admitted { _permit: permit })
+        Ok(Admitted {
+            _permit: permit,
+            _slots: None,
+        })
     }
 }
 

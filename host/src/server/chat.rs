@@ -192,9 +192,17 @@ async fn run(state: AppState, plan: Result<Plan, ApiError>, mut served: Served) 
         )),
         Ok(mut plan) => match state.admission().admit().await {
             Err(e) => Err(e),
-            Ok(admitted) => match decide(&state, &mut plan).await {
+            Ok(mut admitted) => match decide(&state, &mut plan).await {
                 Err(e) => Err(e),
                 Ok(()) => {
+                    match state.ensemble().reserve_slots(slots_needed(&state, &plan)) {
+                        Ok(slots) => admitted.hold(slots),
+                        Err(e) => {
+                            let mut response = ApiError::from_slots(&e).into_response();
+                            response.extensions_mut().insert(served);
+                            return response;
+                        }
+                    }
                     route_header = plan.decision.as_ref().map(decision_header);
                     if plan.checked.stream {
                         let mut response = stream_response(state, plan, admitted, served).await;
@@ -219,6 +227,31 @@ async fn run(state: AppState, plan: Result<Plan, ApiError>, mut served: Served) 
     }
     response.extensions_mut().insert(served);
     response
+}
+
+/// The sandbox instances `plan` may hold at once: each choice of each
+/// input runs at the same time; MoA runs its experts and then the
+/// aggregator, a cascade one stage at a time.
+fn slots_needed(state: &AppState, plan: &Plan) -> u32 {
+    let ensemble = state.ensemble();
+    let slots = |name: &str| ensemble.expert(name).map_or(0, |e| ensemble.slots_for(&e));
+    let per_choice = match &plan.target {
+        Target::Base | Target::Embedder => 0,
+        Target::Expert(e) => ensemble.slots_for(e),
+        Target::Auto(strategy) => {
+            let choices = plan.decision.as_ref().map_or(&[][..], |d| &d.choices[..]);
+            match strategy {
+                Strategy::Moa => {
+                    choices.iter().map(|c| slots(&c.expert)).sum::<u32>()
+                        + slots(&ensemble.router_config().aggregator)
+                }
+                _ => choices.iter().map(|c| slots(&c.expert)).max().unwrap_or(0),
+            }
+        }
+    };
+    per_choice
+        .saturating_mul(plan.checked.n)
+        .saturating_mul(plan.inputs.len() as u32)
 }
 
 /// The response header that carries the routing decision.

@@ -94,6 +94,28 @@ impl ApiError {
         e
     }
 
+    /// 429 (or 400 when it can never fit): the sandbox instances a request
+    /// may need are not free.
+    pub fn from_slots(e: &crate::ensemble::SlotError) -> Self {
+        match e {
+            crate::ensemble::SlotError::NeverFits { .. } => {
+                let mut error = Self::invalid(Some("n".into()), e.to_string());
+                error.code = Some("too_many_instances".into());
+                error
+            }
+            _ => {
+                let mut error = Self::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limit_error",
+                    e.to_string(),
+                );
+                error.code = Some("sandbox_busy".into());
+                error.retry_after = Some(1);
+                error
+            }
+        }
+    }
+
     /// 504: the request took longer than allowed.
     pub fn deadline(message: impl Into<String>) -> Self {
         let mut e = Self::new(StatusCode::GATEWAY_TIMEOUT, "timeout_error", message);
