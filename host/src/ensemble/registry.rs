@@ -408,11 +408,26 @@ mod tests {
     #[test]
     fn the_cache_round_trips_and_rejects_a_wrong_count() {
         let dir = tempfile::tempdir().unwrap();
-        let vectors = [0.5f32, -0.25, 1.0, 2.0, 3.0, 4.0];
+        let vectors = [0.6f32, -0.8, 0.0, 0.0, 0.0, 1.0];
         write_cached(dir.path(), "k.emb", &vectors, 3).unwrap();
         let (read, dim) = read_cached(&dir.path().join("k.emb"), 2).unwrap();
         assert_eq!((read.as_slice(), dim), (vectors.as_slice(), 3));
         assert!(read_cached(&dir.path().join("k.emb"), 3).is_none());
+    }
+
+    /// A cache file is not trusted: vectors that are not finite and of
+    /// unit length (as the embedder's always are) make it a miss.
+    #[test]
+    fn cached_vectors_must_be_finite_unit_vectors() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, bad) in [
+            ("long.emb", [3.0f32, 4.0, 0.0]),
+            ("nan.emb", [f32::NAN, 0.0, 1.0]),
+            ("inf.emb", [f32::INFINITY, 0.0, 0.0]),
+        ] {
+            write_cached(dir.path(), name, &bad, 3).unwrap();
+            assert!(read_cached(&dir.path().join(name), 1).is_none(), "{name}");
+        }
     }
 
     #[test]

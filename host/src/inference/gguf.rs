@@ -14,6 +14,12 @@ const DEFAULT_ALIGNMENT: u64 = 32;
 const MAX_STRING_BYTES: u64 = 64 * 1024 * 1024;
 /// Most elements in one metadata array.
 const MAX_ARRAY_LEN: u64 = 16 * 1024 * 1024;
+/// Deepest nesting of metadata arrays (real files nest none): deeper would
+/// recurse once per 12 bytes of file.
+const MAX_ARRAY_DEPTH: u32 = 4;
+/// Elements reserved up front for an array: the length is the file's
+/// word, so memory grows only as elements are actually read.
+const ARRAY_RESERVE: usize = 4096;
 
 /// A metadata value.
 #[derive(Debug, Clone, PartialEq)]
@@ -171,13 +177,16 @@ pub struct TensorInfo {
 impl TensorInfo {
     /// Number of elements.
     pub fn elements(&self) -> u64 {
-        self.dims.iter().product()
+        self.dims
+            .iter()
+            .try_fold(1u64, |n, d| n.checked_mul(*d))
+            .unwrap_or(u64::MAX)
     }
 
     /// Size of its data in bytes, if the type's layout is known.
     pub fn byte_size(&self) -> Option<u64> {
         let (per_block, bytes) = self.ty.block_layout()?;
-        Some(self.elements().div_ceil(per_block) * bytes)
+        self.elements().div_ceil(per_block).checked_mul(bytes)
     }
 }
 
@@ -251,6 +260,10 @@ impl<R: Read> Reader<R> {
     }
 
     fn value(&mut self, ty: u32) -> std::io::Result<Value> {
+        self.value_at(ty, 0)
+    }
+
+    fn value_at(&mut self, ty: u32, depth: u32) -> std::io::Result<Value> {
         Ok(match ty {
             0 => Value::U64(u64::from(self.bytes::<1>()?[0])),
             1 => Value::I64(i64::from(self.bytes::<1>()?[0] as i8)),
@@ -272,9 +285,15 @@ impl<R: Read> Reader<R> {
                         ),
                     ));
                 }
-                let mut items = Vec::with_capacity(len as usize);
+                if depth >= MAX_ARRAY_DEPTH {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("arrays nested more than {MAX_ARRAY_DEPTH} deep"),
+                    ));
+                }
+                let mut items = Vec::with_capacity((len as usize).min(ARRAY_RESERVE));
                 for _ in 0..len {
-                    items.push(self.value(elem)?);
+                    items.push(self.value_at(elem, depth + 1)?);
                 }
                 Value::Array(items)
             }
@@ -294,6 +313,17 @@ impl<R: Read> Reader<R> {
 impl GgufFile {
     /// Read the header of the GGUF file at `path`.
     pub fn open(path: &Path) -> Result<GgufFile, GgufError> {
+        let file = std::fs::File::open(path).map_err(|reason| GgufError::Io {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+        Self::from_reader(BufReader::new(file), path)
+    }
+
+    /// Read a GGUF header from `reader` (positioned at the start); `path`
+    /// names it in errors. Every length in the file is checked before it
+    /// is trusted: this is what the fuzz target `gguf` drives.
+    pub fn from_reader(reader: impl Read + Seek, path: &Path) -> Result<GgufFile, GgufError> {
         let io = |reason| GgufError::Io {
             path: path.to_path_buf(),
             reason,
@@ -302,10 +332,7 @@ impl GgufFile {
             path: path.to_path_buf(),
             message,
         };
-        let file = std::fs::File::open(path).map_err(io)?;
-        let mut r = Reader {
-            inner: BufReader::new(file),
-        };
+        let mut r = Reader { inner: reader };
         let magic: [u8; 4] = r.bytes().map_err(io)?;
         if &magic != MAGIC {
             return Err(format(
@@ -355,12 +382,16 @@ impl GgufFile {
             .filter(|a| *a > 0)
             .unwrap_or(DEFAULT_ALIGNMENT);
         let header_end = r.inner.stream_position().map_err(io)?;
-        let data_offset = header_end.div_ceil(alignment) * alignment;
+        let data_offset = header_end
+            .div_ceil(alignment)
+            .checked_mul(alignment)
+            .ok_or_else(|| format(format!("alignment {alignment} is not usable")))?;
         let file_len = r.inner.seek(SeekFrom::End(0)).map_err(io)?;
         for t in &tensors {
-            if let Some(size) = t.byte_size()
-                && data_offset + t.offset + size > file_len
-            {
+            let end = t
+                .byte_size()
+                .and_then(|size| data_offset.checked_add(t.offset)?.checked_add(size));
+            if t.ty.block_layout().is_some() && end.is_none_or(|end| end > file_len) {
                 return Err(format(format!(
                     "tensor `{}` ends past the end of the file (the file is truncated?)",
                     t.name
