@@ -19,10 +19,12 @@ fi
 
 if ! command -v cargo-fuzz >/dev/null; then
     echo "[fuzz] installing cargo-fuzz" >&2
-    cargo install --locked cargo-fuzz@0.13.1
+    cargo install --locked cargo-fuzz@0.13.2
 fi
-export RUSTC_BOOTSTRAP=1
 flags=(--sanitizer none --debug-assertions --release)
+# Only for the fuzz builds: set for the main workspace too, it would change
+# build scripts' view of the compiler and rebuild everything there.
+fuzz() { RUSTC_BOOTSTRAP=1 cargo fuzz "$@"; }
 
 bash scripts/setup.sh
 # Seeds: real inputs of each kind.
@@ -61,22 +63,22 @@ bodies = [
 for i, b in enumerate(bodies):
     open(f"{seeds}/openai/body-{i}.json", "w").write(json.dumps(b))
 PY
-cargo build --release --locked --bin tessera
+cargo build --locked --bin tessera
 for crate in tests/plugins/echo plugins/calculator; do
-    bundle=$(target/release/tessera build "$crate" 2>/dev/null)
+    bundle=$(target/debug/tessera build "$crate" 2>/dev/null)
     cp "$bundle"/*.wasm "$seeds/component/"
 done
 
 cd fuzz
 echo "[fuzz] building the targets (first build: several minutes)" >&2
-cargo fuzz build "${flags[@]}"
+fuzz build "${flags[@]}"
 
 run() {
     local target=$1 max_len=4096
     [[ $target == component ]] && max_len=262144
     [[ $target == gguf ]] && max_len=65536
     mkdir -p "corpus/$target" "artifacts/$target"
-    cargo fuzz run "${flags[@]}" "$target" "corpus/$target" -- \
+    fuzz run "${flags[@]}" "$target" "corpus/$target" -- \
         -max_total_time="$seconds" -max_len="$max_len" -timeout=10 -rss_limit_mb=4096 \
         -print_final_stats=1 -close_fd_mask=1 >"artifacts/$target.log" 2>&1 || true
     local runs crashes
