@@ -1108,7 +1108,9 @@ async fn bad_http_input_table() {
     let too_long = "x".repeat(1_500_000);
     let many_metadata: serde_json::Map<String, Value> =
         (0..17).map(|i| (format!("k{i}"), json!("v"))).collect();
-    let cases: Vec<(&str, &str, Vec<u8>, u16, Option<&str>)> = vec![
+    // (what, path, body, status, error param)
+    type Case<'a> = (&'a str, &'a str, Vec<u8>, u16, Option<&'a str>);
+    let cases: Vec<Case<'_>> = vec![
         // Issue 10 regressions.
         ("temperature 1e-40 (killed the engine)", "/v1/chat/completions", chat_with(base, json!({"temperature": 1e-40})), 200, None),
         ("repetition_penalty 1e-40 (killed the engine)", "/v1/chat/completions", chat_with(base, json!({"repetition_penalty": 1e-40, "temperature": 1.0})), 200, None),

@@ -40,4 +40,5 @@ pub mod inference;
 mod paths;
 pub mod sandbox;
 pub mod server;
+pub mod text;
 pub mod types;

@@ -23,7 +23,7 @@ impl Host for InvocationState {
         if fields.iter().any(|(k, v)| k == "panic" && v == "true") {
             self.recorder
                 .panic_message
-                .get_or_insert_with(|| truncate(&message, 1024));
+                .get_or_insert_with(|| crate::text::ellipsize(&message, 1024));
         }
         let size = message.len() + fields.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
         let max = self.ensemble.sandbox().policy().max_log_bytes;
@@ -43,15 +43,4 @@ impl Host for InvocationState {
         });
         Ok(())
     }
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }

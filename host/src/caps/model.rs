@@ -126,6 +126,20 @@ impl From<Sampling> for SamplingOptions {
     }
 }
 
+impl From<SamplingOptions> for Sampling {
+    fn from(o: SamplingOptions) -> Self {
+        Sampling {
+            temperature: o.temperature,
+            top_p: o.top_p,
+            top_k: o.top_k,
+            repetition_penalty: o.repetition_penalty,
+            max_tokens: o.max_tokens,
+            seed: o.seed,
+            stop: o.stop,
+        }
+    }
+}
+
 fn model_error(e: ModelError) -> Error {
     match e {
         ModelError::InvalidInput(m) => Error::InvalidInput(m),

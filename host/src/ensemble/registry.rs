@@ -261,17 +261,7 @@ pub fn routing_texts(info: &ExpertInfo) -> Vec<String> {
         .collect()
 }
 
-/// `text` cut to at most `max` bytes on a character boundary.
-pub fn cut(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
-}
+use crate::text::cut;
 
 fn normalised(mut v: Vec<f32>) -> Vec<f32> {
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
@@ -441,12 +431,5 @@ mod tests {
         assert_ne!(key, cache_key("minilm", "abd", &texts));
         let other = routing_texts(&info("x", &["one", "three"]));
         assert_ne!(key, cache_key("minilm", "abc", &other));
-    }
-
-    #[test]
-    fn long_texts_are_cut_on_a_character_boundary() {
-        assert_eq!(cut("héllo", 2), "h");
-        assert_eq!(cut("héllo", 3), "hé");
-        assert_eq!(cut("abc", 10), "abc");
     }
 }

@@ -186,7 +186,7 @@ pub fn query_text(req: &Request) -> Option<String> {
         .iter()
         .rev()
         .find(|m| matches!(m.role, Role::User | Role::Assistant))
-        .map(|m| super::registry::cut(m.content.trim(), CONTEXT_BYTES));
+        .map(|m| crate::text::cut(m.content.trim(), CONTEXT_BYTES));
     Some(match context {
         Some(context) if !context.is_empty() => format!("{context}\n{question}"),
         _ => question.to_string(),

@@ -710,18 +710,6 @@ pub const EMBED_CHUNK: usize = 16;
 /// of text off the engine thread.
 pub const MAX_EMBED_TEXT_BYTES: usize = 16 * 1024;
 
-/// `text` cut to at most `max` bytes, on a character boundary.
-fn cut(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
-}
-
 struct EmbedJob {
     texts: Vec<String>,
     done: Vec<Vec<f32>>,
@@ -904,7 +892,7 @@ impl Scheduler {
         let to = (from + EMBED_CHUNK).min(job.texts.len());
         let chunk: Vec<String> = job.texts[from..to]
             .iter()
-            .map(|t| cut(t, MAX_EMBED_TEXT_BYTES).to_string())
+            .map(|t| crate::text::cut(t, MAX_EMBED_TEXT_BYTES).to_string())
             .collect();
         let result = catch_unwind(AssertUnwindSafe(|| embedder.embed(&chunk))).unwrap_or_else(
             |panic| {

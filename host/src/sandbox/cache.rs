@@ -26,6 +26,7 @@ pub const CACHE_KEY_FILE: &str = "cache.key";
 /// their wasm size; the largest wasm a bundle may hold is 64 MiB).
 pub const MAX_ENTRY_BYTES: u64 = 512 << 20;
 
+/// An HMAC-SHA256 tag.
 const TAG_BYTES: usize = 32;
 
 /// A directory of `<sha256>-<engine>.cwasm` files.
@@ -77,17 +78,17 @@ impl CompileCache {
         self.dir.join(format!("{sha256}-{}.cwasm", self.engine_key))
     }
 
-    fn tag(&self, sha256: &str, payload: &[u8]) -> [u8; TAG_BYTES] {
+    /// The MAC of an entry: the name is authenticated too, so an entry
+    /// cannot be moved to another component's name.
+    fn mac(&self, sha256: &str, payload: &[u8]) -> Hmac<Sha256> {
         let mut mac =
             Hmac::<Sha256>::new_from_slice(&self.secret).expect("HMAC takes keys of any size");
-        // The name is authenticated too: an entry cannot be moved to
-        // another component's name.
         mac.update(self.engine_key.as_bytes());
         mac.update(b"/");
         mac.update(sha256.as_bytes());
         mac.update(b"/");
         mac.update(payload);
-        mac.finalize().into_bytes().into()
+        mac
     }
 
     /// The cached compilation of the component with digest `sha256`, if
@@ -106,14 +107,7 @@ impl CompileCache {
         let Some((tag, payload)) = bytes.split_at_checked(TAG_BYTES) else {
             return drop_entry("too short");
         };
-        let mut mac =
-            Hmac::<Sha256>::new_from_slice(&self.secret).expect("HMAC takes keys of any size");
-        mac.update(self.engine_key.as_bytes());
-        mac.update(b"/");
-        mac.update(sha256.as_bytes());
-        mac.update(b"/");
-        mac.update(payload);
-        if mac.verify_slice(tag).is_err() {
+        if self.mac(sha256, payload).verify_slice(tag).is_err() {
             return drop_entry("its tag does not verify (not written by this host)");
         }
         // SAFETY: the bytes verified against an HMAC under this cache's
@@ -132,7 +126,7 @@ impl CompileCache {
     pub fn store(&self, sha256: &str, component: &Component) -> std::io::Result<()> {
         let payload = component.serialize().map_err(std::io::Error::other)?;
         let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
-        tmp.write_all(&self.tag(sha256, &payload))?;
+        tmp.write_all(&self.mac(sha256, &payload).finalize().into_bytes())?;
         tmp.write_all(&payload)?;
         tmp.persist(self.path(sha256)).map_err(|e| e.error)?;
         Ok(())

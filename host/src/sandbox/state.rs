@@ -188,7 +188,7 @@ impl InvocationState {
         call.duration_us = record.started.elapsed().as_micros() as u64;
         call.bytes_out = bytes_out;
         call.tokens = tokens;
-        call.error = error.map(|e| truncate(e, MAX_TRACE_ERROR_BYTES));
+        call.error = error.map(|e| crate::text::ellipsize(&e, MAX_TRACE_ERROR_BYTES));
         call.nested = nested.map(Box::new);
     }
 
@@ -252,20 +252,6 @@ impl wasmtime_wasi::HostMonotonicClock for SteppingClock {
         self.0.set(now + MONOTONIC_STEP_NS);
         now
     }
-}
-
-/// `s` cut to at most `max` bytes (on a character boundary), marked with
-/// an ellipsis when cut.
-pub(crate) fn truncate(mut s: String, max: usize) -> String {
-    if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-        s.push('…');
-    }
-    s
 }
 
 impl WasiView for InvocationState {

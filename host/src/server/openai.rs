@@ -315,11 +315,11 @@ impl CommonParams {
             repetition_penalty: self.repetition_penalty,
             max_tokens: Some(max_tokens.1),
             seed: self.seed,
-            stop: stop.clone(),
+            stop,
         };
         // The same check as for experts' model calls, so the two doors
         // agree; only the field's spelling differs.
-        let params = options.check(u32::MAX).map_err(|e| {
+        let params = options.clone().check(u32::MAX).map_err(|e| {
             let field = match e.field {
                 SamplingField::MaxTokens => max_tokens.0.to_string(),
                 other => other.http_name(),
@@ -363,15 +363,8 @@ impl CommonParams {
         if let Some(user) = &self.user {
             metadata.push(("user".into(), user.clone()));
         }
-        let sampling = Sampling {
-            temperature: self.temperature,
-            top_p: self.top_p,
-            top_k: self.top_k,
-            repetition_penalty: self.repetition_penalty,
-            max_tokens: Some(max_tokens.1),
-            seed: self.seed,
-            stop,
-        };
+        // What experts see: the request's own values, unfilled.
+        let sampling = Sampling::from(options);
         Ok(Checked {
             params,
             sampling,
