@@ -7,4 +7,6 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # Client and server share the process: 1,000 connections need 2,000 files.
 ulimit -n 8192
-exec cargo bench --locked -p tessera-tests --bench hostile_load
+# The dev profile: the host and every dependency are built at opt-level 2
+# there (see Cargo.toml), and it reuses the test command's build.
+exec cargo bench --locked --profile dev -p tessera-tests --bench hostile_load
