@@ -107,6 +107,11 @@ async fn model_server(options: ServerOptions) -> Running {
     start(AppState::new(ensemble, options)).await
 }
 
+/// GET `url` and read the body as JSON.
+async fn get_json(client: &reqwest::Client, url: &str) -> Value {
+    client.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 /// The `data:` payloads of a server-sent event stream, as they arrive.
 async fn sse(response: reqwest::Response) -> Vec<String> {
     let mut events = Vec::new();
@@ -536,14 +541,7 @@ async fn hot_reload_adds_replaces_and_removes_bundles() {
     let server = start(state.clone()).await;
     let client = reqwest::Client::new();
     let models = || async {
-        let body: Value = client
-            .get(format!("{}/v1/models", server.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body: Value = get_json(&client, &format!("{}/v1/models", server.base)).await;
         body["data"]
             .as_array()
             .unwrap()
@@ -621,26 +619,12 @@ async fn hot_reload_adds_replaces_and_removes_bundles() {
         !state.bundle_problems().is_empty()
     })
     .await;
-    let health: Value = client
-        .get(format!("{}/healthz", server.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = get_json(&client, &format!("{}/healthz", server.base)).await;
     assert_eq!(health["status"], "degraded", "{health}");
     assert_eq!(health["bundle_errors"], 1, "{health}");
     // The open health check names no path; the details are in /v1/status.
     assert!(!health.to_string().contains('/'), "{health}");
-    let status: Value = client
-        .get(format!("{}/v1/status", server.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: Value = get_json(&client, &format!("{}/v1/status", server.base)).await;
     let error = status["bundle_errors"][0]["error"].as_str().unwrap();
     assert!(error.contains("sha256"), "{status}");
     assert_eq!(
@@ -1289,14 +1273,7 @@ async fn streams_are_answered_while_hostile_load_runs() {
         server.state.admission().running() == 0 && server.state.admission().queued() == 0
     })
     .await;
-    let health: Value = client
-        .get(format!("{}/healthz", server.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = get_json(&client, &format!("{}/healthz", server.base)).await;
     assert_eq!(health["status"], "ok", "{health}");
     let response = client
         .post(&url)

@@ -31,6 +31,50 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// A `tessera serve` started with `args`, its stderr read up to the line
+/// that says where it listens (or to its end, if it exits first).
+struct Serving {
+    child: std::process::Child,
+    stderr: std::io::BufReader<std::process::ChildStderr>,
+    log: String,
+    /// `host:port`, once it listens.
+    address: Option<String>,
+}
+
+fn serve(args: &[&std::ffi::OsStr]) -> Serving {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(args)
+        .current_dir(repo())
+        .env(
+            "TESSERA_CACHE_DIR",
+            std::env::temp_dir().join("tessera-cli-test-cache"),
+        )
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting tessera serve");
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    let mut address = None;
+    loop {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        log.push_str(&line);
+        if let Some(rest) = line.split("on http://").nth(1) {
+            address = Some(rest.split("/v1").next().unwrap().to_string());
+            break;
+        }
+    }
+    Serving {
+        child,
+        stderr,
+        log,
+        address,
+    }
+}
+
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("tessera-cli-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -304,7 +348,7 @@ fn generate_embed_and_run_on_the_real_models() {
 /// an OpenAI request over a socket, and a clean exit on SIGTERM.
 #[test]
 fn serve_answers_then_stops_on_sigterm() {
-    use std::io::{BufRead, BufReader, Read, Write};
+    use std::io::{Read, Write};
 
     let dir = scratch("serve");
     let config = dir.join("serve.toml");
@@ -316,29 +360,11 @@ fn serve_answers_then_stops_on_sigterm() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .current_dir(repo())
-        .env(
-            "TESSERA_CACHE_DIR",
-            std::env::temp_dir().join("tessera-cli-test-cache"),
-        )
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("starting tessera serve");
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut log = String::new();
-    let address = loop {
-        let mut line = String::new();
-        if stderr.read_line(&mut line).unwrap() == 0 {
-            let _ = child.kill();
-            panic!("tessera serve exited before serving:\n{log}");
-        }
-        log.push_str(&line);
-        if let Some(rest) = line.split("on http://").nth(1) {
-            break rest.split("/v1").next().unwrap().to_string();
-        }
+    let mut serving = serve(&["serve".as_ref(), "--config".as_ref(), config.as_os_str()]);
+    let (mut child, mut stderr, mut log) = (serving.child, serving.stderr, serving.log);
+    let Some(address) = serving.address.take() else {
+        let _ = child.kill();
+        panic!("tessera serve exited before serving:\n{log}");
     };
     assert!(log.contains("serving 1 experts"), "{log}");
 
@@ -379,14 +405,27 @@ fn serve_answers_then_stops_on_sigterm() {
     );
 }
 
+/// Regression: `tessera serve --help` printed the value of
+/// `TESSERA_API_KEY` beside the flag.
+#[test]
+fn serve_help_hides_the_api_key() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["serve", "--help"])
+        .env("TESSERA_API_KEY", "sk-do-not-print")
+        .output()
+        .expect("running tessera");
+    assert!(out.status.success());
+    let help = stdout(&out);
+    assert!(help.contains("TESSERA_API_KEY"), "{help}");
+    assert!(!help.contains("sk-do-not-print"), "{help}");
+}
+
 /// Regression: `tessera serve` ran `cargo build` on every plugin crate it
 /// was given, so a stranger's `build.rs` ran natively on the miner's
 /// machine. Now serving never builds unless `--build` is given: the crate
 /// is reported as unbuilt, with the command that builds it.
 #[test]
 fn serve_does_not_build_plugin_sources() {
-    use std::io::{BufRead, BufReader};
-
     let dir = scratch("no-build");
     let marker = dir.join("build-script-ran");
     let plugin = dir.join("stranger");
@@ -408,29 +447,16 @@ fn serve_does_not_build_plugin_sources() {
     )
     .unwrap();
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["serve", "--no-model", "--listen", "127.0.0.1:0"])
-        .args(["--reload-interval-ms", "0"])
-        .arg(&plugin)
-        .env(
-            "TESSERA_CACHE_DIR",
-            std::env::temp_dir().join("tessera-cli-test-cache"),
-        )
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("starting tessera serve");
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut log = String::new();
-    loop {
-        let mut line = String::new();
-        if stderr.read_line(&mut line).unwrap() == 0 {
-            break;
-        }
-        log.push_str(&line);
-        if line.contains("on http://") {
-            break;
-        }
-    }
+    let serving = serve(&[
+        "serve".as_ref(),
+        "--no-model".as_ref(),
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--reload-interval-ms".as_ref(),
+        "0".as_ref(),
+        plugin.as_os_str(),
+    ]);
+    let (mut child, log) = (serving.child, serving.log);
     let _ = child.kill();
     let _ = child.wait();
     assert!(log.contains("serving 0 experts"), "{log}");
