@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tessera_host::ensemble::watch::BundleWatcher;
 use tessera_host::inference::BurnEngine;
-use tessera_host::server::{self, AppState, ServerOptions};
+use tessera_host::server::{self, AppState, ServerOptions, admission};
 use tessera_tests::{FakeEngine, host_with, load, load_as, plugin, test_policy};
 use tower::ServiceExt;
 
@@ -983,9 +983,13 @@ async fn two_hundred_concurrent_streams_are_answered_or_refused() {
             answered += 1;
         }
     }
+    // One model may hold three quarters of the running and queued places;
+    // the rest stays free for other models.
+    let places = admission::share(32) + admission::share(64);
+    assert_eq!(places, 24 + 48);
     assert!(
-        answered >= 32 + 64 - 8,
-        "only {answered} of {CLIENTS} answered"
+        answered >= places - 8,
+        "only {answered} of {CLIENTS} answered ({places} places for one model)"
     );
     assert!(answered < CLIENTS, "the queue bound was not applied");
     let grown = rss_bytes().saturating_sub(rss_before);

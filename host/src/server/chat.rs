@@ -190,7 +190,7 @@ async fn run(state: AppState, plan: Result<Plan, ApiError>, mut served: Served) 
                 plan.model
             ),
         )),
-        Ok(mut plan) => match state.admission().admit().await {
+        Ok(mut plan) => match state.admission().admit(&served.model).await {
             Err(e) => Err(e),
             Ok(mut admitted) => match decide(&state, &mut plan).await {
                 Err(e) => Err(e),
@@ -346,7 +346,7 @@ pub(super) async fn route(
             decision: None,
             want_trace: false,
         };
-        let _admitted = state.admission().admit().await?;
+        let _admitted = state.admission().admit(&served.model).await?;
         decide(&state, &mut plan).await?;
         let decision = plan.decision.expect("decided");
         let mut response = axum::Json(json!({

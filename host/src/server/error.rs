@@ -94,6 +94,21 @@ impl ApiError {
         e
     }
 
+    /// 429: one model holds its whole share of the admission queue; others
+    /// may still be served.
+    pub fn overloaded_model(model: &str, running: usize, queued: usize, retry_after: u64) -> Self {
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            format!(
+                "`{model}` is at its share of the server ({running} of its requests running, {queued} queued); retry after {retry_after} s"
+            ),
+        );
+        e.code = Some("overloaded".into());
+        e.retry_after = Some(retry_after);
+        e
+    }
+
     /// 429 (or 400 when it can never fit): the sandbox instances a request
     /// may need are not free.
     pub fn from_slots(e: &crate::ensemble::SlotError) -> Self {

@@ -764,7 +764,7 @@ async fn embed(
             ));
         }
     };
-    let _admitted = state.admission().admit().await?;
+    let _admitted = state.admission().admit(&served.model).await?;
     let engine = state.ensemble().model().clone();
     let vectors = engine
         .embed(texts.clone())
