@@ -297,6 +297,54 @@ async fn a_spinning_expert_yields_on_a_single_thread() {
     );
 }
 
+/// Spinning guests compute in the long-running lane, one at a time here,
+/// in turn: while three spin on two workers, one worker stays free, echoes
+/// answer, and the lane is whole again once they end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spinning_experts_take_turns_in_the_long_running_lane() {
+    let host = host_with(
+        HostPolicy {
+            long_running_places: 1,
+            ..test_policy()
+        },
+        Arc::new(NoModel),
+    );
+    load(&host, HOSTILE).await;
+    load(&host, ECHO).await;
+    assert_eq!(host.sandbox().long_running_places_free(), 1);
+    let spinners: Vec<_> = (0..3)
+        .map(|_| {
+            let host = host.clone();
+            tokio::spawn(async move { host.invoke("hostile", Request::from_prompt("spin")).await })
+        })
+        .collect();
+    let waiting = Instant::now();
+    while host.sandbox().long_running_places_free() != 0 {
+        assert!(
+            waiting.elapsed() < Duration::from_secs(5),
+            "no spinner entered the long-running lane"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    for i in 0..20 {
+        let inv = host
+            .invoke("echo", Request::from_prompt(format!("ping {i}")))
+            .await;
+        assert_eq!(inv.result.unwrap().content, format!("ping {i}"));
+    }
+    assert!(
+        spinners.iter().all(|s| !s.is_finished()),
+        "a spinner ended before the echoes did"
+    );
+    for spinner in spinners {
+        let spun = spinner.await.unwrap();
+        assert_eq!(error_kind(&spun), InvokeErrorKind::Deadline);
+        // Each spinner computed: its fuel went down while it held a place.
+        assert!(spun.trace.fuel_consumed > 0);
+    }
+    assert_eq!(host.sandbox().long_running_places_free(), 1);
+}
+
 /// After a hostile run, the next invocation (a fresh instance, in a reused
 /// pool slot) sees fresh memory.
 #[tokio::test]

@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tessera_host::inference::{BurnEngine, EngineOptions, ModelStore};
+use tessera_host::sandbox::HostPolicy;
 use tessera_host::server::{self, AppState, ServerOptions};
-use tessera_tests::{host_with, load, load_as, test_policy};
+use tessera_tests::{host_with, load, load_as};
 
 const STREAMS: usize = 1_000;
 
@@ -123,7 +124,8 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let ensemble = host_with(test_policy(), engine());
+        // The policy `tessera serve` runs with (512 sandbox instances).
+        let ensemble = host_with(HostPolicy::default(), engine());
         load(&ensemble, "tests/plugins/echo").await;
         load_as(&ensemble, "tests/plugins/hostile", |m| {
             m.limits.deadline_ms = Some(2_000);
@@ -160,12 +162,15 @@ fn main() {
                 tokio::spawn(async move {
                     let client = reqwest::Client::new();
                     let body = json!({"model": "hostile", "messages": [{"role": "user", "content": "spin"}]});
-                    let mut spins = 0;
+                    let mut outcomes = std::collections::BTreeMap::<String, u32>::new();
                     while Instant::now() < attack_until {
-                        let _ = client.post(&chat).json(&body).send().await.unwrap().bytes().await;
-                        spins += 1;
+                        let response = client.post(&chat).json(&body).send().await.unwrap();
+                        let status = response.status().as_u16();
+                        let body: Value = response.json().await.unwrap_or(Value::Null);
+                        let code = body["error"]["code"].as_str().unwrap_or("-").to_string();
+                        *outcomes.entry(format!("{status} {code}")).or_default() += 1;
                     }
-                    spins
+                    outcomes
                 })
             })
             .collect();
@@ -189,11 +194,17 @@ fn main() {
         let (answered, refused, seconds) = storm(&base).await;
         let (mut busy, busy_refused) = probing.await.unwrap();
         busy.sort_by(f64::total_cmp);
-        let spins: u32 = futures_util::future::join_all(spinners)
-            .await
-            .into_iter()
-            .map(Result::unwrap)
-            .sum();
+        let mut outcomes = std::collections::BTreeMap::<String, u32>::new();
+        for spinner in futures_util::future::join_all(spinners).await {
+            for (outcome, count) in spinner.unwrap() {
+                *outcomes.entry(outcome).or_default() += count;
+            }
+        }
+        let spins = outcomes
+            .iter()
+            .map(|(outcome, count)| format!("{count} × {outcome}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let (bomb_status, bomb_vectors, bomb_seconds) = bomb.await.unwrap();
         let rss_end = rss_mib();
         let healthy = reqwest::get(format!("{base}/healthz"))
@@ -202,7 +213,7 @@ fn main() {
             .status()
             .is_success();
         println!(
-            "| 1,000 streams + 4 spinning experts ({spins} spins) + embedding bomb ({bomb_status}, {bomb_vectors} vectors in {bomb_seconds:.1} s) | {answered} | {refused} | 0 | {seconds:.1} | {rss_storm} → {rss_end} | {healthy} |"
+            "| 1,000 streams + 4 spinning experts ({spins}) + embedding bomb ({bomb_status}, {bomb_vectors} vectors in {bomb_seconds:.1} s) | {answered} | {refused} | 0 | {seconds:.1} | {rss_storm} → {rss_end} | {healthy} |"
         );
         println!();
         println!("| echo probe | answered | refused (429) | p50 µs | p99 µs |");

@@ -89,6 +89,9 @@ pub struct HostPolicy {
     pub max_trace_entries: usize,
     /// Concurrent instance slots in the pooling allocator.
     pub pool_instances: u32,
+    /// Guests that have computed for more than ~20 ms compute this many at
+    /// a time, in turn, so they never hold every async worker.
+    pub long_running_places: usize,
 }
 
 impl Default for HostPolicy {
@@ -110,8 +113,14 @@ impl Default for HostPolicy {
             max_response_bytes: MAX_RESPONSE_BYTES,
             max_trace_entries: MAX_TRACE_ENTRIES,
             pool_instances: POOL_INSTANCES,
+            long_running_places: default_long_running_places(),
         }
     }
+}
+
+/// Half the cores, at least one.
+pub fn default_long_running_places() -> usize {
+    (std::thread::available_parallelism().map_or(1, usize::from) / 2).max(1)
 }
 
 /// The limits one invocation runs under.

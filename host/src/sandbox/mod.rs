@@ -18,6 +18,7 @@ mod state;
 mod stdio;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
@@ -37,6 +38,9 @@ use crate::bundle::{ComponentError, ComponentInfo};
 /// How often the epoch advances; a running guest yields this often and
 /// notices its deadline within one tick.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+/// Ticks of computing after which a guest counts as long-running and
+/// computes only in the long-running lane (about 20 ms).
+pub const LONG_RUNNING_AFTER_TICKS: u32 = 4;
 /// Wasm stack per invocation. Deep recursion past it traps as a stack
 /// overflow.
 pub const MAX_WASM_STACK: usize = 1024 * 1024;
@@ -47,6 +51,13 @@ pub struct Sandbox {
     linker: Linker<InvocationState>,
     policy: HostPolicy,
     cache: Option<CompileCache>,
+    /// Places for long-running guests ([`HostPolicy::long_running_places`]). A
+    /// guest that has computed past [`LONG_RUNNING_AFTER_TICKS`] takes a
+    /// place for each tick it computes and gives it back at every tick and
+    /// host call, in turn with the others (the semaphore is fair), so
+    /// spinning guests can never occupy every async worker and short
+    /// invocations and HTTP always find one free.
+    long_running: Arc<tokio::sync::Semaphore>,
 }
 
 /// A component compiled and linked, ready to instantiate.
@@ -125,12 +136,19 @@ impl Sandbox {
                 })
             })
             .transpose()?;
+        let long_running_places = policy.long_running_places.max(1);
         Ok(Sandbox {
             engine,
             linker,
             policy,
             cache,
+            long_running: Arc::new(tokio::sync::Semaphore::new(long_running_places)),
         })
+    }
+
+    /// Places of the long-running lane free now.
+    pub fn long_running_places_free(&self) -> usize {
+        self.long_running.available_permits()
     }
 
     /// The wasmtime engine.
@@ -191,12 +209,30 @@ impl Sandbox {
             .set_fuel(fuel)
             .expect("fuel consumption is enabled in the engine config");
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|ctx| {
-            if Instant::now() >= ctx.data().deadline {
-                Err(wasmtime::Error::new(DeadlineExceeded))
-            } else {
-                Ok(UpdateDeadline::Yield(1))
+        let lane = self.long_running.clone();
+        store.epoch_deadline_callback(move |mut ctx| {
+            let state = ctx.data_mut();
+            if Instant::now() >= state.deadline {
+                return Err(wasmtime::Error::new(DeadlineExceeded));
             }
+            state.ticks += 1;
+            if state.ticks < LONG_RUNNING_AFTER_TICKS {
+                return Ok(UpdateDeadline::Yield(1));
+            }
+            // Give the place back (if held), let the others run, and queue
+            // for it again.
+            state.lane_place.release();
+            let place = state.lane_place.clone();
+            let lane = lane.clone();
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(async move {
+                    tokio::task::yield_now().await;
+                    if let Ok(permit) = lane.acquire_owned().await {
+                        place.hold(permit);
+                    }
+                }),
+            ))
         });
         store.call_hook(track_fuel);
         store
@@ -217,6 +253,8 @@ fn track_fuel(
 ) -> wasmtime::Result<()> {
     match hook {
         CallHook::CallingHost => {
+            // Waiting on the host is not computing.
+            ctx.data().lane_place.release();
             let left = ctx.get_fuel()?;
             let rec = &mut ctx.data_mut().recorder;
             rec.host_depth += 1;

@@ -43,6 +43,26 @@ pub struct InvocationState {
     /// What `wasi:clocks/wall-clock` says for the whole invocation:
     /// its start, in milliseconds since the Unix epoch (in the trace).
     pub(crate) wall_clock_unix_ms: u64,
+    /// Epoch ticks this invocation has computed through.
+    pub(crate) ticks: u32,
+    /// Its place in the long-running lane, while it computes there.
+    pub(crate) lane_place: LanePlace,
+}
+
+/// A long-running guest's place in the sandbox's long-running lane: filled
+/// by the future its epoch callback yields to, emptied at the next tick or
+/// host call, and when the invocation ends.
+#[derive(Clone, Default)]
+pub(crate) struct LanePlace(Arc<std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>);
+
+impl LanePlace {
+    pub(crate) fn hold(&self, permit: tokio::sync::OwnedSemaphorePermit) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(permit);
+    }
+
+    pub(crate) fn release(&self) {
+        drop(self.0.lock().unwrap_or_else(|e| e.into_inner()).take());
+    }
 }
 
 /// What the host calls of an invocation add to its trace.
@@ -117,6 +137,8 @@ impl InvocationState {
             wall_clock_unix_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
+            ticks: 0,
+            lane_place: LanePlace::default(),
             ensemble,
         }
     }
