@@ -58,11 +58,13 @@ pub struct ServeArgs {
     #[arg(long, value_name = "BYTES")]
     max_body_bytes: Option<usize>,
 
-    /// Requests that run at once [default: 64].
+    /// Requests that run at once; one model, expert or strategy may hold
+    /// three quarters of them [default: 64].
     #[arg(long, value_name = "N")]
     max_running: Option<usize>,
 
-    /// Requests that may wait for a place; more get 429 [default: 256].
+    /// Requests that may wait for a place, three quarters of them for one
+    /// model; more get 429 [default: 256].
     #[arg(long, value_name = "N")]
     max_queued: Option<usize>,
 
