@@ -3,9 +3,11 @@
 //! [`Ensemble::invoke`] runs an expert in a fresh store, with its limits,
 //! and returns its answer together with the [`Trace`] of what it did.
 
+pub mod answer;
 mod error;
 pub mod registry;
 pub mod router;
+pub mod strategy;
 pub mod watch;
 
 use std::collections::BTreeMap;
@@ -16,6 +18,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use wasmtime::Trap;
 
+pub use answer::{Answer, AnswerError, Ask, Input, Report, Target, UnknownModel};
 pub use error::{InvokeError, InvokeErrorKind};
 pub use registry::Registry;
 pub use router::{Decision, RouteError, RouterConfig, Strategy};

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::Ensemble;
+pub use super::strategy::{AUTO_MODEL, Strategy};
 use crate::bindings::types::{ExpertInfo, Request, Role};
 use crate::sandbox::InvocationState;
 
@@ -34,58 +35,6 @@ pub const SHORT_TURN_BYTES: usize = 48;
 pub const CONTEXT_BYTES: usize = 256;
 /// Largest `top_k` a request or config may ask for.
 pub const MAX_TOP_K: usize = 16;
-
-/// How a request to `tessera/auto` is answered.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Strategy {
-    /// The best expert answers (`tessera/auto`).
-    #[default]
-    Route,
-    /// The top-k experts answer in parallel and an aggregator writes the
-    /// final answer from theirs (`tessera/auto:moa`).
-    Moa,
-    /// The cheapest candidate answers first; below the confidence
-    /// threshold the request escalates to the next (`tessera/auto:cascade`).
-    Cascade,
-}
-
-impl Strategy {
-    /// Every strategy.
-    pub const ALL: [Strategy; 3] = [Strategy::Route, Strategy::Moa, Strategy::Cascade];
-
-    /// Its name in model ids and configs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Strategy::Route => "route",
-            Strategy::Moa => "moa",
-            Strategy::Cascade => "cascade",
-        }
-    }
-
-    /// The model id that selects it: `tessera/auto`, `tessera/auto:moa`,
-    /// `tessera/auto:cascade`.
-    pub fn model_id(self) -> &'static str {
-        match self {
-            Strategy::Route => AUTO_MODEL,
-            Strategy::Moa => "tessera/auto:moa",
-            Strategy::Cascade => "tessera/auto:cascade",
-        }
-    }
-}
-
-impl std::str::FromStr for Strategy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Strategy::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| format!("unknown strategy `{s}`: use route, moa or cascade"))
-    }
-}
-
-/// The model id of the ensemble's automatic routing.
-pub const AUTO_MODEL: &str = "tessera/auto";
 
 /// How the ensemble routes.
 #[derive(Debug, Clone, PartialEq)]

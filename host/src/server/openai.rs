@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::error::ApiError;
 use crate::inference::{ChatMessage, ChatRole, SamplingField, SamplingOptions, SamplingParams};
-use crate::types::{Message, Request, Role, Sampling};
+use crate::types::Sampling;
 
 /// Most choices one request may ask for (`n`).
 pub const MAX_N: u32 = 16;
@@ -511,29 +511,6 @@ impl CompletionRequest {
         }
         Ok(prompts)
     }
-}
-
-/// A conversation as an expert sees it.
-pub fn expert_request(messages: &[ChatMessage], checked: &Checked, request_id: &str) -> Request {
-    let mut req = Request::from_messages(
-        messages
-            .iter()
-            .map(|m| Message {
-                role: match m.role {
-                    ChatRole::System => Role::System,
-                    ChatRole::User => Role::User,
-                    ChatRole::Assistant => Role::Assistant,
-                    ChatRole::Tool => Role::Tool,
-                },
-                content: m.content.clone(),
-            })
-            .collect(),
-    );
-    req.sampling = checked.sampling.clone();
-    req.metadata = checked.metadata.clone();
-    req.metadata
-        .push(("request-id".to_string(), request_id.to_string()));
-    req
 }
 
 #[cfg(test)]

@@ -1,0 +1,516 @@
+//! Answering a request: who answers a model name ([`Ensemble::resolve`]),
+//! and the answer of one choice ([`Ensemble::answer`]) from the base
+//! model, one expert or a routing strategy, with a typed report of who
+//! answered, who failed and why.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::strategy::{self, Strategy};
+use super::{Decision, Ensemble, Expert, Invocation, InvokeError};
+use crate::audit::Trace;
+use crate::bindings::types::{Message, Request, Role, Sampling};
+use crate::bundle::BundleKind;
+use crate::inference::{
+    ChatMessage, ChatRole, Deltas, Finish, ModelEngine as _, ModelError, NoModel, SamplingParams,
+};
+
+/// Who answers a request.
+#[derive(Clone)]
+pub enum Target {
+    /// The base language model.
+    Base,
+    /// The embedding model (answers only `/v1/embeddings`).
+    Embedder,
+    /// One expert.
+    Expert(Arc<Expert>),
+    /// The router decides, then the strategy runs.
+    Auto(Strategy),
+}
+
+/// A model name nothing on this host answers to.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown model `{asked}`")]
+pub struct UnknownModel {
+    /// The name asked for.
+    pub asked: String,
+    /// Every name that is served.
+    pub known: Vec<String>,
+}
+
+/// What was asked, with sampling checked once (`SamplingParams::check`).
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// A conversation.
+    Chat(Vec<ChatMessage>),
+    /// A raw prompt (`/v1/completions`); experts get it as one user turn.
+    Prompt(String),
+}
+
+/// A request as the ensemble answers it.
+#[derive(Debug, Clone)]
+pub struct Ask {
+    /// What was asked.
+    pub input: Input,
+    /// Sampling for the base model.
+    pub params: SamplingParams,
+    /// The same, as an expert sees it.
+    pub sampling: Sampling,
+    /// Metadata for experts (`request-id` is added).
+    pub metadata: Vec<(String, String)>,
+    /// The caller's request id (`-` when none).
+    pub request_id: String,
+    /// How long the base model may take.
+    pub model_timeout: Duration,
+}
+
+impl Ask {
+    /// The request an expert gets for choice `choice`: the seed, when
+    /// given, moves on by the choice's index.
+    pub fn expert_request(&self, choice: u32) -> Request {
+        let messages = match &self.input {
+            Input::Chat(m) => m.iter().map(wit_message).collect(),
+            Input::Prompt(p) => vec![Message {
+                role: Role::User,
+                content: p.clone(),
+            }],
+        };
+        let mut req = Request::from_messages(messages);
+        req.sampling = self.sampling.clone();
+        req.sampling.seed = req.sampling.seed.map(|s| s.wrapping_add(u64::from(choice)));
+        req.metadata = self.metadata.clone();
+        req.metadata
+            .push(("request-id".to_string(), self.request_id.clone()));
+        req
+    }
+
+    /// The base model's sampling for choice `choice`.
+    fn params(&self, choice: u32) -> SamplingParams {
+        let mut params = self.params.clone();
+        params.seed = params.seed.map(|s| s.wrapping_add(u64::from(choice)));
+        params
+    }
+}
+
+fn wit_message(m: &ChatMessage) -> Message {
+    Message {
+        role: match m.role {
+            ChatRole::System => Role::System,
+            ChatRole::User => Role::User,
+            ChatRole::Assistant => Role::Assistant,
+            ChatRole::Tool => Role::Tool,
+        },
+        content: m.content.clone(),
+    }
+}
+
+/// One choice's answer.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The text.
+    pub text: String,
+    /// Why it ended (experts always `Stop`).
+    pub finish: Finish,
+    /// Prompt tokens read, over every invocation behind the answer.
+    pub prompt_tokens: u32,
+    /// Tokens generated, over every invocation behind the answer.
+    pub completion_tokens: u32,
+    /// Log-probability of each generated token (base model only).
+    pub logprobs: Vec<(String, f32)>,
+    /// How sure the answer is (0..1): the expert's report, else the mean
+    /// token probability of its model calls.
+    pub confidence: Option<f32>,
+    /// Who answered and how.
+    pub report: Report,
+}
+
+/// Who answered and how: the `tessera` field of an answer. Empty when the
+/// base model was asked by name.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    /// The expert whose answer this is.
+    #[serde(flatten)]
+    pub expert: Option<ExpertReport>,
+    /// For `tessera/auto`: the expert (or base model) that answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answered_by: Option<String>,
+    /// For `tessera/auto:moa`.
+    #[serde(flatten)]
+    pub fan_out: Option<FanOutReport>,
+    /// For `tessera/auto:cascade`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cascade: Option<CascadeReport>,
+}
+
+impl Report {
+    /// Whether there is nothing to report.
+    pub fn is_empty(&self) -> bool {
+        self.expert.is_none()
+            && self.answered_by.is_none()
+            && self.fan_out.is_none()
+            && self.cascade.is_none()
+    }
+}
+
+/// What an expert reported with its answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExpertReport {
+    /// Its name.
+    pub expert: String,
+    /// Its version.
+    pub version: String,
+    /// The confidence it reported (none when it reported none).
+    pub confidence: Option<f32>,
+    /// Its metadata (a later duplicate key wins).
+    pub metadata: BTreeMap<String, String>,
+    /// How long it ran.
+    pub duration_ms: u64,
+    /// Fuel it burned.
+    pub fuel: u64,
+    /// Model calls it made.
+    pub model_calls: u32,
+}
+
+/// How a mixture of agents went.
+#[derive(Debug, Clone, Serialize)]
+pub struct FanOutReport {
+    /// Each expert asked, in rank order.
+    pub fan_out: Vec<Stage>,
+    /// The aggregator, when it wrote the answer (`null` when the
+    /// best-ranked answer stands).
+    pub aggregator: Option<String>,
+    /// Why the aggregator's answer was not used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aggregator_error: Option<String>,
+}
+
+/// How a cascade went.
+#[derive(Debug, Clone, Serialize)]
+pub struct CascadeReport {
+    /// The confidence that stops it.
+    pub threshold: f32,
+    /// Each expert asked, cheapest first.
+    pub stages: Vec<Stage>,
+}
+
+/// One expert asked by a strategy.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stage {
+    /// The expert.
+    pub expert: String,
+    /// Its declared cost (cascade only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<u32>,
+    /// Whether it answered.
+    pub ok: bool,
+    /// Its answer's confidence, or its error.
+    #[serde(flatten)]
+    pub detail: StageDetail,
+}
+
+/// What came of one stage.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum StageDetail {
+    /// It answered.
+    Answered {
+        /// How sure it was.
+        confidence: Option<f32>,
+        /// Whether the cascade stopped there (cascade only).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        accepted: Option<bool>,
+    },
+    /// It failed.
+    Failed {
+        /// Why.
+        error: String,
+    },
+}
+
+impl Stage {
+    pub(crate) fn answered(expert: &str, answer: &Answer, accepted: Option<bool>) -> Stage {
+        Stage {
+            expert: expert.to_string(),
+            cost: None,
+            ok: true,
+            detail: StageDetail::Answered {
+                confidence: answer.confidence,
+                accepted,
+            },
+        }
+    }
+
+    pub(crate) fn failed(expert: &str, error: &AnswerError) -> Stage {
+        Stage {
+            expert: expert.to_string(),
+            cost: None,
+            ok: false,
+            detail: StageDetail::Failed {
+                error: error.message(),
+            },
+        }
+    }
+
+    /// Whether the cascade went on past it although it answered.
+    pub fn escalated(&self) -> bool {
+        matches!(
+            self.detail,
+            StageDetail::Answered {
+                accepted: Some(false),
+                ..
+            }
+        )
+    }
+}
+
+/// Why a choice has no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum AnswerError {
+    /// The base model refused or failed.
+    #[error("{0}")]
+    Model(ModelError),
+    /// The base model did not finish in time.
+    #[error("the model did not finish within {} s (--request-timeout-secs)", .0.as_secs())]
+    ModelTimeout(Duration),
+    /// The expert failed.
+    #[error("{}", .0.message)]
+    Expert(InvokeError),
+    /// Every expert a strategy asked failed.
+    #[error("every expert of the {strategy} failed; the first: {first}")]
+    AllFailed {
+        /// `fan-out` or `cascade`.
+        strategy: &'static str,
+        /// The first failure.
+        first: Box<AnswerError>,
+    },
+}
+
+impl AnswerError {
+    /// The message a client reads.
+    pub fn message(&self) -> String {
+        self.to_string()
+    }
+
+    /// The failure behind it (the first of a strategy's).
+    pub fn root(&self) -> &AnswerError {
+        match self {
+            AnswerError::AllFailed { first, .. } => first.root(),
+            other => other,
+        }
+    }
+}
+
+/// The answer of one choice (or why there is none) and the traces of every
+/// invocation behind it, in the order they ran, failed ones included.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The answer.
+    pub result: Result<Answer, AnswerError>,
+    /// What each invocation did.
+    pub traces: Vec<Trace>,
+}
+
+impl Outcome {
+    pub(crate) fn of(result: Result<Answer, AnswerError>, traces: Vec<Trace>) -> Outcome {
+        Outcome { result, traces }
+    }
+}
+
+impl Ensemble {
+    /// Who answers `model`: a strategy of `tessera/auto`, an expert, the
+    /// base model or the embedder (model names ignore case, as hubs spell
+    /// them both ways).
+    pub fn resolve(&self, model: &str) -> Result<Target, UnknownModel> {
+        if let Some(strategy) = Strategy::ALL
+            .into_iter()
+            .find(|s| model.eq_ignore_ascii_case(s.model_id()))
+        {
+            // A plain `tessera/auto` takes the configured strategy.
+            let strategy = if strategy == Strategy::Route {
+                self.router_config().default_strategy
+            } else {
+                strategy
+            };
+            return Ok(Target::Auto(strategy));
+        }
+        if let Some(expert) = self.expert(model)
+            && expert.manifest.kind == BundleKind::Agent
+        {
+            return Ok(Target::Expert(expert));
+        }
+        let engine = self.model();
+        if model.eq_ignore_ascii_case(engine.model_name())
+            && engine.model_name() != NoModel.model_name()
+        {
+            return Ok(Target::Base);
+        }
+        if engine
+            .embedder_name()
+            .is_some_and(|e| e.eq_ignore_ascii_case(model))
+        {
+            return Ok(Target::Embedder);
+        }
+        Err(UnknownModel {
+            asked: model.to_string(),
+            known: self.served_names(),
+        })
+    }
+
+    /// Every name a request may ask for: agents, the models, and the
+    /// strategies when the router can run.
+    pub fn served_names(&self) -> Vec<String> {
+        let engine = self.model();
+        let mut names: Vec<String> = self
+            .experts()
+            .into_iter()
+            .filter(|e| e.manifest.kind == BundleKind::Agent)
+            .map(|e| e.name().to_string())
+            .collect();
+        if engine.model_name() != NoModel.model_name() {
+            names.push(engine.model_name().to_string());
+        }
+        if let Some(name) = engine.embedder_name() {
+            names.push(name.to_string());
+            names.extend(Strategy::ALL.iter().map(|s| s.model_id().to_string()));
+        }
+        names
+    }
+
+    /// The canonical id of what answers: the metric label and log field
+    /// for a request, whatever spelling the client used.
+    pub fn canonical_id(&self, target: &Target) -> String {
+        let engine = self.model();
+        match target {
+            Target::Base => engine.model_name().to_string(),
+            Target::Embedder => engine.embedder_name().unwrap_or("-").to_string(),
+            Target::Expert(e) => e.name().to_string(),
+            Target::Auto(strategy) => strategy.model_id().to_string(),
+        }
+    }
+
+    /// The sandbox instances one choice for `target` may hold at once.
+    pub fn slots_per_choice(&self, target: &Target, decision: Option<&Decision>) -> u32 {
+        match target {
+            Target::Base | Target::Embedder => 0,
+            Target::Expert(e) => self.slots_for(e),
+            Target::Auto(_) => decision.map_or(0, |d| strategy::slots(self, d)),
+        }
+    }
+
+    /// Answer choice `choice` of `ask` for `target`, streaming text to
+    /// `deltas` when given. `decision` is the router's, for
+    /// [`Target::Auto`].
+    pub async fn answer(
+        self: &Arc<Self>,
+        target: &Target,
+        decision: Option<&Decision>,
+        ask: &Ask,
+        choice: u32,
+        deltas: Option<Deltas>,
+    ) -> Outcome {
+        match target {
+            Target::Base => Outcome::of(self.answer_base(ask, choice, deltas).await, Vec::new()),
+            Target::Expert(expert) => {
+                let invocation = self
+                    .invoke_with(expert.name(), ask.expert_request(choice), deltas)
+                    .await;
+                let trace = invocation.trace.clone();
+                Outcome::of(expert_answer(invocation), vec![trace])
+            }
+            Target::Auto(_) => {
+                let decision = decision.expect("tessera/auto is routed before it is answered");
+                strategy::answer(self, decision, ask, choice, deltas).await
+            }
+            Target::Embedder => Outcome::of(
+                Err(AnswerError::Model(ModelError::InvalidInput(
+                    "an embedding model does not answer chat or completion requests".into(),
+                ))),
+                Vec::new(),
+            ),
+        }
+    }
+
+    /// The base model's answer.
+    pub(crate) async fn answer_base(
+        &self,
+        ask: &Ask,
+        choice: u32,
+        deltas: Option<Deltas>,
+    ) -> Result<Answer, AnswerError> {
+        let engine = self.model().clone();
+        let params = ask.params(choice);
+        let call = async {
+            match (ask.input.clone(), deltas) {
+                (Input::Chat(m), None) => engine.chat(m, params, None).await,
+                (Input::Chat(m), Some(d)) => engine.chat_streaming(m, params, None, d).await,
+                (Input::Prompt(p), None) => engine.complete(p, params, None).await,
+                (Input::Prompt(p), Some(d)) => engine.complete_streaming(p, params, None, d).await,
+            }
+        };
+        let generation = tokio::time::timeout(ask.model_timeout, call)
+            .await
+            .map_err(|_| AnswerError::ModelTimeout(ask.model_timeout))?
+            .map_err(AnswerError::Model)?;
+        let confidence = mean_probability(generation.token_logprobs.iter().map(|(_, l)| *l));
+        Ok(Answer {
+            text: generation.text,
+            finish: generation.finish,
+            prompt_tokens: generation.prompt_tokens,
+            completion_tokens: generation.completion_tokens,
+            logprobs: generation.token_logprobs,
+            confidence,
+            report: Report::default(),
+        })
+    }
+
+    /// Run expert `name`, streaming to `deltas` when given.
+    pub(crate) async fn invoke_with(
+        self: &Arc<Self>,
+        name: &str,
+        req: Request,
+        deltas: Option<Deltas>,
+    ) -> Invocation {
+        match deltas {
+            Some(d) => self.invoke_streaming(name, req, d).await,
+            None => self.invoke(name, req).await,
+        }
+    }
+}
+
+/// exp(mean log-probability), or `None` for no tokens.
+fn mean_probability(logprobs: impl Iterator<Item = f32>) -> Option<f32> {
+    let (sum, n) = logprobs.fold((0.0f64, 0u32), |(s, n), l| (s + f64::from(l), n + 1));
+    (n > 0).then(|| (sum / f64::from(n)).exp() as f32)
+}
+
+/// An expert's invocation as an answer, or its error.
+pub(crate) fn expert_answer(invocation: Invocation) -> Result<Answer, AnswerError> {
+    let trace = invocation.trace;
+    let response = invocation.result.map_err(AnswerError::Expert)?;
+    let confidence = response
+        .confidence
+        .or_else(|| trace.mean_logprob.map(|l| l.exp()));
+    Ok(Answer {
+        finish: Finish::Stop,
+        prompt_tokens: response.usage.prompt_tokens,
+        completion_tokens: response.usage.completion_tokens,
+        logprobs: Vec::new(),
+        report: Report {
+            expert: Some(ExpertReport {
+                expert: trace.expert,
+                version: trace.version,
+                confidence: response.confidence,
+                metadata: response.metadata.into_iter().collect(),
+                duration_ms: trace.duration_us / 1000,
+                fuel: trace.fuel_consumed,
+                model_calls: trace.model_calls,
+            }),
+            ..Report::default()
+        },
+        text: response.content,
+        confidence,
+    })
+}
