@@ -341,3 +341,99 @@ fn spawn_epoch_ticker(engine: &Engine) {
         })
         .expect("spawning the epoch thread");
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use wasmtime::component::{Component, Linker};
+
+    use super::*;
+    use crate::ensemble::Ensemble;
+    use crate::inference::NoModel;
+
+    /// A component of `memories` core instances, each with its own linear
+    /// memory of one page, exporting `grow-N` (memory.grow on instance N).
+    fn multi_memory_component(memories: usize) -> String {
+        let mut wat = String::from(
+            "(component
+               (core module $m
+                 (memory 1)
+                 (func (export \"grow\") (param i32) (result i32)
+                   local.get 0
+                   memory.grow))\n",
+        );
+        for i in 0..memories {
+            wat.push_str(&format!(
+                "(core instance $i{i} (instantiate $m))
+                 (func $g{i} (param \"pages\" u32) (result s32)
+                   (canon lift (core func $i{i} \"grow\")))
+                 (export \"grow-{i}\" (func $g{i}))\n"
+            ));
+        }
+        wat.push(')');
+        wat
+    }
+
+    fn store_with_limit(
+        ensemble: &Arc<Ensemble>,
+        memory_bytes: u64,
+    ) -> wasmtime::Store<InvocationState> {
+        let limits = Limits {
+            memory_bytes,
+            ..ensemble.sandbox().policy().limits_for(&Default::default())
+        };
+        let state = InvocationState::new(
+            ensemble.clone(),
+            vec!["multi-memory".into()],
+            Default::default(),
+            limits,
+            Instant::now() + Duration::from_secs(5),
+        );
+        ensemble.sandbox().new_store(state)
+    }
+
+    /// A real component with three memories gets one `memory-mib` for all
+    /// of them, and one with more memories than the pool allows is
+    /// refused when it is compiled (at load).
+    #[tokio::test]
+    async fn a_multi_memory_component_shares_one_budget() {
+        let sandbox = Sandbox::new(HostPolicy::default(), None).unwrap();
+        let ensemble = Ensemble::new(sandbox, Arc::new(NoModel));
+        let engine = ensemble.sandbox().engine().clone();
+        let linker: Linker<InvocationState> = Linker::new(&engine);
+        const PAGE: u64 = 64 << 10;
+
+        let three =
+            Component::new(&engine, wat::parse_str(multi_memory_component(3)).unwrap()).unwrap();
+        let mut store = store_with_limit(&ensemble, 64 * PAGE);
+        let instance = linker.instantiate_async(&mut store, &three).await.unwrap();
+        let grow = |i: usize, store: &mut wasmtime::Store<InvocationState>| {
+            instance
+                .get_typed_func::<(u32,), (i32,)>(&mut *store, &format!("grow-{i}"))
+                .unwrap()
+        };
+        // 3 pages are in use; 40 more fit under 64 pages.
+        let g0 = grow(0, &mut store);
+        assert_eq!(g0.call_async(&mut store, (40,)).await.unwrap(), (1,));
+        // Each memory alone would stay under 64 pages; together they do not.
+        let g1 = grow(1, &mut store);
+        assert_eq!(g1.call_async(&mut store, (40,)).await.unwrap(), (-1,));
+        assert_eq!(store.data().limiter.refused(), Some((83 * PAGE) as usize));
+        let g2 = grow(2, &mut store);
+        assert_eq!(g2.call_async(&mut store, (20,)).await.unwrap(), (1,));
+        assert_eq!(store.data().limiter.peak_bytes(), (63 * PAGE) as usize);
+
+        let too_many = MAX_MEMORIES_PER_COMPONENT as usize + 1;
+        let wasm = wat::parse_str(multi_memory_component(too_many)).unwrap();
+        let Err(error) = Component::new(&engine, wasm) else {
+            panic!("the pool took a component with {too_many} memories");
+        };
+        assert!(
+            format!("{error:#}")
+                .contains("5 Wasm linear memories, which exceeds the configured maximum of 4"),
+            "unexpected error: {error:#}"
+        );
+    }
+}
