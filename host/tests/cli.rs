@@ -418,6 +418,24 @@ fn serve_help_hides_the_api_key() {
     let help = stdout(&out);
     assert!(help.contains("TESSERA_API_KEY"), "{help}");
     assert!(!help.contains("sk-do-not-print"), "{help}");
+    // The defaults shown are the ones the code uses (the threshold once
+    // said 0.3 while the router used 0.2).
+    let defaults = tessera_host::ensemble::RouterConfig::default();
+    let flat = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    for (flag, value) in [
+        ("--route-threshold", defaults.threshold.to_string()),
+        ("--route-top-k", defaults.top_k.to_string()),
+    ] {
+        let at = flat.find(flag).expect(flag);
+        let next_flag = flat[at + flag.len()..]
+            .find("--")
+            .map_or(flat.len(), |i| at + flag.len() + i);
+        assert!(
+            flat[at..next_flag].contains(&format!("[default: {value}]")),
+            "{flag} should show [default: {value}]: {}",
+            &flat[at..next_flag]
+        );
+    }
 }
 
 /// Regression: `tessera serve` ran `cargo build` on every plugin crate it

@@ -1,5 +1,6 @@
 //! What validators read: a per-invocation trace of every host call, with
-//! durations, bytes, fuel and tokens. Receipts and replay build on it.
+//! durations, bytes, fuel and tokens, and the WASI seed and clock a replay
+//! would need. There are no signed receipts or replay yet (issue 12).
 
 mod trace;
 

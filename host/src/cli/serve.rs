@@ -114,7 +114,7 @@ pub struct ServeArgs {
     route_top_k: Option<usize>,
 
     /// Lowest similarity (-1..1) at which the router picks an expert;
-    /// below it the base model answers [default: 0.3].
+    /// below it the base model answers [default: 0.2].
     #[arg(long, value_name = "SCORE")]
     route_threshold: Option<f32>,
 
