@@ -404,12 +404,12 @@ async fn a_router_plugin_decides_and_the_default_router_covers_its_failures() {
 async fn a_restart_reads_the_routing_index_from_the_embedding_cache() {
     let cache = tempfile::tempdir().unwrap();
     let index = |ensemble: &Arc<Ensemble>| {
-        let r = ensemble.registry();
+        let r = ensemble.routing_index();
         (r.len(), r.stats())
     };
     let first = host_with(test_policy(), real_engine());
     first
-        .registry()
+        .routing_index()
         .set_cache_dir(Some(cache.path().to_path_buf()));
     for rel in EXAMPLES {
         load(&first, rel).await;
@@ -422,7 +422,7 @@ async fn a_restart_reads_the_routing_index_from_the_embedding_cache() {
 
     let second = host_with(test_policy(), real_engine());
     second
-        .registry()
+        .routing_index()
         .set_cache_dir(Some(cache.path().to_path_buf()));
     for rel in EXAMPLES {
         load(&second, rel).await;
@@ -440,13 +440,13 @@ async fn a_restart_reads_the_routing_index_from_the_embedding_cache() {
     // A changed description is embedded again.
     let third = host_with(test_policy(), real_engine());
     third
-        .registry()
+        .routing_index()
         .set_cache_dir(Some(cache.path().to_path_buf()));
     load_as(&third, "plugins/calculator", |m| {
         m.description = "Exact arithmetic.".into();
     })
     .await;
-    assert_eq!(third.registry().stats().embedded, 1);
+    assert_eq!(third.routing_index().stats().embedded, 1);
 }
 
 // ----------------------------------------------- composition, fake model

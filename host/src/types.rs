@@ -6,6 +6,21 @@ pub use crate::bindings::types::{
     TokenLogprob, Usage,
 };
 
+/// Every field unset: the host's defaults.
+impl Default for Sampling {
+    fn default() -> Self {
+        Sampling {
+            temperature: None,
+            top_p: None,
+            top_k: None,
+            repetition_penalty: None,
+            max_tokens: None,
+            seed: None,
+            stop: Vec::new(),
+        }
+    }
+}
+
 impl Request {
     /// A request holding one user message, with default sampling.
     pub fn from_prompt(prompt: impl Into<String>) -> Request {
@@ -19,15 +34,7 @@ impl Request {
     pub fn from_messages(messages: Vec<Message>) -> Request {
         Request {
             messages,
-            sampling: Sampling {
-                temperature: None,
-                top_p: None,
-                top_k: None,
-                repetition_penalty: None,
-                max_tokens: None,
-                seed: None,
-                stop: Vec::new(),
-            },
+            sampling: Sampling::default(),
             metadata: Vec::new(),
         }
     }

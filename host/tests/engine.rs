@@ -9,8 +9,8 @@ use std::sync::{Arc, OnceLock};
 use tessera_host::embed::cosine;
 use tessera_host::inference::sampler::argmax;
 use tessera_host::inference::{
-    BurnEngine, ChatMessage, ChatRole, EngineOptions, Finish, ModelEngine, ModelError,
-    SamplingParams,
+    BurnEngine, ChatMessage, ChatRole, EngineOptions, Finish, GenerateRequest, ModelEngine,
+    ModelError, SamplingParams,
 };
 
 fn engine() -> Arc<BurnEngine> {
@@ -81,12 +81,14 @@ async fn score_is_the_log_likelihood_of_the_continuation() {
 async fn chat_answer_names_paris() {
     let engine = engine();
     let g = engine
-        .chat(
-            vec![ChatMessage {
-                role: ChatRole::User,
-                content: "What is the capital of France?".into(),
-            }],
-            greedy(32),
+        .generate(
+            GenerateRequest::chat(
+                vec![ChatMessage {
+                    role: ChatRole::User,
+                    content: "What is the capital of France?".into(),
+                }],
+                greedy(32),
+            ),
             None,
         )
         .await
@@ -104,14 +106,16 @@ async fn same_seed_same_text() {
         let engine = engine.clone();
         async move {
             engine
-                .complete(
-                    "Once upon a time".into(),
-                    SamplingParams {
-                        temperature: 0.9,
-                        max_tokens: 16,
-                        seed: Some(seed),
-                        ..SamplingParams::default()
-                    },
+                .generate(
+                    GenerateRequest::text(
+                        "Once upon a time".into(),
+                        SamplingParams {
+                            temperature: 0.9,
+                            max_tokens: 16,
+                            seed: Some(seed),
+                            ..SamplingParams::default()
+                        },
+                    ),
                     None,
                 )
                 .await
@@ -129,7 +133,7 @@ async fn same_seed_same_text() {
 async fn max_tokens_and_stop_strings_end_generation() {
     let engine = engine();
     let g = engine
-        .complete("1, 2, 3, 4,".into(), greedy(5), None)
+        .generate(GenerateRequest::text("1, 2, 3, 4,".into(), greedy(5)), None)
         .await
         .unwrap();
     assert_eq!(g.completion_tokens, 5);
@@ -138,7 +142,7 @@ async fn max_tokens_and_stop_strings_end_generation() {
     let mut params = greedy(40);
     params.stop = vec!["8".into()];
     let g = engine
-        .complete("1, 2, 3, 4,".into(), params, None)
+        .generate(GenerateRequest::text("1, 2, 3, 4,".into(), params), None)
         .await
         .unwrap();
     assert_eq!(g.finish, Finish::Stop);
@@ -159,7 +163,7 @@ async fn concurrent_generations_match_solo_ones() {
     for p in prompts {
         solo.push(
             engine
-                .complete(p.into(), greedy(12), None)
+                .generate(GenerateRequest::text(p.into(), greedy(12)), None)
                 .await
                 .unwrap()
                 .text,
@@ -171,7 +175,11 @@ async fn concurrent_generations_match_solo_ones() {
             .map(|p| {
                 let engine = engine.clone();
                 let p = p.to_string();
-                tokio::spawn(async move { engine.complete(p, greedy(12), None).await })
+                tokio::spawn(async move {
+                    engine
+                        .generate(GenerateRequest::text(p, greedy(12)), None)
+                        .await
+                })
             })
             .collect(),
     )
@@ -193,21 +201,31 @@ async fn futures_join<T>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
 async fn too_long_for_the_context_is_refused() {
     let engine = engine();
     let prompt = "word ".repeat(9000);
-    let err = engine.complete(prompt, greedy(4), None).await.unwrap_err();
+    let err = engine
+        .generate(GenerateRequest::text(prompt, greedy(4)), None)
+        .await
+        .unwrap_err();
     assert!(matches!(err, ModelError::InvalidInput(_)), "{err}");
     assert!(err.to_string().contains("context holds 8192"), "{err}");
     // The engine still serves.
-    assert!(engine.complete("Hi".into(), greedy(2), None).await.is_ok());
+    assert!(
+        engine
+            .generate(GenerateRequest::text("Hi".into(), greedy(2)), None)
+            .await
+            .is_ok()
+    );
     // Far too long to fit whatever it tokenizes to: refused by its size,
     // before any tokenizing (once 19.5 s for two 4 MiB requests).
     let huge = "x".repeat(4 << 20);
     let err = engine
-        .chat(
-            vec![ChatMessage {
-                role: ChatRole::User,
-                content: huge,
-            }],
-            greedy(1),
+        .generate(
+            GenerateRequest::chat(
+                vec![ChatMessage {
+                    role: ChatRole::User,
+                    content: huge,
+                }],
+                greedy(1),
+            ),
             None,
         )
         .await
@@ -230,7 +248,10 @@ async fn degenerate_sampling_does_not_stop_the_engine() {
             ..SamplingParams::default()
         };
         let g = engine
-            .complete("The capital of France is".into(), params, None)
+            .generate(
+                GenerateRequest::text("The capital of France is".into(), params),
+                None,
+            )
             .await
             .unwrap();
         assert!(g.completion_tokens >= 1, "{g:?}");
@@ -243,7 +264,10 @@ async fn degenerate_sampling_does_not_stop_the_engine() {
     assert!(matches!(err, ModelError::InvalidInput(_)), "{err}");
     assert!(err.to_string().contains("vocabulary of 49152"), "{err}");
     let g = engine
-        .complete("The capital of France is".into(), greedy(3), None)
+        .generate(
+            GenerateRequest::text("The capital of France is".into(), greedy(3)),
+            None,
+        )
         .await
         .unwrap();
     assert!(g.text.contains("Paris"), "{g:?}");
@@ -403,12 +427,14 @@ async fn hugging_face_directory_matches_gguf() {
     assert!(max_diff < 1e-3, "largest logit difference {max_diff}");
     // The chat template came along in tokenizer_config.json.
     let g = hf
-        .chat(
-            vec![ChatMessage {
-                role: ChatRole::User,
-                content: "What is the capital of France?".into(),
-            }],
-            greedy(16),
+        .generate(
+            GenerateRequest::chat(
+                vec![ChatMessage {
+                    role: ChatRole::User,
+                    content: "What is the capital of France?".into(),
+                }],
+                greedy(16),
+            ),
             None,
         )
         .await
@@ -446,7 +472,10 @@ async fn cpu_and_wgpu_logits_agree() {
         .fold(0f32, f32::max);
     assert!(max_diff < 1e-2, "largest logit difference {max_diff}");
     assert_eq!(argmax(&a), argmax(&b));
-    let g = gpu.complete(text.into(), greedy(4), None).await.unwrap();
+    let g = gpu
+        .generate(GenerateRequest::text(text.into(), greedy(4)), None)
+        .await
+        .unwrap();
     assert!(g.text.starts_with(" Paris"), "{:?}", g.text);
 }
 
@@ -470,7 +499,10 @@ async fn kv_budget_refuses_what_cannot_fit_and_queues_the_rest() {
     let engine = Arc::new(small_budget_engine(30 * 46_080));
     assert_eq!(engine.stats().kv_budget_tokens, 30);
     let err = engine
-        .complete("Hello there".into(), greedy(100), None)
+        .generate(
+            GenerateRequest::text("Hello there".into(), greedy(100)),
+            None,
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, ModelError::LimitExceeded(_)), "{err}");
@@ -486,7 +518,10 @@ async fn kv_budget_refuses_what_cannot_fit_and_queues_the_rest() {
             let engine = engine.clone();
             tokio::spawn(async move {
                 engine
-                    .complete(format!("Count: {i}"), greedy(8), None)
+                    .generate(
+                        GenerateRequest::text(format!("Count: {i}"), greedy(8)),
+                        None,
+                    )
                     .await
             })
         })
@@ -507,7 +542,10 @@ async fn abandoned_generations_are_cancelled() {
         tokio::spawn(async move {
             engine
                 // Greedy counting goes on and on.
-                .complete("1, 2, 3, 4, 5, 6,".into(), greedy(4000), None)
+                .generate(
+                    GenerateRequest::text("1, 2, 3, 4, 5, 6,".into(), greedy(4000)),
+                    None,
+                )
                 .await
         })
     };
@@ -524,7 +562,10 @@ async fn abandoned_generations_are_cancelled() {
     long.abort();
     let _ = long.await;
     // The next job runs; by then the engine has dropped the abandoned one.
-    engine.complete("Hi".into(), greedy(2), None).await.unwrap();
+    engine
+        .generate(GenerateRequest::text("Hi".into(), greedy(2)), None)
+        .await
+        .unwrap();
     let stats = engine.stats();
     assert_eq!(stats.cancelled, 1, "{stats:?}");
     assert_eq!(stats.active, 0, "{stats:?}");

@@ -50,7 +50,7 @@ async fn load_all(
     let sandbox = Sandbox::new(policy, Some(compile_cache)).expect("sandbox");
     let ensemble = Ensemble::new(sandbox, real_engine());
     ensemble
-        .registry()
+        .routing_index()
         .set_cache_dir(Some(embedding_cache.to_path_buf()));
     let started = Instant::now();
     let report = BundleWatcher::new(vec![dir.to_path_buf()])
@@ -80,13 +80,13 @@ async fn main() {
     engine.embed(vec!["warm up".into()]).await.expect("embed");
 
     let (cold, cold_took) = load_all(&fixture, &compile_cache, &embedding_cache, count).await;
-    let embedded = cold.registry().stats().embedded;
+    let embedded = cold.routing_index().stats().embedded;
     drop(cold);
 
     let rss_before = rss_bytes();
     let (ensemble, warm_took) = load_all(&fixture, &compile_cache, &embedding_cache, count).await;
     let rss_after = rss_bytes();
-    let stats = ensemble.registry().stats();
+    let stats = ensemble.routing_index().stats();
     assert_eq!(stats.embedded, 0, "a restart must not re-embed");
 
     let query = "Where do I start with sourdough baking?";
@@ -111,7 +111,7 @@ async fn main() {
     let vector = engine.embed(vec![query.to_string()]).await.expect("embed");
     for _ in 0..ROUNDS {
         let started = Instant::now();
-        std::hint::black_box(ensemble.registry().rank(&vector, 3));
+        std::hint::black_box(ensemble.routing_index().rank(&vector, 3));
         search_times.push(started.elapsed());
     }
     let (route, embed, search) = (

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tessera_host::inference::{
-    ChatMessage, ChatRole, Finish, Generation, ModelEngine, ModelError, SamplingParams,
+    ChatMessage, ChatRole, Deltas, Finish, GenerateRequest, Generation, ModelEngine, ModelError,
+    Prompt, SamplingParams,
 };
 
 type Reply = dyn Fn(&[ChatMessage], &SamplingParams) -> String + Send + Sync;
@@ -57,7 +58,7 @@ impl FakeEngine {
         self.calls.load(Ordering::SeqCst)
     }
 
-    async fn generate(
+    async fn finish(
         &self,
         text: String,
         params: &SamplingParams,
@@ -97,29 +98,27 @@ impl ModelEngine for FakeEngine {
         "fake"
     }
 
-    async fn chat(
+    async fn generate(
         &self,
-        messages: Vec<ChatMessage>,
-        params: SamplingParams,
-        _adapter: Option<String>,
+        request: GenerateRequest,
+        deltas: Option<Deltas>,
     ) -> Result<Generation, ModelError> {
+        let messages = match request.prompt {
+            Prompt::Chat(messages) => messages,
+            Prompt::Text(prompt) => vec![ChatMessage {
+                role: ChatRole::User,
+                content: prompt,
+            }],
+        };
+        let params = request.params;
         let text = (self.reply)(&messages, &params);
         let prompt_tokens = count_words(messages.iter().map(|m| &m.content));
-        Ok(self.generate(text, &params, prompt_tokens).await)
-    }
-
-    async fn complete(
-        &self,
-        prompt: String,
-        params: SamplingParams,
-        _adapter: Option<String>,
-    ) -> Result<Generation, ModelError> {
-        let messages = [ChatMessage {
-            role: ChatRole::User,
-            content: prompt.clone(),
-        }];
-        let text = (self.reply)(&messages, &params);
-        Ok(self.generate(text, &params, count_words([prompt])).await)
+        let generation = self.finish(text, &params, prompt_tokens).await;
+        // The fake cannot stream: the whole text at the end.
+        if let Some(deltas) = deltas {
+            let _ = deltas.send(generation.text.clone());
+        }
+        Ok(generation)
     }
 
     async fn tokenize(&self, text: String) -> Result<Vec<u32>, ModelError> {

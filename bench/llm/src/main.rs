@@ -12,8 +12,8 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Parser;
 use tessera_host::inference::{
-    BurnEngine, DeviceChoice, EngineOptions, MINILM, ModelEngine, ModelStore, SMOLLM2,
-    SamplingParams,
+    BurnEngine, DeviceChoice, EngineOptions, GenerateRequest, MINILM, ModelEngine, ModelStore,
+    SMOLLM2, SamplingParams,
 };
 
 #[derive(Parser)]
@@ -61,7 +61,9 @@ async fn compare_devices(store: &ModelStore) -> Result<()> {
         let sum: f32 = logits.iter().map(|l| (l - max).exp()).sum();
         let top = tessera_host::inference::sampler::argmax(&logits);
         let t = Instant::now();
-        let g = engine.complete(text.into(), greedy(8), None).await?;
+        let g = engine
+            .generate(GenerateRequest::text(text.into(), greedy(8)), None)
+            .await?;
         let decode = f64::from(g.completion_tokens) / t.elapsed().as_secs_f64();
         println!(
             "{:4}: load {loaded:.1?}, prefill forward {forward:.1?}, top {:?} p={:.4}, greedy {:?} ({decode:.1} tok/s)",

@@ -131,3 +131,44 @@ pub enum Outcome {
         message: String,
     },
 }
+
+impl Trace {
+    /// The trace of an invocation that never ran (no such expert, not an
+    /// agent): `kind` and `message` say why.
+    pub fn failed(name: &str, depth: u32, kind: &str, message: &str) -> Trace {
+        Trace {
+            expert: name.to_string(),
+            version: String::new(),
+            component_sha256: String::new(),
+            depth,
+            limits: Limits {
+                memory_bytes: 0,
+                deadline_ms: 0,
+                fuel: 0,
+                model_calls: 0,
+                generated_tokens: 0,
+            },
+            started_at_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            wasi_random_seed: 0,
+            duration_us: 0,
+            fuel_consumed: 0,
+            peak_memory_bytes: 0,
+            model_calls: 0,
+            generated_tokens: 0,
+            mean_logprob: None,
+            host_calls: Vec::new(),
+            host_calls_dropped: 0,
+            logs: Vec::new(),
+            logs_dropped: 0,
+            stdout: String::new(),
+            stderr: String::new(),
+            output_dropped_bytes: 0,
+            outcome: Outcome::Error {
+                kind: kind.to_string(),
+                message: message.to_string(),
+            },
+        }
+    }
+}

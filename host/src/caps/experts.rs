@@ -13,7 +13,7 @@ const INTERFACE: &str = "tessera:expert/experts";
 
 impl InvocationState {
     fn check_call(&self, name: &str) -> Result<(), Error> {
-        // Checked first, and never quoted: the name is the guest's, of any
+        // RequestOptions first, and never quoted: the name is the guest's, of any
         // size, and error lines end up in the trace.
         if !is_valid_name(name) {
             return Err(Error::InvalidInput(format!(

@@ -3,10 +3,10 @@
 use crate::audit::TokenCount;
 use crate::bindings::model::Host;
 use crate::bindings::types::{
-    Completion, Error, FinishReason, Message, Role, Sampling, TokenLogprob, Usage,
+    Completion, Error, FinishReason, Message, Sampling, TokenLogprob, Usage,
 };
 use crate::inference::{
-    ChatMessage, ChatRole, Finish, Generation, ModelError, SamplingOptions, SamplingParams,
+    ChatMessage, Finish, GenerateRequest, Generation, ModelError, Prompt, SamplingParams,
 };
 use crate::sandbox::InvocationState;
 
@@ -50,7 +50,7 @@ impl InvocationState {
             .limits
             .generated_tokens
             .saturating_sub(self.recorder.generated_tokens);
-        let mut params = SamplingOptions::from(sampling)
+        let mut params = sampling
             .check(remaining)
             .map_err(|e| Error::InvalidInput(format!("{} {}", e.field.wit_name(), e.message)))?;
         params.owner = Some(self.expert_name().to_string());
@@ -112,34 +112,6 @@ impl InvocationState {
     }
 }
 
-impl From<Sampling> for SamplingOptions {
-    fn from(s: Sampling) -> Self {
-        SamplingOptions {
-            temperature: s.temperature,
-            top_p: s.top_p,
-            top_k: s.top_k,
-            repetition_penalty: s.repetition_penalty,
-            max_tokens: s.max_tokens,
-            seed: s.seed,
-            stop: s.stop,
-        }
-    }
-}
-
-impl From<SamplingOptions> for Sampling {
-    fn from(o: SamplingOptions) -> Self {
-        Sampling {
-            temperature: o.temperature,
-            top_p: o.top_p,
-            top_k: o.top_k,
-            repetition_penalty: o.repetition_penalty,
-            max_tokens: o.max_tokens,
-            seed: o.seed,
-            stop: o.stop,
-        }
-    }
-}
-
 fn model_error(e: ModelError) -> Error {
     match e {
         ModelError::InvalidInput(m) => Error::InvalidInput(m),
@@ -149,15 +121,41 @@ fn model_error(e: ModelError) -> Error {
     }
 }
 
-fn chat_message(m: Message) -> ChatMessage {
-    ChatMessage {
-        role: match m.role {
-            Role::System => ChatRole::System,
-            Role::User => ChatRole::User,
-            Role::Assistant => ChatRole::Assistant,
-            Role::Tool => ChatRole::Tool,
-        },
-        content: m.content,
+impl InvocationState {
+    /// `chat`, `stream-answer` and `complete`: one recorded, checked and
+    /// budgeted generation (streamed to the request's client when
+    /// `stream` and this is the outermost expert of a streamed request).
+    async fn generation(
+        &mut self,
+        function: &str,
+        prompt: Prompt,
+        sampling: Sampling,
+        adapter: Option<String>,
+        stream: bool,
+    ) -> Result<Completion, Error> {
+        let bytes_in = match &prompt {
+            Prompt::Chat(messages) => super::strings_len(messages.iter().map(|m| &m.content)),
+            Prompt::Text(text) => text.len() as u64,
+        };
+        let record = self.begin_call(INTERFACE, function, bytes_in);
+        let result = match self.prepare_generation(sampling) {
+            Ok(params) => {
+                let request = GenerateRequest {
+                    prompt,
+                    params,
+                    adapter,
+                };
+                let deltas = if stream {
+                    self.answer_stream.clone()
+                } else {
+                    None
+                };
+                let engine = self.ensemble.model().clone();
+                engine.generate(request, deltas).await.map_err(model_error)
+            }
+            Err(e) => Err(e),
+        };
+        self.end_generation(record, result)
     }
 }
 
@@ -168,20 +166,10 @@ impl Host for InvocationState {
         sampling: Sampling,
         adapter: Option<String>,
     ) -> wasmtime::Result<Result<Completion, Error>> {
-        let bytes_in = super::strings_len(messages.iter().map(|m| &m.content));
-        let record = self.begin_call(INTERFACE, "chat", bytes_in);
-        let result = match self.prepare_generation(sampling) {
-            Ok(params) => {
-                let messages = messages.into_iter().map(chat_message).collect();
-                let engine = self.ensemble.model().clone();
-                engine
-                    .chat(messages, params, adapter)
-                    .await
-                    .map_err(model_error)
-            }
-            Err(e) => Err(e),
-        };
-        Ok(self.end_generation(record, result))
+        let prompt = Prompt::Chat(messages.into_iter().map(ChatMessage::from).collect());
+        Ok(self
+            .generation("chat", prompt, sampling, adapter, false)
+            .await)
     }
 
     async fn stream_answer(
@@ -190,25 +178,10 @@ impl Host for InvocationState {
         sampling: Sampling,
         adapter: Option<String>,
     ) -> wasmtime::Result<Result<Completion, Error>> {
-        let bytes_in = super::strings_len(messages.iter().map(|m| &m.content));
-        let record = self.begin_call(INTERFACE, "stream-answer", bytes_in);
-        let result = match self.prepare_generation(sampling) {
-            Ok(params) => {
-                let messages = messages.into_iter().map(chat_message).collect();
-                let engine = self.ensemble.model().clone();
-                match self.answer_stream.clone() {
-                    Some(deltas) => {
-                        engine
-                            .chat_streaming(messages, params, adapter, deltas)
-                            .await
-                    }
-                    None => engine.chat(messages, params, adapter).await,
-                }
-                .map_err(model_error)
-            }
-            Err(e) => Err(e),
-        };
-        Ok(self.end_generation(record, result))
+        let prompt = Prompt::Chat(messages.into_iter().map(ChatMessage::from).collect());
+        Ok(self
+            .generation("stream-answer", prompt, sampling, adapter, true)
+            .await)
     }
 
     async fn complete(
@@ -217,18 +190,9 @@ impl Host for InvocationState {
         sampling: Sampling,
         adapter: Option<String>,
     ) -> wasmtime::Result<Result<Completion, Error>> {
-        let record = self.begin_call(INTERFACE, "complete", prompt.len() as u64);
-        let result = match self.prepare_generation(sampling) {
-            Ok(params) => {
-                let engine = self.ensemble.model().clone();
-                engine
-                    .complete(prompt, params, adapter)
-                    .await
-                    .map_err(model_error)
-            }
-            Err(e) => Err(e),
-        };
-        Ok(self.end_generation(record, result))
+        Ok(self
+            .generation("complete", Prompt::Text(prompt), sampling, adapter, false)
+            .await)
     }
 
     async fn tokenize(&mut self, text: String) -> wasmtime::Result<Result<Vec<u32>, Error>> {

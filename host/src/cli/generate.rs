@@ -1,7 +1,9 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use tessera_host::inference::{ChatMessage, ChatRole, ModelEngine, SamplingParams};
+use tessera_host::inference::{
+    ChatMessage, ChatRole, GenerateRequest, ModelEngine, SamplingParams,
+};
 
 use super::engine::EngineArgs;
 
@@ -68,13 +70,17 @@ pub async fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
     };
     let started = Instant::now();
     let generation = if args.raw {
-        engine.complete(args.prompt, params, None).await?
+        engine
+            .generate(GenerateRequest::text(args.prompt, params), None)
+            .await?
     } else {
         let messages = vec![ChatMessage {
             role: ChatRole::User,
             content: args.prompt,
         }];
-        engine.chat(messages, params, None).await?
+        engine
+            .generate(GenerateRequest::chat(messages, params), None)
+            .await?
     };
     let elapsed = started.elapsed();
     super::print(&format!("{}\n", generation.text))?;

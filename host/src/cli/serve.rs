@@ -12,7 +12,7 @@ use tessera_host::build::{BuildOptions, build_plugin};
 use tessera_host::bundle::MANIFEST_FILE;
 use tessera_host::ensemble::router::MAX_TOP_K;
 use tessera_host::ensemble::watch::BundleWatcher;
-use tessera_host::ensemble::{Ensemble, Registry, RouterConfig};
+use tessera_host::ensemble::{Ensemble, RouterConfig, RoutingIndex};
 use tessera_host::inference::{DeviceChoice, MODELS, ModelStatus};
 use tessera_host::sandbox::{HostPolicy, Sandbox};
 use tessera_host::server::{self, AppState, ServerOptions, reload};
@@ -366,20 +366,20 @@ pub async fn run(args: ServeArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<
     ensemble.set_router_config(router_config.clone());
     if cache_dir.is_some() {
         ensemble
-            .registry()
-            .set_cache_dir(Registry::default_cache_dir());
+            .routing_index()
+            .set_cache_dir(RoutingIndex::default_cache_dir());
     }
     let state = AppState::new(ensemble.clone(), options);
 
     let started = Instant::now();
     let report = watcher.scan(&ensemble).await;
     reload::publish(&state, &watcher, &report);
-    let index = ensemble.registry().stats();
+    let index = ensemble.routing_index().stats();
     eprintln!(
         "loaded {} experts in {:.1?} ({} routable: {} embedded, {} from the embedding cache){}",
         ensemble.experts().len(),
         started.elapsed(),
-        ensemble.registry().len(),
+        ensemble.routing_index().len(),
         index.embedded,
         index.from_cache,
         if report.failed.is_empty() {

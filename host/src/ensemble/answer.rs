@@ -15,7 +15,7 @@ use crate::audit::Trace;
 use crate::bindings::types::{Message, Request, Role, Sampling};
 use crate::bundle::BundleKind;
 use crate::inference::{
-    ChatMessage, ChatRole, Deltas, Finish, ModelEngine as _, ModelError, NoModel, SamplingParams,
+    Deltas, Finish, GenerateRequest, ModelEngine as _, ModelError, NoModel, Prompt, SamplingParams,
 };
 
 /// Who answers a request.
@@ -41,20 +41,11 @@ pub struct UnknownModel {
     pub known: Vec<String>,
 }
 
-/// What was asked, with sampling checked once (`SamplingParams::check`).
-#[derive(Debug, Clone)]
-pub enum Input {
-    /// A conversation.
-    Chat(Vec<ChatMessage>),
-    /// A raw prompt (`/v1/completions`); experts get it as one user turn.
-    Prompt(String),
-}
-
 /// A request as the ensemble answers it.
 #[derive(Debug, Clone)]
 pub struct Ask {
-    /// What was asked.
-    pub input: Input,
+    /// What was asked (a raw prompt reaches experts as one user turn).
+    pub input: Prompt,
     /// Sampling for the base model.
     pub params: SamplingParams,
     /// The same, as an expert sees it.
@@ -72,8 +63,8 @@ impl Ask {
     /// given, moves on by the choice's index.
     pub fn expert_request(&self, choice: u32) -> Request {
         let messages = match &self.input {
-            Input::Chat(m) => m.iter().map(wit_message).collect(),
-            Input::Prompt(p) => vec![Message {
+            Prompt::Chat(m) => m.iter().map(Message::from).collect(),
+            Prompt::Text(p) => vec![Message {
                 role: Role::User,
                 content: p.clone(),
             }],
@@ -92,18 +83,6 @@ impl Ask {
         let mut params = self.params.clone();
         params.seed = params.seed.map(|s| s.wrapping_add(u64::from(choice)));
         params
-    }
-}
-
-fn wit_message(m: &ChatMessage) -> Message {
-    Message {
-        role: match m.role {
-            ChatRole::System => Role::System,
-            ChatRole::User => Role::User,
-            ChatRole::Assistant => Role::Assistant,
-            ChatRole::Tool => Role::Tool,
-        },
-        content: m.content.clone(),
     }
 }
 
@@ -422,7 +401,13 @@ impl Ensemble {
             }
             Target::Auto(_) => {
                 let decision = decision.expect("tessera/auto is routed before it is answered");
-                strategy::answer(self, decision, ask, choice, deltas).await
+                let job = strategy::Job {
+                    ensemble: self,
+                    decision,
+                    ask,
+                    choice,
+                };
+                strategy::answer(job, deltas).await
             }
             Target::Embedder => Outcome::of(
                 Err(AnswerError::Model(ModelError::InvalidInput(
@@ -442,14 +427,12 @@ impl Ensemble {
     ) -> Result<Answer, AnswerError> {
         let engine = self.model().clone();
         let params = ask.params(choice);
-        let call = async {
-            match (ask.input.clone(), deltas) {
-                (Input::Chat(m), None) => engine.chat(m, params, None).await,
-                (Input::Chat(m), Some(d)) => engine.chat_streaming(m, params, None, d).await,
-                (Input::Prompt(p), None) => engine.complete(p, params, None).await,
-                (Input::Prompt(p), Some(d)) => engine.complete_streaming(p, params, None, d).await,
-            }
+        let request = GenerateRequest {
+            prompt: ask.input.clone(),
+            params,
+            adapter: None,
         };
+        let call = engine.generate(request, deltas);
         let generation = tokio::time::timeout(ask.model_timeout, call)
             .await
             .map_err(|_| AnswerError::ModelTimeout(ask.model_timeout))?

@@ -5,7 +5,8 @@
 
 pub mod answer;
 mod error;
-pub mod registry;
+mod guest;
+pub mod index;
 pub mod router;
 pub mod strategy;
 pub mod watch;
@@ -16,11 +17,9 @@ use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use wasmtime::Trap;
-
-pub use answer::{Answer, AnswerError, Ask, Input, Report, Target, UnknownModel};
+pub use answer::{Answer, AnswerError, Ask, Report, Target, UnknownModel};
 pub use error::{InvokeError, InvokeErrorKind};
-pub use registry::Registry;
+pub use index::RoutingIndex;
 pub use router::{Decision, RouteError, RouterConfig, Strategy};
 
 use crate::audit::{Outcome, Trace};
@@ -32,9 +31,7 @@ use crate::bundle::{
     is_valid_version,
 };
 use crate::inference::{Deltas, ModelEngine};
-use crate::sandbox::{
-    DeadlineExceeded, InvocationState, Limits, LoadError, LoadedComponent, Sandbox,
-};
+use crate::sandbox::{InvocationState, Limits, LoadError, LoadedComponent, Sandbox};
 
 /// Most metadata pairs an answer may carry.
 pub const MAX_RESPONSE_METADATA: usize = 64;
@@ -216,7 +213,7 @@ pub struct Ensemble {
     slots_total: u32,
     model: Arc<dyn ModelEngine>,
     experts: RwLock<BTreeMap<String, Arc<Expert>>>,
-    registry: Registry,
+    routing_index: RoutingIndex,
     router_config: RwLock<RouterConfig>,
 }
 
@@ -235,7 +232,7 @@ impl Ensemble {
             sandbox,
             model,
             experts: RwLock::new(BTreeMap::new()),
-            registry: Registry::default(),
+            routing_index: RoutingIndex::default(),
             router_config: RwLock::new(RouterConfig::default()),
         })
     }
@@ -277,8 +274,8 @@ impl Ensemble {
     }
 
     /// The routing index.
-    pub fn registry(&self) -> &Registry {
-        &self.registry
+    pub fn routing_index(&self) -> &RoutingIndex {
+        &self.routing_index
     }
 
     /// How `tessera/auto` routes.
@@ -485,11 +482,11 @@ impl Ensemble {
         let routable =
             expert.manifest.kind == BundleKind::Agent && expert.manifest.routing.routable;
         if !routable || self.model.embedder_name().is_none() {
-            self.registry.remove(expert.name());
+            self.routing_index.remove(expert.name());
             return;
         }
         if let Err(e) = self
-            .registry
+            .routing_index
             .index(
                 self.model.as_ref(),
                 &expert.info,
@@ -498,14 +495,14 @@ impl Ensemble {
             )
             .await
         {
-            self.registry.remove(expert.name());
+            self.routing_index.remove(expert.name());
             tracing::warn!(expert = expert.name(), error = %e, "cannot index the expert for routing; it answers only by name");
         }
     }
 
     /// Remove the expert `name`; in-flight invocations finish on it.
     pub fn remove(&self, name: &str) -> Option<Arc<Expert>> {
-        self.registry.remove(name);
+        self.routing_index.remove(name);
         self.experts
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -529,19 +526,18 @@ impl Ensemble {
             deadline,
         );
         state.model_allowed = false;
-        let mut store = self.sandbox.new_store(state);
-        let run = async {
-            let agent = pre.instantiate_async(&mut store).await?;
-            agent.call_describe(&mut store).await
-        };
-        match tokio::time::timeout_at(deadline.into(), run).await {
-            Ok(Ok(info)) => Ok(info),
-            Ok(Err(e)) => Err(classify(e, store.data())),
-            Err(_) => Err(InvokeError::new(
-                InvokeErrorKind::Deadline,
-                format!("deadline of {DESCRIBE_DEADLINE_MS} ms exceeded"),
-            )),
-        }
+        let call = self
+            .call_guest(state, async |store| {
+                let agent = pre.instantiate_async(&mut *store).await?;
+                agent.call_describe(store).await.map(Ok)
+            })
+            .await;
+        call.result.map_err(|mut e| {
+            if e.kind == InvokeErrorKind::Deadline {
+                e.message = format!("deadline of {DESCRIBE_DEADLINE_MS} ms exceeded");
+            }
+            e
+        })
     }
 
     /// Run the expert `name` on `req`.
@@ -628,7 +624,7 @@ impl Ensemble {
                 ),
             );
             return Invocation {
-                trace: failed_trace(expert.name(), depth, &error),
+                trace: Trace::failed(expert.name(), depth, error.kind.as_str(), &error.message),
                 result: Err(error),
             };
         };
@@ -644,25 +640,23 @@ impl Ensemble {
         state.answer_stream = answer_stream;
         state.wall_clock_unix_ms = started_at_unix_ms;
         let wasi_random_seed = state.wasi_seed;
-        let mut store = self.sandbox.new_store(state);
-        let run = async {
-            let agent = pre.instantiate_async(&mut store).await?;
-            agent.call_handle(&mut store, &req).await
-        };
-        // Epoch interruption stops a guest that computes past its deadline;
-        // this timeout stops one that waits past it (on the model, say).
-        let outcome = tokio::time::timeout_at(deadline.into(), run).await;
-        let fuel_left = store.get_fuel().unwrap_or(0);
+        let call = self
+            .call_guest(state, async |store| {
+                let agent = pre.instantiate_async(&mut *store).await?;
+                agent.call_handle(store, &req).await
+            })
+            .await;
+        let fuel_left = call.fuel_left;
         let max_response = self.sandbox.policy().max_response_bytes;
-        let result = match outcome {
-            Ok(Ok(Ok(response))) if response.content.len() > max_response => Err(InvokeError::new(
+        let result = match call.result {
+            Ok(response) if response.content.len() > max_response => Err(InvokeError::new(
                 InvokeErrorKind::ResponseTooLarge,
                 format!(
                     "the answer is {} bytes, over the host's limit of {max_response} bytes",
                     response.content.len()
                 ),
             )),
-            Ok(Ok(Ok(response))) if metadata_too_large(&response) => Err(InvokeError::new(
+            Ok(response) if metadata_too_large(&response) => Err(InvokeError::new(
                 InvokeErrorKind::ResponseTooLarge,
                 format!(
                     "the answer carries {} metadata pairs of {} bytes; the host keeps at most {MAX_RESPONSE_METADATA} pairs of {MAX_RESPONSE_METADATA_BYTES} bytes in all",
@@ -674,12 +668,9 @@ impl Ensemble {
                         .sum::<usize>()
                 ),
             )),
-            Ok(Ok(Ok(response))) => Ok(response),
-            Ok(Ok(Err(guest_error))) => Err(InvokeError::from_guest(guest_error)),
-            Ok(Err(e)) => Err(classify(e, store.data())),
-            Err(_) => Err(deadline_error(limits.deadline_ms)),
+            other => other,
         };
-        let state = store.into_data();
+        let state = call.state;
         let (stdout, stderr, output_dropped_bytes) = state.take_stdio();
         let recorder = state.recorder;
         let trace = Trace {
@@ -724,7 +715,7 @@ fn unknown_expert(name: &str, depth: u32) -> Invocation {
         format!("no expert named `{name}` is loaded"),
     );
     Invocation {
-        trace: failed_trace(name, depth, &error),
+        trace: Trace::failed(name, depth, error.kind.as_str(), &error.message),
         result: Err(error),
     }
 }
@@ -734,98 +725,5 @@ fn merge(into: &mut Vec<String>, from: Vec<String>) {
         if !into.contains(&item) {
             into.push(item);
         }
-    }
-}
-
-fn deadline_error(deadline_ms: u64) -> InvokeError {
-    InvokeError::new(
-        InvokeErrorKind::Deadline,
-        format!("deadline of {deadline_ms} ms exceeded (limits.deadline-ms)"),
-    )
-}
-
-/// Turn a trap or host error into the error a caller sees, using what the
-/// store recorded (a refused memory growth, a panic message).
-fn classify(error: wasmtime::Error, state: &InvocationState) -> InvokeError {
-    if error.downcast_ref::<DeadlineExceeded>().is_some() {
-        return deadline_error(state.limits.deadline_ms);
-    }
-    if let Some(refused) = state.limiter.refused() {
-        return InvokeError::new(
-            InvokeErrorKind::MemoryLimit,
-            format!(
-                "memory limit of {} MiB exceeded: the expert tried to grow its memory to {} MiB (limits.memory-mib)",
-                state.limits.memory_bytes / (1024 * 1024),
-                refused / (1024 * 1024)
-            ),
-        );
-    }
-    match error.downcast_ref::<Trap>() {
-        Some(Trap::OutOfFuel) => InvokeError::new(
-            InvokeErrorKind::OutOfFuel,
-            format!(
-                "fuel limit of {} exhausted (limits.fuel)",
-                state.limits.fuel
-            ),
-        ),
-        Some(Trap::StackOverflow) => InvokeError::new(
-            InvokeErrorKind::StackOverflow,
-            "the expert overflowed its stack (unbounded recursion?)".to_string(),
-        ),
-        Some(Trap::Interrupt) => deadline_error(state.limits.deadline_ms),
-        Some(Trap::MemoryOutOfBounds) if state.recorder.panic_message.is_none() => {
-            InvokeError::new(
-                InvokeErrorKind::Trap,
-                "the expert trapped: out-of-bounds memory access (in Rust guests this is usually a stack overflow: their stack lives in linear memory)",
-            )
-        }
-        Some(trap) => match &state.recorder.panic_message {
-            Some(message) => InvokeError::new(
-                InvokeErrorKind::Panic,
-                format!("the expert panicked: {message}"),
-            ),
-            None => InvokeError::new(InvokeErrorKind::Trap, format!("the expert trapped: {trap}")),
-        },
-        None => InvokeError::new(
-            InvokeErrorKind::Trap,
-            format!("the expert failed: {error:#}"),
-        ),
-    }
-}
-
-fn failed_trace(name: &str, depth: u32, error: &InvokeError) -> Trace {
-    Trace {
-        expert: name.to_string(),
-        version: String::new(),
-        component_sha256: String::new(),
-        depth,
-        limits: Limits {
-            memory_bytes: 0,
-            deadline_ms: 0,
-            fuel: 0,
-            model_calls: 0,
-            generated_tokens: 0,
-        },
-        started_at_unix_ms: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64),
-        wasi_random_seed: 0,
-        duration_us: 0,
-        fuel_consumed: 0,
-        peak_memory_bytes: 0,
-        model_calls: 0,
-        generated_tokens: 0,
-        mean_logprob: None,
-        host_calls: Vec::new(),
-        host_calls_dropped: 0,
-        logs: Vec::new(),
-        logs_dropped: 0,
-        stdout: String::new(),
-        stderr: String::new(),
-        output_dropped_bytes: 0,
-        outcome: Outcome::Error {
-            kind: error.kind.as_str().to_string(),
-            message: error.message.clone(),
-        },
     }
 }

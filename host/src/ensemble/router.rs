@@ -3,7 +3,7 @@
 //! The default router embeds the request (its last user turn, with the
 //! turn before it when the last one is short) and scores every routable
 //! expert by the best cosine similarity between that vector and the
-//! expert's description and examples ([`super::registry`]). The top `k`
+//! expert's description and examples ([`super::index`]). The top `k`
 //! above [`RouterConfig::threshold`] are chosen; when none is, the base
 //! model answers. A router plugin (a bundle of kind `router`) can replace
 //! it by configuration; when the plugin fails or runs out of time, the
@@ -206,7 +206,7 @@ impl Ensemble {
         if vectors.is_empty() {
             return Err(RouteError::Embedder("no vector returned".into()));
         }
-        let ranked = self.registry().rank(&vectors, config.top_k);
+        let ranked = self.routing_index().rank(&vectors, config.top_k);
         let candidates: Vec<Choice> = ranked
             .iter()
             .map(|(e, score)| Choice {
@@ -247,7 +247,7 @@ impl Ensemble {
             )
         })?;
         let candidates: Vec<ExpertInfo> = self
-            .registry()
+            .routing_index()
             .entries()
             .iter()
             .map(|e| e.info.clone())
@@ -264,32 +264,18 @@ impl Ensemble {
             limits,
             deadline,
         );
-        let mut store = self.sandbox().new_store(state);
-        let run = async {
-            let instance = pre.instantiate_async(&mut store).await?;
-            instance.call_route(&mut store, req, &candidates).await
-        };
-        let ranked = match tokio::time::timeout_at(deadline.into(), run).await {
-            Err(_) => {
-                return Err(format!(
-                    "`{name}` did not decide within {} ms",
-                    limits.deadline_ms
-                ));
+        let call = self
+            .call_guest(state, async |store| {
+                let instance = pre.instantiate_async(&mut *store).await?;
+                instance.call_route(store, req, &candidates).await
+            })
+            .await;
+        let ranked = call.result.map_err(|e| match e.kind {
+            super::InvokeErrorKind::Deadline => {
+                format!("`{name}` did not decide within {} ms", limits.deadline_ms)
             }
-            Ok(Err(e)) => {
-                return Err(format!(
-                    "`{name}` failed: {}",
-                    super::classify(e, store.data())
-                ));
-            }
-            Ok(Ok(Err(guest))) => {
-                return Err(format!(
-                    "`{name}` returned an error: {}",
-                    super::InvokeError::from_guest(guest)
-                ));
-            }
-            Ok(Ok(Ok(ranked))) => ranked,
-        };
+            _ => format!("`{name}` failed: {e}"),
+        })?;
         let mut choices: Vec<Choice> = Vec::new();
         for choice in ranked {
             if !choice.score.is_finite() {
@@ -316,28 +302,18 @@ impl Ensemble {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bindings::types::{Message, Sampling};
+    use crate::bindings::types::Message;
 
     fn request(turns: &[(Role, &str)]) -> Request {
-        Request {
-            messages: turns
+        Request::from_messages(
+            turns
                 .iter()
                 .map(|(role, content)| Message {
                     role: *role,
                     content: content.to_string(),
                 })
                 .collect(),
-            sampling: Sampling {
-                temperature: None,
-                top_p: None,
-                top_k: None,
-                repetition_penalty: None,
-                max_tokens: None,
-                seed: None,
-                stop: Vec::new(),
-            },
-            metadata: Vec::new(),
-        }
+        )
     }
 
     #[test]

@@ -533,26 +533,23 @@ impl ModelEngine for BurnEngine {
         &self.name
     }
 
-    async fn chat(
+    async fn generate(
         &self,
-        messages: Vec<ChatMessage>,
-        params: SamplingParams,
-        adapter: Option<String>,
+        request: super::GenerateRequest,
+        deltas: Option<super::Deltas>,
     ) -> Result<Generation, ModelError> {
-        no_adapter(adapter)?;
-        let prompt = self.chat_ids(messages).await?;
-        self.generate_ids(prompt.to_vec(), params).await
-    }
-
-    async fn complete(
-        &self,
-        prompt: String,
-        params: SamplingParams,
-        adapter: Option<String>,
-    ) -> Result<Generation, ModelError> {
-        no_adapter(adapter)?;
-        let prompt = self.raw_prompt(prompt).await?;
-        self.generate_ids(prompt.to_vec(), params).await
+        no_adapter(request.adapter)?;
+        let prompt = match request.prompt {
+            super::Prompt::Chat(messages) => self.chat_ids(messages).await?,
+            super::Prompt::Text(text) => self.raw_prompt(text).await?,
+        };
+        match deltas {
+            Some(deltas) => {
+                self.generate_ids_streaming(prompt.to_vec(), request.params, deltas)
+                    .await
+            }
+            None => self.generate_ids(prompt.to_vec(), request.params).await,
+        }
     }
 
     async fn tokenize(&self, text: String) -> Result<Vec<u32>, ModelError> {
@@ -585,32 +582,6 @@ impl ModelEngine for BurnEngine {
                 "the engine answered the wrong job".into(),
             )),
         }
-    }
-
-    async fn chat_streaming(
-        &self,
-        messages: Vec<ChatMessage>,
-        params: SamplingParams,
-        adapter: Option<String>,
-        deltas: super::Deltas,
-    ) -> Result<Generation, ModelError> {
-        no_adapter(adapter)?;
-        let prompt = self.chat_ids(messages).await?;
-        self.generate_ids_streaming(prompt.to_vec(), params, deltas)
-            .await
-    }
-
-    async fn complete_streaming(
-        &self,
-        prompt: String,
-        params: SamplingParams,
-        adapter: Option<String>,
-        deltas: super::Deltas,
-    ) -> Result<Generation, ModelError> {
-        no_adapter(adapter)?;
-        let prompt = self.raw_prompt(prompt).await?;
-        self.generate_ids_streaming(prompt.to_vec(), params, deltas)
-            .await
     }
 
     fn embedder_name(&self) -> Option<&str> {

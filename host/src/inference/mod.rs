@@ -24,7 +24,7 @@ pub use models::{
     MINILM, MODELS, MODELS_DIR_ENV, ModelFile, ModelFileError, ModelSpec, ModelStatus, ModelStore,
     PullEvent, SMOLLM2,
 };
-pub use sampling::{SamplingError, SamplingField, SamplingOptions};
+pub use sampling::{SamplingError, SamplingField};
 pub use tokenizer::{TextTokenizer, TokenizerError};
 pub use weights::LoadError;
 
@@ -137,26 +137,89 @@ pub enum ModelError {
     Failed(String),
 }
 
+impl From<crate::types::Message> for ChatMessage {
+    fn from(m: crate::types::Message) -> Self {
+        use crate::types::Role;
+        ChatMessage {
+            role: match m.role {
+                Role::System => ChatRole::System,
+                Role::User => ChatRole::User,
+                Role::Assistant => ChatRole::Assistant,
+                Role::Tool => ChatRole::Tool,
+            },
+            content: m.content,
+        }
+    }
+}
+
+impl From<&ChatMessage> for crate::types::Message {
+    fn from(m: &ChatMessage) -> Self {
+        use crate::types::Role;
+        crate::types::Message {
+            role: match m.role {
+                ChatRole::System => Role::System,
+                ChatRole::User => Role::User,
+                ChatRole::Assistant => Role::Assistant,
+                ChatRole::Tool => Role::Tool,
+            },
+            content: m.content.clone(),
+        }
+    }
+}
+
+/// What a generation starts from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prompt {
+    /// A conversation, rendered with the model's chat template.
+    Chat(Vec<ChatMessage>),
+    /// Raw text to continue.
+    Text(String),
+}
+
+/// One generation: its prompt, sampling and adapter.
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    /// What to continue.
+    pub prompt: Prompt,
+    /// How to sample.
+    pub params: SamplingParams,
+    /// The adapter to generate with (none: the base model).
+    pub adapter: Option<String>,
+}
+
+impl GenerateRequest {
+    /// Answer `messages` with the chat template.
+    pub fn chat(messages: Vec<ChatMessage>, params: SamplingParams) -> Self {
+        GenerateRequest {
+            prompt: Prompt::Chat(messages),
+            params,
+            adapter: None,
+        }
+    }
+
+    /// Continue `prompt`.
+    pub fn text(prompt: String, params: SamplingParams) -> Self {
+        GenerateRequest {
+            prompt: Prompt::Text(prompt),
+            params,
+            adapter: None,
+        }
+    }
+}
+
 /// A language and embedding model engine shared by every expert.
 #[async_trait]
 pub trait ModelEngine: Send + Sync + 'static {
     /// The base model's name, for `/v1/models` and traces.
     fn model_name(&self) -> &str;
 
-    /// Answer a conversation using the model's chat template.
-    async fn chat(
+    /// Generate an answer to `request`. With `deltas`, the answer's text
+    /// is sent there as it is generated (the deltas add up to the final
+    /// text); engines that cannot stream send it whole at the end.
+    async fn generate(
         &self,
-        messages: Vec<ChatMessage>,
-        params: SamplingParams,
-        adapter: Option<String>,
-    ) -> Result<Generation, ModelError>;
-
-    /// Continue raw text.
-    async fn complete(
-        &self,
-        prompt: String,
-        params: SamplingParams,
-        adapter: Option<String>,
+        request: GenerateRequest,
+        deltas: Option<Deltas>,
     ) -> Result<Generation, ModelError>;
 
     /// Token ids of `text`, without BOS.
@@ -172,35 +235,6 @@ pub trait ModelEngine: Send + Sync + 'static {
 
     /// One L2-normalised embedding per text.
     async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, ModelError>;
-
-    /// Like [`chat`](Self::chat), sending the answer's text to `deltas` as
-    /// it is generated; the deltas add up to the final text. Engines that
-    /// cannot stream send it whole at the end.
-    async fn chat_streaming(
-        &self,
-        messages: Vec<ChatMessage>,
-        params: SamplingParams,
-        adapter: Option<String>,
-        deltas: Deltas,
-    ) -> Result<Generation, ModelError> {
-        let generation = self.chat(messages, params, adapter).await?;
-        let _ = deltas.send(generation.text.clone());
-        Ok(generation)
-    }
-
-    /// Like [`complete`](Self::complete), streaming as
-    /// [`chat_streaming`](Self::chat_streaming) does.
-    async fn complete_streaming(
-        &self,
-        prompt: String,
-        params: SamplingParams,
-        adapter: Option<String>,
-        deltas: Deltas,
-    ) -> Result<Generation, ModelError> {
-        let generation = self.complete(prompt, params, adapter).await?;
-        let _ = deltas.send(generation.text.clone());
-        Ok(generation)
-    }
 
     /// The embedding model's name, when one is loaded.
     fn embedder_name(&self) -> Option<&str> {
@@ -260,20 +294,10 @@ impl ModelEngine for NoModel {
         "none"
     }
 
-    async fn chat(
+    async fn generate(
         &self,
-        _: Vec<ChatMessage>,
-        _: SamplingParams,
-        _: Option<String>,
-    ) -> Result<Generation, ModelError> {
-        Err(Self::error())
-    }
-
-    async fn complete(
-        &self,
-        _: String,
-        _: SamplingParams,
-        _: Option<String>,
+        _: GenerateRequest,
+        _: Option<Deltas>,
     ) -> Result<Generation, ModelError> {
         Err(Self::error())
     }

@@ -1,10 +1,11 @@
 //! Sampling settings as callers give them, checked once for every door
 //! into the engine: the HTTP API (`server::openai`) and experts
-//! (`caps::model`) both turn their request into [`SamplingOptions`] and call
-//! [`SamplingOptions::check`], so a value refused at one door is refused at
-//! the other with the same words.
+//! (`caps::model`) both turn their request into the contract's
+//! [`Sampling`] (every field optional) and call [`Sampling::check`], so a
+//! value refused at one door is refused at the other with the same words.
 
 use super::{DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, SamplingParams};
+use crate::types::Sampling;
 
 /// Highest temperature accepted (OpenAI's range is 0 to 2).
 pub const MAX_TEMPERATURE: f32 = 2.0;
@@ -16,26 +17,6 @@ pub const MAX_REPETITION_PENALTY: f32 = 100.0;
 pub const MAX_STOP: usize = 4;
 /// Longest stop string, in bytes.
 pub const MAX_STOP_BYTES: usize = 256;
-
-/// Sampling settings before defaults: every field optional.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct SamplingOptions {
-    /// 0 to [`MAX_TEMPERATURE`]; 0 is greedy.
-    pub temperature: Option<f32>,
-    /// Nucleus mass, in (0, 1].
-    pub top_p: Option<f32>,
-    /// At least 1.
-    pub top_k: Option<u32>,
-    /// In (0, [`MAX_REPETITION_PENALTY`]]; 1 is off.
-    pub repetition_penalty: Option<f32>,
-    /// At least 1.
-    pub max_tokens: Option<u32>,
-    /// Sampler seed.
-    pub seed: Option<u64>,
-    /// At most [`MAX_STOP`] strings of at most [`MAX_STOP_BYTES`] bytes;
-    /// empty ones are ignored.
-    pub stop: Vec<String>,
-}
 
 /// A sampling field, named the way each door spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +66,7 @@ pub struct SamplingError {
     pub message: String,
 }
 
-impl SamplingOptions {
+impl Sampling {
     /// Check every field and fill in defaults. `max_tokens` is then
     /// clamped to `token_budget` (what the caller may still generate).
     pub fn check(self, token_budget: u32) -> Result<SamplingParams, SamplingError> {
@@ -158,13 +139,13 @@ impl SamplingOptions {
 mod tests {
     use super::*;
 
-    fn field_of(options: SamplingOptions) -> SamplingField {
+    fn field_of(options: Sampling) -> SamplingField {
         options.check(u32::MAX).unwrap_err().field
     }
 
     #[test]
     fn defaults_fill_in() {
-        let p = SamplingOptions::default().check(u32::MAX).unwrap();
+        let p = Sampling::default().check(u32::MAX).unwrap();
         assert_eq!(p.temperature, DEFAULT_TEMPERATURE);
         assert_eq!(p.max_tokens, DEFAULT_MAX_TOKENS);
         assert_eq!(p.top_p, 1.0);
@@ -173,73 +154,73 @@ mod tests {
 
     #[test]
     fn each_bad_value_names_its_field() {
-        let o = SamplingOptions::default;
+        let o = Sampling::default;
         let cases = [
             (
-                SamplingOptions {
+                Sampling {
                     temperature: Some(f32::NAN),
                     ..o()
                 },
                 SamplingField::Temperature,
             ),
             (
-                SamplingOptions {
+                Sampling {
                     temperature: Some(2.5),
                     ..o()
                 },
                 SamplingField::Temperature,
             ),
             (
-                SamplingOptions {
+                Sampling {
                     temperature: Some(-1e-40),
                     ..o()
                 },
                 SamplingField::Temperature,
             ),
             (
-                SamplingOptions {
+                Sampling {
                     top_p: Some(0.0),
                     ..o()
                 },
                 SamplingField::TopP,
             ),
             (
-                SamplingOptions {
+                Sampling {
                     top_k: Some(0),
                     ..o()
                 },
                 SamplingField::TopK,
             ),
             (
-                SamplingOptions {
+                Sampling {
                     repetition_penalty: Some(0.0),
                     ..o()
                 },
                 SamplingField::RepetitionPenalty,
             ),
             (
-                SamplingOptions {
+                Sampling {
                     repetition_penalty: Some(f32::INFINITY),
                     ..o()
                 },
                 SamplingField::RepetitionPenalty,
             ),
             (
-                SamplingOptions {
+                Sampling {
                     max_tokens: Some(0),
                     ..o()
                 },
                 SamplingField::MaxTokens,
             ),
             (
-                SamplingOptions {
+                Sampling {
                     stop: vec!["a".into(); MAX_STOP + 1],
                     ..o()
                 },
                 SamplingField::Stop(None),
             ),
             (
-                SamplingOptions {
+                Sampling {
                     stop: vec!["ok".into(), "x".repeat(MAX_STOP_BYTES + 1)],
                     ..o()
                 },
@@ -257,12 +238,12 @@ mod tests {
     fn tiny_values_are_accepted_and_budget_clamps() {
         // The sampler must survive these (see sampler tests); refusing
         // them would only move the problem.
-        let p = SamplingOptions {
+        let p = Sampling {
             temperature: Some(1e-40),
             repetition_penalty: Some(1e-40),
             max_tokens: Some(500),
             stop: vec![String::new(), "END".into()],
-            ..SamplingOptions::default()
+            ..Sampling::default()
         }
         .check(100)
         .unwrap();

@@ -13,11 +13,12 @@ use serde::Serialize;
 
 use super::error::ApiError;
 use super::metrics::ExpertLabels;
-use super::openai::{self, Checked};
+use super::openai::{self, RequestOptions};
 use super::render::{Completion, Endpoint, Header, Usage};
 use super::{AppState, Served, request_id};
 use crate::ensemble::answer::Outcome;
-use crate::ensemble::{AnswerError, Ask, Decision, Input, Target};
+use crate::ensemble::{AnswerError, Ask, Decision, Target};
+use crate::inference::Prompt;
 
 /// The body, or 413/400 as the rejection says.
 pub(super) fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
@@ -44,7 +45,7 @@ pub(super) struct Plan {
     pub target: Target,
     /// One per input (completions may send several prompts).
     pub asks: Vec<Ask>,
-    pub checked: Checked,
+    pub options: RequestOptions,
     pub logprobs: bool,
     pub request_id: String,
     pub started: Instant,
@@ -61,8 +62,8 @@ impl Plan {
         endpoint: Endpoint,
         model: String,
         target: Target,
-        inputs: Vec<Input>,
-        checked: Checked,
+        inputs: Vec<Prompt>,
+        options: RequestOptions,
         headers: &HeaderMap,
     ) -> Plan {
         let request_id = request_id(headers);
@@ -70,9 +71,9 @@ impl Plan {
             .into_iter()
             .map(|input| Ask {
                 input,
-                params: checked.params.clone(),
-                sampling: checked.sampling.clone(),
-                metadata: checked.metadata.clone(),
+                params: options.params.clone(),
+                sampling: options.sampling.clone(),
+                metadata: options.metadata.clone(),
                 request_id: request_id.clone(),
                 model_timeout: state.options().request_timeout,
             })
@@ -82,7 +83,7 @@ impl Plan {
             model,
             target,
             asks,
-            checked,
+            options,
             logprobs: false,
             request_id,
             started: Instant::now(),
@@ -129,7 +130,7 @@ pub(super) async fn chat_completions(
         let req: openai::ChatRequest = openai::parse_request(&body)?;
         let target = resolve(&state, &req.model, &mut served)?;
         req.check()?;
-        let mut checked = req.common.check(crate::inference::DEFAULT_MAX_TOKENS)?;
+        let mut options = req.common.check(crate::inference::DEFAULT_MAX_TOKENS)?;
         if let Some(schema) = req.schema()? {
             if matches!(target, Target::Base) {
                 return Err(ApiError::invalid(
@@ -140,16 +141,16 @@ pub(super) async fn chat_completions(
                     ),
                 ));
             }
-            checked.metadata.push(("schema".into(), schema));
+            options.metadata.push(("schema".into(), schema));
         }
-        let inputs = vec![Input::Chat(req.messages()?)];
+        let inputs = vec![Prompt::Chat(req.messages()?)];
         let mut plan = Plan::new(
             &state,
             Endpoint::Chat,
             req.model,
             target,
             inputs,
-            checked,
+            options,
             &headers,
         );
         plan.logprobs = req.logprobs;
@@ -169,27 +170,27 @@ pub(super) async fn completions(
         let req: openai::CompletionRequest = openai::parse_request(&body)?;
         let target = resolve(&state, &req.model, &mut served)?;
         let prompts = req.prompts()?;
-        let checked = req.common.check(openai::COMPLETIONS_DEFAULT_MAX_TOKENS)?;
-        let choices = prompts.len() as u64 * u64::from(checked.n);
+        let options = req.common.check(openai::COMPLETIONS_DEFAULT_MAX_TOKENS)?;
+        let choices = prompts.len() as u64 * u64::from(options.n);
         if choices > u64::from(openai::MAX_CHOICES) {
             return Err(ApiError::invalid(
                 Some("prompt".into()),
                 format!(
                     "{} prompts × n = {} asks for {choices} choices; at most {} per request",
                     prompts.len(),
-                    checked.n,
+                    options.n,
                     openai::MAX_CHOICES
                 ),
             ));
         }
-        let inputs = prompts.into_iter().map(Input::Prompt).collect();
+        let inputs = prompts.into_iter().map(Prompt::Text).collect();
         let mut plan = Plan::new(
             &state,
             Endpoint::Completion,
             req.model,
             target,
             inputs,
-            checked,
+            options,
             &headers,
         );
         plan.logprobs = req.logprobs.is_some();
@@ -226,16 +227,16 @@ async fn run(state: AppState, plan: Result<Plan, ApiError>, mut served: Served) 
     let ensemble = state.ensemble();
     let slots = ensemble
         .slots_per_choice(&plan.target, plan.decision.as_ref())
-        .saturating_mul(plan.checked.n)
+        .saturating_mul(plan.options.n)
         .saturating_mul(plan.asks.len() as u32);
     match ensemble.reserve_slots(slots) {
         Ok(slots) => admitted.hold(slots),
         Err(e) => return ApiError::from_slots(&e).with(served),
     }
-    let mut response = if plan.checked.stream {
+    let mut response = if plan.options.stream {
         super::stream::respond(state, plan, admitted, served).await
     } else {
-        let response = whole(&state, &plan, &mut served).await;
+        let response = answer_all_choices(&state, &plan, &mut served).await;
         drop(admitted);
         let mut response = response.unwrap_or_else(IntoResponse::into_response);
         response.extensions_mut().insert(served);
@@ -332,9 +333,9 @@ pub(super) async fn route(
                 ),
             ));
         }
-        let checked = req.common.check(crate::inference::DEFAULT_MAX_TOKENS)?;
-        let inputs = vec![Input::Chat(req.messages()?)];
-        let mut plan = Plan::new(&state, Endpoint::Chat, req.model, target, inputs, checked, &headers);
+        let options = req.common.check(crate::inference::DEFAULT_MAX_TOKENS)?;
+        let inputs = vec![Prompt::Chat(req.messages()?)];
+        let mut plan = Plan::new(&state, Endpoint::Chat, req.model, target, inputs, options, &headers);
         let _admitted = state.admission().admit(&served.model).await?;
         decide(&state, &mut plan).await?;
         let decision = plan.decision.as_ref().expect("decided");
@@ -356,8 +357,12 @@ pub(super) async fn route(
 }
 
 /// Answer every choice, then reply once.
-async fn whole(state: &AppState, plan: &Plan, served: &mut Served) -> Result<Response, ApiError> {
-    let n = plan.checked.n;
+async fn answer_all_choices(
+    state: &AppState,
+    plan: &Plan,
+    served: &mut Served,
+) -> Result<Response, ApiError> {
+    let n = plan.options.n;
     let ensemble = state.ensemble();
     let jobs = plan.asks.iter().flat_map(|ask| {
         (0..n).map(move |choice| {

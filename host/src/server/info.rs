@@ -78,7 +78,7 @@ fn catalog(state: &AppState) -> Vec<CatalogEntry> {
                 detail: json!({
                     "strategy": strategy.as_str(),
                     "router": config.plugin.as_deref().unwrap_or("default"),
-                    "routable_experts": state.ensemble().registry().len(),
+                    "routable_experts": state.ensemble().routing_index().len(),
                 }),
             });
         }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::error::ApiError;
-use crate::inference::{ChatMessage, ChatRole, SamplingField, SamplingOptions, SamplingParams};
+use crate::inference::{ChatMessage, ChatRole, SamplingField, SamplingParams};
 use crate::types::Sampling;
 
 /// Most choices one request may ask for (`n`).
@@ -250,9 +250,10 @@ pub struct EmbeddingRequest {
     pub dimensions: Option<u32>,
 }
 
-/// Checked sampling settings of a request.
+/// A request's options once checked: sampling for the base model and for
+/// experts, choices, streaming, metadata.
 #[derive(Debug, Clone)]
-pub struct Checked {
+pub struct RequestOptions {
     /// Sampling for the base model (owner unset).
     pub params: SamplingParams,
     /// The same, as an expert sees it.
@@ -269,7 +270,7 @@ pub struct Checked {
 
 impl CommonParams {
     /// Check every field, with `default_max_tokens` when none is given.
-    pub fn check(&self, default_max_tokens: u32) -> Result<Checked, ApiError> {
+    pub fn check(&self, default_max_tokens: u32) -> Result<RequestOptions, ApiError> {
         let bad = |field: &str, message: String| {
             ApiError::invalid(Some(field.to_string()), format!("`{field}` {message}"))
         };
@@ -308,7 +309,7 @@ impl CommonParams {
             Some(Stop::One(s)) => vec![s.clone()],
             Some(Stop::Many(v)) => v.clone(),
         };
-        let options = SamplingOptions {
+        let sampling = Sampling {
             temperature: self.temperature,
             top_p: self.top_p,
             top_k: self.top_k,
@@ -319,7 +320,7 @@ impl CommonParams {
         };
         // The same check as for experts' model calls, so the two doors
         // agree; only the field's spelling differs.
-        let params = options.clone().check(u32::MAX).map_err(|e| {
+        let params = sampling.clone().check(u32::MAX).map_err(|e| {
             let field = match e.field {
                 SamplingField::MaxTokens => max_tokens.0.to_string(),
                 other => other.http_name(),
@@ -363,9 +364,8 @@ impl CommonParams {
         if let Some(user) = &self.user {
             metadata.push(("user".into(), user.clone()));
         }
-        // What experts see: the request's own values, unfilled.
-        let sampling = Sampling::from(options);
-        Ok(Checked {
+        // What experts see (`sampling`): the request's own values, unfilled.
+        Ok(RequestOptions {
             params,
             sampling,
             n,

@@ -193,7 +193,7 @@ async fn produce(
         first,
     )))
     .await;
-    if plan.checked.include_usage {
+    if plan.options.include_usage {
         send(event(&Chunk::usage(&header, &answer))).await;
     }
     let _ = tx.send(done()).await;

@@ -2,21 +2,13 @@
 //! answers with a confidence at or above the threshold; if none does, the
 //! most confident answer stands.
 
-use std::sync::Arc;
+use super::Job;
+use crate::ensemble::answer::{Answer, AnswerError, CascadeReport, Outcome, Stage, expert_answer};
 
-use crate::ensemble::answer::{
-    Answer, AnswerError, Ask, CascadeReport, Outcome, Stage, expert_answer,
-};
-use crate::ensemble::{Decision, Ensemble};
-
-pub(super) async fn answer(
-    ensemble: &Arc<Ensemble>,
-    decision: &Decision,
-    ask: &Ask,
-    choice: u32,
-) -> Outcome {
+pub(super) async fn answer(job: &Job<'_>) -> Outcome {
+    let (ensemble, decision) = (job.ensemble, job.decision);
     let threshold = ensemble.router_config().cascade_threshold;
-    let req = ask.expert_request(choice);
+    let req = job.ask.expert_request(job.choice);
     let mut order: Vec<(u32, usize)> = decision
         .choices
         .iter()

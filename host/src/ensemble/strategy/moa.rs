@@ -2,22 +2,13 @@
 //! parallel; the aggregator writes the final answer from theirs. With one
 //! answer (or an aggregator that fails) the best-ranked answer stands.
 
-use std::sync::Arc;
-
-use crate::ensemble::answer::{
-    Answer, AnswerError, Ask, FanOutReport, Outcome, Stage, expert_answer,
-};
-use crate::ensemble::{Decision, Ensemble};
+use super::Job;
+use crate::ensemble::answer::{Answer, AnswerError, FanOutReport, Outcome, Stage, expert_answer};
 use crate::inference::Deltas;
 
-pub(super) async fn answer(
-    ensemble: &Arc<Ensemble>,
-    decision: &Decision,
-    ask: &Ask,
-    choice: u32,
-    deltas: Option<Deltas>,
-) -> Outcome {
-    let req = ask.expert_request(choice);
+pub(super) async fn answer(job: &Job<'_>, deltas: Option<Deltas>) -> Outcome {
+    let (ensemble, decision) = (job.ensemble, job.decision);
+    let req = job.ask.expert_request(job.choice);
     let invocations = futures_util::future::join_all(
         decision
             .choices

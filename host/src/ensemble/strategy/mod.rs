@@ -66,22 +66,28 @@ impl std::str::FromStr for Strategy {
     }
 }
 
+/// One choice for a strategy to answer.
+pub(super) struct Job<'a> {
+    pub ensemble: &'a Arc<Ensemble>,
+    /// The router's decision: the experts chosen, best first.
+    pub decision: &'a Decision,
+    pub ask: &'a Ask,
+    /// Which choice (`n`) this is: the seed moves on by it.
+    pub choice: u32,
+}
+
 /// Answer one choice as `decision` says. With no expert chosen, the base
 /// model answers.
-pub(super) async fn answer(
-    ensemble: &Arc<Ensemble>,
-    decision: &Decision,
-    ask: &Ask,
-    choice: u32,
-    deltas: Option<Deltas>,
-) -> Outcome {
-    let mut outcome = if decision.choices.is_empty() {
-        Outcome::of(ensemble.answer_base(ask, choice, deltas).await, Vec::new())
+pub(super) async fn answer(job: Job<'_>, deltas: Option<Deltas>) -> Outcome {
+    let ensemble = job.ensemble;
+    let mut outcome = if job.decision.choices.is_empty() {
+        let answer = ensemble.answer_base(job.ask, job.choice, deltas).await;
+        Outcome::of(answer, Vec::new())
     } else {
-        match decision.strategy {
-            Strategy::Route => route::answer(ensemble, decision, ask, choice, deltas).await,
-            Strategy::Moa => moa::answer(ensemble, decision, ask, choice, deltas).await,
-            Strategy::Cascade => cascade::answer(ensemble, decision, ask, choice).await,
+        match job.decision.strategy {
+            Strategy::Route => route::answer(&job, deltas).await,
+            Strategy::Moa => moa::answer(&job, deltas).await,
+            Strategy::Cascade => cascade::answer(&job).await,
         }
     };
     if let Ok(answer) = &mut outcome.result {

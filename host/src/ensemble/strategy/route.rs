@@ -1,21 +1,14 @@
 //! `tessera/auto`: the best-ranked expert answers.
 
-use std::sync::Arc;
-
-use crate::ensemble::answer::{Ask, Outcome, expert_answer};
-use crate::ensemble::{Decision, Ensemble};
+use super::Job;
+use crate::ensemble::answer::{Outcome, expert_answer};
 use crate::inference::Deltas;
 
-pub(super) async fn answer(
-    ensemble: &Arc<Ensemble>,
-    decision: &Decision,
-    ask: &Ask,
-    choice: u32,
-    deltas: Option<Deltas>,
-) -> Outcome {
+pub(super) async fn answer(job: &Job<'_>, deltas: Option<Deltas>) -> Outcome {
+    let (ensemble, decision) = (job.ensemble, job.decision);
     let expert = &decision.choices[0].expert;
     let invocation = ensemble
-        .invoke_with(expert, ask.expert_request(choice), deltas)
+        .invoke_with(expert, job.ask.expert_request(job.choice), deltas)
         .await;
     let trace = invocation.trace.clone();
     Outcome::of(expert_answer(invocation), vec![trace])

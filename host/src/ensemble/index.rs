@@ -84,7 +84,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// Counts of the index's work since start, for logs, metrics and tests.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct RegistryStats {
+pub struct IndexStats {
     /// Experts whose vectors came from the disk cache.
     pub from_cache: u64,
     /// Experts embedded with the model.
@@ -95,7 +95,7 @@ pub struct RegistryStats {
 
 /// The routing index of an ensemble.
 #[derive(Default)]
-pub struct Registry {
+pub struct RoutingIndex {
     entries: RwLock<BTreeMap<String, Arc<Entry>>>,
     cache_dir: RwLock<Option<PathBuf>>,
     from_cache: AtomicU64,
@@ -103,7 +103,7 @@ pub struct Registry {
     texts_embedded: AtomicU64,
 }
 
-impl Registry {
+impl RoutingIndex {
     /// Keep embeddings under `dir` (none are kept when never called).
     pub fn set_cache_dir(&self, dir: Option<PathBuf>) {
         *self.cache_dir.write().unwrap_or_else(|e| e.into_inner()) = dir;
@@ -116,8 +116,8 @@ impl Registry {
     }
 
     /// What the index did since start.
-    pub fn stats(&self) -> RegistryStats {
-        RegistryStats {
+    pub fn stats(&self) -> IndexStats {
+        IndexStats {
             from_cache: self.from_cache.load(Ordering::Relaxed),
             embedded: self.embedded.load(Ordering::Relaxed),
             texts_embedded: self.texts_embedded.load(Ordering::Relaxed),
@@ -372,23 +372,23 @@ mod tests {
 
     #[test]
     fn rank_returns_the_top_k_best_first() {
-        let registry = Registry::default();
+        let index = RoutingIndex::default();
         {
-            let mut entries = registry.entries.write().unwrap();
+            let mut entries = index.entries.write().unwrap();
             for (name, v) in [("a", [1.0, 0.0]), ("b", [0.6, 0.8]), ("c", [0.0, 1.0])] {
                 entries.insert(name.into(), Arc::new(entry(name, &[v])));
             }
         }
-        let top: Vec<String> = registry
+        let top: Vec<String> = index
             .rank(&[vec![0.0, 2.0]], 2)
             .into_iter()
             .map(|(e, _)| e.name.clone())
             .collect();
         assert_eq!(top, ["c", "b"]);
-        assert_eq!(registry.rank(&[vec![1.0, 0.0]], 10).len(), 3);
-        assert!(registry.rank(&[vec![1.0, 0.0]], 0).is_empty());
+        assert_eq!(index.rank(&[vec![1.0, 0.0]], 10).len(), 3);
+        assert!(index.rank(&[vec![1.0, 0.0]], 0).is_empty());
         // Several views of a query: each expert keeps its best.
-        let top = registry.rank(&[vec![1.0, 0.0], vec![0.0, 1.0]], 3);
+        let top = index.rank(&[vec![1.0, 0.0], vec![0.0, 1.0]], 3);
         assert!(
             top.iter()
                 .all(|(e, s)| e.name == "b" || (*s - 1.0).abs() < 1e-6)
