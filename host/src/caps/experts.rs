@@ -3,17 +3,83 @@
 //! limits, inside the caller's deadline and what is left of its budgets;
 //! its fuel, tokens and model calls are charged to the caller.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use wasmtime::component::HasData;
+
+use crate::audit::Ledger;
 use crate::bindings::experts::Host;
 use crate::bindings::types::{Error, Request, Response};
-use crate::bundle::is_valid_name;
-use crate::ensemble::Inherited;
-use crate::sandbox::InvocationState;
+use crate::bundle::{Capabilities, is_valid_name};
+use crate::ensemble::{Inherited, Invocation};
 
 const INTERFACE: &str = "tessera:expert/experts";
 
-impl InvocationState {
+/// What `experts.call` needs of the host: running an expert by name for a
+/// caller. The ensemble implements it; the store holds nothing more.
+pub(crate) trait Invoker: Send + Sync {
+    /// Run `name` on `req` for the callers in `stack`, inside what they
+    /// have `inherited`. Boxed: experts calling experts make this
+    /// recursive.
+    fn invoke_nested(
+        self: Arc<Self>,
+        name: String,
+        req: Request,
+        stack: Vec<String>,
+        inherited: Inherited,
+    ) -> Pin<Box<dyn Future<Output = Invocation> + Send>>;
+}
+
+/// What the `experts` interface of one invocation holds.
+pub(crate) struct ExpertsCtx {
+    invoker: Arc<dyn Invoker>,
+    /// The bundle's grants (`experts` under [capabilities]).
+    capabilities: Capabilities,
+    /// Expert names from the outermost caller to this expert (inclusive).
+    call_stack: Vec<String>,
+    /// The policy's deepest call.
+    max_depth: u32,
+    /// When this invocation must be done; callees finish by then too.
+    deadline: Instant,
+}
+
+impl ExpertsCtx {
+    pub(crate) fn new(
+        invoker: Arc<dyn Invoker>,
+        capabilities: Capabilities,
+        call_stack: Vec<String>,
+        max_depth: u32,
+        deadline: Instant,
+    ) -> ExpertsCtx {
+        ExpertsCtx {
+            invoker,
+            capabilities,
+            call_stack,
+            max_depth,
+            deadline,
+        }
+    }
+}
+
+/// The `experts` interface's view of a store.
+pub(crate) struct ExpertsHost<'a> {
+    pub(crate) ctx: &'a ExpertsCtx,
+    pub(crate) ledger: &'a mut Ledger,
+}
+
+/// Marks the `experts` interface's view for `add_to_linker`.
+pub(crate) struct ExpertsCaps;
+
+impl HasData for ExpertsCaps {
+    type Data<'a> = ExpertsHost<'a>;
+}
+
+impl ExpertsCtx {
     fn check_call(&self, name: &str) -> Result<(), Error> {
-        // RequestOptions first, and never quoted: the name is the guest's, of any
+        // Checked first, and never quoted: the name is the guest's, of any
         // size, and error lines end up in the trace.
         if !is_valid_name(name) {
             return Err(Error::InvalidInput(format!(
@@ -24,7 +90,7 @@ impl InvocationState {
         if !self.capabilities.may_call(name) {
             return Err(Error::Denied(format!(
                 "expert `{}` may not call `{name}`: add \"{name}\" to `experts` under [capabilities] in its tessera.toml",
-                self.expert_name()
+                self.call_stack.last().map_or("", String::as_str)
             )));
         }
         if self.call_stack.iter().any(|n| n == name) {
@@ -35,7 +101,7 @@ impl InvocationState {
                 cycle.join(" -> ")
             )));
         }
-        let max = self.ensemble.sandbox().policy().max_call_depth;
+        let max = self.max_depth;
         // The outermost expert is depth 0; its callee depth 1, and so on.
         if self.call_stack.len() as u32 > max {
             return Err(Error::LimitExceeded(format!(
@@ -47,45 +113,42 @@ impl InvocationState {
     }
 }
 
-impl Host for InvocationState {
+impl Host for ExpertsHost<'_> {
     async fn call(
         &mut self,
         name: String,
         req: Request,
     ) -> wasmtime::Result<Result<Response, Error>> {
-        let record = self.begin_call(INTERFACE, "call", super::request_len(&req));
-        if let Err(e) = self.check_call(&name) {
-            self.end_call(record, 0, None, Some(super::error_line(&e)), None);
+        let record = self
+            .ledger
+            .begin_call(INTERFACE, "call", super::request_len(&req));
+        if let Err(e) = self.ctx.check_call(&name) {
+            self.ledger
+                .end_call(record, 0, None, Some(super::error_line(&e)), None);
             return Ok(Err(e));
         }
-        let rec = &self.recorder;
+        let ledger = &mut *self.ledger;
         let inherited = Inherited {
-            deadline: self.deadline,
-            tokens_left: self
-                .limits
-                .generated_tokens
-                .saturating_sub(rec.generated_tokens),
-            model_calls_left: self.limits.model_calls.saturating_sub(rec.model_calls),
-            fuel_left: rec
-                .initial_fuel
-                .saturating_sub(rec.fuel_at_host_entry)
-                .saturating_sub(rec.pending_fuel_charge),
-            trace_budget: self.trace_budget.clone(),
+            deadline: self.ctx.deadline,
+            tokens_left: ledger.tokens_left(),
+            model_calls_left: ledger.model_calls_left(),
+            fuel_left: ledger.fuel_left(),
+            trace_budget: ledger.trace_budget.clone(),
         };
         let invocation = self
-            .ensemble
+            .ctx
+            .invoker
             .clone()
-            .invoke_nested(name, req, self.call_stack.clone(), inherited)
+            .invoke_nested(name, req, self.ctx.call_stack.clone(), inherited)
             .await;
         // What the callee spent is the caller's: fuel, tokens and model
         // calls all count against the caller's budgets.
-        self.recorder.pending_fuel_charge += invocation.trace.fuel_consumed;
-        self.recorder.generated_tokens = self
-            .recorder
+        let ledger = &mut *self.ledger;
+        ledger.pending_fuel_charge += invocation.trace.fuel_consumed;
+        ledger.generated_tokens = ledger
             .generated_tokens
             .saturating_add(invocation.trace.generated_tokens);
-        self.recorder.model_calls = self
-            .recorder
+        ledger.model_calls = ledger
             .model_calls
             .saturating_add(invocation.trace.model_calls);
         let result = invocation.result.map_err(|e| e.to_guest());
@@ -93,7 +156,7 @@ impl Host for InvocationState {
             Ok(resp) => (resp.content.len() as u64, None),
             Err(e) => (0, Some(super::error_line(e))),
         };
-        self.end_call(record, bytes_out, None, error, Some(invocation.trace));
+        ledger.end_call(record, bytes_out, None, error, Some(invocation.trace));
         Ok(result)
     }
 }

@@ -1,70 +1,109 @@
 //! `tessera:expert/model`: the host's models, behind grants and budgets.
 
-use crate::audit::TokenCount;
+use std::sync::Arc;
+
+use wasmtime::component::HasData;
+
+use crate::audit::{CallRecord, Ledger, TokenCount};
 use crate::bindings::model::Host;
 use crate::bindings::types::{
     Completion, Error, FinishReason, Message, Sampling, TokenLogprob, Usage,
 };
 use crate::inference::{
-    ChatMessage, Finish, GenerateRequest, Generation, ModelError, Prompt, SamplingParams,
+    ChatMessage, Deltas, Finish, GenerateRequest, Generation, ModelEngine, ModelError, Prompt,
+    SamplingParams,
 };
-use crate::sandbox::InvocationState;
 
 const INTERFACE: &str = "tessera:expert/model";
 
 /// Most texts one `model.embed` call may send.
 pub const MAX_EMBED_TEXTS: usize = 256;
 
-impl InvocationState {
+/// What the `model` interface of one invocation holds: the engine, the
+/// bundle's grant, and where streamed text goes.
+pub(crate) struct ModelCtx {
+    engine: Arc<dyn ModelEngine>,
+    /// The bundle's `model` capability.
+    granted: bool,
+    /// `false` while `describe` runs: describing an expert never costs
+    /// model time.
+    pub(crate) allowed: bool,
+    /// Where `model.stream-answer` sends text: set for the outermost
+    /// expert of a streaming request only.
+    pub(crate) answer_stream: Option<Deltas>,
+}
+
+impl ModelCtx {
+    pub(crate) fn new(engine: Arc<dyn ModelEngine>, granted: bool) -> ModelCtx {
+        ModelCtx {
+            engine,
+            granted,
+            allowed: true,
+            answer_stream: None,
+        }
+    }
+}
+
+/// The `model` interface's view of a store: its context and the ledger
+/// its calls are charged to.
+pub(crate) struct ModelHost<'a> {
+    pub(crate) ctx: &'a ModelCtx,
+    pub(crate) ledger: &'a mut Ledger,
+}
+
+/// Marks the `model` interface's view for `add_to_linker`.
+pub(crate) struct ModelCaps;
+
+impl HasData for ModelCaps {
+    type Data<'a> = ModelHost<'a>;
+}
+
+impl ModelHost<'_> {
     /// Grants and budgets, checked before every model call.
     fn check_model_access(&mut self, generates: bool) -> Result<(), Error> {
-        if !self.model_allowed {
+        if !self.ctx.allowed {
             return Err(Error::Denied(
                 "the model cannot be called from `describe`".into(),
             ));
         }
-        if !self.capabilities.model {
+        if !self.ctx.granted {
             return Err(Error::Denied(format!(
                 "expert `{}` may not use the model: add `model = true` under [capabilities] in its tessera.toml",
-                self.expert_name()
+                self.ledger.expert
             )));
         }
-        if self.recorder.model_calls >= self.limits.model_calls {
+        if self.ledger.model_calls_left() == 0 {
             return Err(Error::LimitExceeded(format!(
                 "model call limit reached: {} calls per request (limits.model-calls)",
-                self.limits.model_calls
+                self.ledger.limits.model_calls
             )));
         }
-        if generates && self.recorder.generated_tokens >= self.limits.generated_tokens {
+        if generates && self.ledger.tokens_left() == 0 {
             return Err(Error::LimitExceeded(format!(
                 "generated token limit reached: {} tokens per request (limits.generated-tokens)",
-                self.limits.generated_tokens
+                self.ledger.limits.generated_tokens
             )));
         }
-        self.recorder.model_calls += 1;
+        self.ledger.model_calls += 1;
         Ok(())
     }
 
     fn sampling_params(&self, sampling: Sampling) -> Result<SamplingParams, Error> {
-        let remaining = self
-            .limits
-            .generated_tokens
-            .saturating_sub(self.recorder.generated_tokens);
         let mut params = sampling
-            .check(remaining)
+            .check(self.ledger.tokens_left())
             .map_err(|e| Error::InvalidInput(format!("{} {}", e.field.wit_name(), e.message)))?;
-        params.owner = Some(self.expert_name().to_string());
+        params.owner = Some(self.ledger.expert.clone());
         Ok(params)
     }
 
     fn finish_generation(&mut self, generation: Generation) -> Completion {
-        self.recorder.generated_tokens = self
-            .recorder
+        let ledger = &mut *self.ledger;
+        ledger.generated_tokens = ledger
             .generated_tokens
             .saturating_add(generation.completion_tokens);
         for (_, logprob) in &generation.token_logprobs {
-            self.recorder.logprob_sum += f64::from(*logprob);
-            self.recorder.logprob_tokens += 1;
+            ledger.logprob_sum += f64::from(*logprob);
+            ledger.logprob_tokens += 1;
         }
         Completion {
             text: generation.text,
@@ -92,7 +131,7 @@ impl InvocationState {
     /// Count the tokens, record the call and convert the result.
     fn end_generation(
         &mut self,
-        record: crate::sandbox::CallRecord,
+        record: CallRecord,
         result: Result<Generation, Error>,
     ) -> Result<Completion, Error> {
         let result = result.map(|g| self.finish_generation(g));
@@ -107,7 +146,7 @@ impl InvocationState {
             ),
             Err(e) => (0, None, Some(super::error_line(e))),
         };
-        self.end_call(record, bytes_out, tokens, error, None);
+        self.ledger.end_call(record, bytes_out, tokens, error, None);
         result
     }
 }
@@ -121,7 +160,7 @@ fn model_error(e: ModelError) -> Error {
     }
 }
 
-impl InvocationState {
+impl ModelHost<'_> {
     /// `chat`, `stream-answer` and `complete`: one recorded, checked and
     /// budgeted generation (streamed to the request's client when
     /// `stream` and this is the outermost expert of a streamed request).
@@ -137,7 +176,7 @@ impl InvocationState {
             Prompt::Chat(messages) => super::strings_len(messages.iter().map(|m| &m.content)),
             Prompt::Text(text) => text.len() as u64,
         };
-        let record = self.begin_call(INTERFACE, function, bytes_in);
+        let record = self.ledger.begin_call(INTERFACE, function, bytes_in);
         let result = match self.prepare_generation(sampling) {
             Ok(params) => {
                 let request = GenerateRequest {
@@ -146,11 +185,11 @@ impl InvocationState {
                     adapter,
                 };
                 let deltas = if stream {
-                    self.answer_stream.clone()
+                    self.ctx.answer_stream.clone()
                 } else {
                     None
                 };
-                let engine = self.ensemble.model().clone();
+                let engine = self.ctx.engine.clone();
                 engine.generate(request, deltas).await.map_err(model_error)
             }
             Err(e) => Err(e),
@@ -159,7 +198,7 @@ impl InvocationState {
     }
 }
 
-impl Host for InvocationState {
+impl Host for ModelHost<'_> {
     async fn chat(
         &mut self,
         messages: Vec<Message>,
@@ -196,10 +235,12 @@ impl Host for InvocationState {
     }
 
     async fn tokenize(&mut self, text: String) -> wasmtime::Result<Result<Vec<u32>, Error>> {
-        let record = self.begin_call(INTERFACE, "tokenize", text.len() as u64);
+        let record = self
+            .ledger
+            .begin_call(INTERFACE, "tokenize", text.len() as u64);
         let result = match self.check_model_access(false) {
             Ok(()) => {
-                let engine = self.ensemble.model().clone();
+                let engine = self.ctx.engine.clone();
                 engine.tokenize(text).await.map_err(model_error)
             }
             Err(e) => Err(e),
@@ -208,7 +249,7 @@ impl Host for InvocationState {
             Ok(ids) => ((ids.len() * 4) as u64, None),
             Err(e) => (0, Some(super::error_line(e))),
         };
-        self.end_call(record, bytes_out, None, error, None);
+        self.ledger.end_call(record, bytes_out, None, error, None);
         Ok(result)
     }
 
@@ -218,14 +259,14 @@ impl Host for InvocationState {
         continuation: String,
         adapter: Option<String>,
     ) -> wasmtime::Result<Result<f64, Error>> {
-        let record = self.begin_call(
+        let record = self.ledger.begin_call(
             INTERFACE,
             "score",
             (prompt.len() + continuation.len()) as u64,
         );
         let result = match self.check_model_access(false) {
             Ok(()) => {
-                let engine = self.ensemble.model().clone();
+                let engine = self.ctx.engine.clone();
                 engine
                     .score(prompt, continuation, adapter)
                     .await
@@ -234,7 +275,7 @@ impl Host for InvocationState {
             Err(e) => Err(e),
         };
         let error = result.as_ref().err().map(super::error_line);
-        self.end_call(record, 8, None, error, None);
+        self.ledger.end_call(record, 8, None, error, None);
         Ok(result)
     }
 
@@ -242,7 +283,9 @@ impl Host for InvocationState {
         &mut self,
         texts: Vec<String>,
     ) -> wasmtime::Result<Result<Vec<Vec<f32>>, Error>> {
-        let record = self.begin_call(INTERFACE, "embed", super::strings_len(&texts));
+        let record = self
+            .ledger
+            .begin_call(INTERFACE, "embed", super::strings_len(&texts));
         let access = self.check_model_access(false).and_then(|()| {
             if texts.len() > MAX_EMBED_TEXTS {
                 Err(Error::LimitExceeded(format!(
@@ -255,7 +298,7 @@ impl Host for InvocationState {
         });
         let result = match access {
             Ok(()) => {
-                let engine = self.ensemble.model().clone();
+                let engine = self.ctx.engine.clone();
                 engine.embed(texts).await.map_err(model_error)
             }
             Err(e) => Err(e),
@@ -264,7 +307,7 @@ impl Host for InvocationState {
             Ok(vectors) => (vectors.iter().map(|v| v.len() as u64 * 4).sum(), None),
             Err(e) => (0, Some(super::error_line(e))),
         };
-        self.end_call(record, bytes_out, None, error, None);
+        self.ledger.end_call(record, bytes_out, None, error, None);
         Ok(result)
     }
 }

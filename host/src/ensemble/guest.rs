@@ -2,11 +2,20 @@
 //! invocation's state, instantiate and call under its deadline, and every
 //! failure classified into the error callers see.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Instant;
+
 use wasmtime::{Store, Trap};
 
-use super::{Ensemble, InvokeError, InvokeErrorKind};
-use crate::bindings::types::Error as GuestError;
-use crate::sandbox::{DeadlineExceeded, InvocationState};
+use super::{Ensemble, Inherited, Invocation, InvokeError, InvokeErrorKind};
+use crate::audit::Ledger;
+use crate::bindings::types::{Error as GuestError, Request};
+use crate::bundle::Capabilities;
+use crate::caps::{ExpertsCtx, Invoker, ModelCtx};
+use crate::sandbox::{DeadlineExceeded, InvocationState, Limits};
 
 /// What a guest call returns inside the store: a trap or host error, the
 /// guest's own error, or its value.
@@ -16,13 +25,45 @@ pub(crate) type GuestResult<T> = wasmtime::Result<Result<T, GuestError>>;
 pub(crate) struct GuestCall<T> {
     /// Its value, or why there is none.
     pub result: Result<T, InvokeError>,
-    /// The store's data: limits, recorder, stdio.
+    /// The store's data: its ledger, stdio and memory figures.
     pub state: InvocationState,
     /// Fuel it did not burn.
     pub fuel_left: u64,
 }
 
 impl Ensemble {
+    /// The store data of one invocation: the stack of experts from the
+    /// outermost caller to this one, granted `capabilities` under
+    /// `limits`, due by `deadline`. Nested invocations share the request's
+    /// `trace_budget`; an outermost one gets a fresh one.
+    pub(crate) fn invocation_state(
+        self: &Arc<Self>,
+        stack: Vec<String>,
+        capabilities: &Capabilities,
+        limits: Limits,
+        deadline: Instant,
+        trace_budget: Option<Arc<AtomicUsize>>,
+    ) -> InvocationState {
+        let policy = self.sandbox().policy();
+        let expert = stack.last().cloned().unwrap_or_default();
+        let trace_budget =
+            trace_budget.unwrap_or_else(|| Arc::new(AtomicUsize::new(policy.max_trace_entries)));
+        let invoker: Arc<dyn Invoker> = self.clone();
+        InvocationState::new(
+            ModelCtx::new(self.model().clone(), capabilities.model),
+            ExpertsCtx::new(
+                invoker,
+                capabilities.clone(),
+                stack,
+                policy.max_call_depth,
+                deadline,
+            ),
+            Ledger::new(&expert, limits, trace_budget),
+            deadline,
+            policy,
+        )
+    }
+
     /// Call a guest: a fresh store over `state`, `call` under the state's
     /// deadline (epoch interruption stops a guest that computes past it;
     /// the timeout one that waits past it, on the model say), then the
@@ -40,13 +81,30 @@ impl Ensemble {
             Ok(Ok(Ok(value))) => Ok(value),
             Ok(Ok(Err(guest))) => Err(InvokeError::from_guest(guest)),
             Ok(Err(e)) => Err(classify(e, store.data())),
-            Err(_) => Err(deadline_error(store.data().limits.deadline_ms)),
+            Err(_) => Err(deadline_error(store.data().ledger.limits.deadline_ms)),
         };
         GuestCall {
             result,
             state: store.into_data(),
             fuel_left,
         }
+    }
+}
+
+impl Invoker for Ensemble {
+    fn invoke_nested(
+        self: Arc<Self>,
+        name: String,
+        req: Request,
+        stack: Vec<String>,
+        inherited: Inherited,
+    ) -> Pin<Box<dyn Future<Output = Invocation> + Send>> {
+        Box::pin(async move {
+            let Some(expert) = self.expert(&name) else {
+                return super::unknown_expert(&name, stack.len() as u32);
+            };
+            self.run(expert, req, stack, Some(inherited), None).await
+        })
     }
 }
 
@@ -61,14 +119,14 @@ fn deadline_error(deadline_ms: u64) -> InvokeError {
 /// store recorded (a refused memory growth, a panic message).
 fn classify(error: wasmtime::Error, state: &InvocationState) -> InvokeError {
     if error.downcast_ref::<DeadlineExceeded>().is_some() {
-        return deadline_error(state.limits.deadline_ms);
+        return deadline_error(state.ledger.limits.deadline_ms);
     }
     if let Some(refused) = state.limiter.refused() {
         return InvokeError::new(
             InvokeErrorKind::MemoryLimit,
             format!(
                 "memory limit of {} MiB exceeded: the expert tried to grow its memory to {} MiB (limits.memory-mib)",
-                state.limits.memory_bytes / (1024 * 1024),
+                state.ledger.limits.memory_bytes / (1024 * 1024),
                 refused / (1024 * 1024)
             ),
         );
@@ -78,21 +136,19 @@ fn classify(error: wasmtime::Error, state: &InvocationState) -> InvokeError {
             InvokeErrorKind::OutOfFuel,
             format!(
                 "fuel limit of {} exhausted (limits.fuel)",
-                state.limits.fuel
+                state.ledger.limits.fuel
             ),
         ),
         Some(Trap::StackOverflow) => InvokeError::new(
             InvokeErrorKind::StackOverflow,
             "the expert overflowed its stack (unbounded recursion?)".to_string(),
         ),
-        Some(Trap::Interrupt) => deadline_error(state.limits.deadline_ms),
-        Some(Trap::MemoryOutOfBounds) if state.recorder.panic_message.is_none() => {
-            InvokeError::new(
-                InvokeErrorKind::Trap,
-                "the expert trapped: out-of-bounds memory access (in Rust guests this is usually a stack overflow: their stack lives in linear memory)",
-            )
-        }
-        Some(trap) => match &state.recorder.panic_message {
+        Some(Trap::Interrupt) => deadline_error(state.ledger.limits.deadline_ms),
+        Some(Trap::MemoryOutOfBounds) if state.ledger.panic_message.is_none() => InvokeError::new(
+            InvokeErrorKind::Trap,
+            "the expert trapped: out-of-bounds memory access (in Rust guests this is usually a stack overflow: their stack lives in linear memory)",
+        ),
+        Some(trap) => match &state.ledger.panic_message {
             Some(message) => InvokeError::new(
                 InvokeErrorKind::Panic,
                 format!("the expert panicked: {message}"),

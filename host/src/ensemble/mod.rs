@@ -12,8 +12,6 @@ pub mod strategy;
 pub mod watch;
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -22,7 +20,7 @@ pub use error::{InvokeError, InvokeErrorKind};
 pub use index::RoutingIndex;
 pub use router::{Decision, RouteError, RouterConfig, Strategy};
 
-use crate::audit::{Outcome, Trace};
+use crate::audit::{Outcome, Ran, Trace};
 use crate::bindings::agent::AgentPre;
 use crate::bindings::router::RouterPre;
 use crate::bindings::types::{ExpertInfo, Request, Response};
@@ -518,14 +516,14 @@ impl Ensemble {
         limits.deadline_ms = DESCRIBE_DEADLINE_MS;
         limits.fuel = DESCRIBE_FUEL;
         let deadline = Instant::now() + limits.deadline();
-        let mut state = InvocationState::new(
-            self.clone(),
+        let mut state = self.invocation_state(
             vec![name.to_string()],
-            Default::default(),
+            &Default::default(),
             limits,
             deadline,
+            None,
         );
-        state.model_allowed = false;
+        state.model.allowed = false;
         let call = self
             .call_guest(state, async |store| {
                 let agent = pre.instantiate_async(&mut *store).await?;
@@ -563,25 +561,7 @@ impl Ensemble {
         self.run(expert, req, Vec::new(), None, Some(deltas)).await
     }
 
-    /// Run `name` for a caller whose call stack is `stack`, inside the
-    /// caller's deadline and budgets. Boxed: experts calling experts make
-    /// this recursive.
-    pub(crate) fn invoke_nested(
-        self: Arc<Self>,
-        name: String,
-        req: Request,
-        stack: Vec<String>,
-        inherited: Inherited,
-    ) -> Pin<Box<dyn Future<Output = Invocation> + Send>> {
-        Box::pin(async move {
-            let Some(expert) = self.expert(&name) else {
-                return unknown_expert(&name, stack.len() as u32);
-            };
-            self.run(expert, req, stack, Some(inherited), None).await
-        })
-    }
-
-    async fn run(
+    pub(crate) async fn run(
         self: &Arc<Self>,
         expert: Arc<Expert>,
         req: Request,
@@ -604,14 +584,7 @@ impl Ensemble {
             limits.model_calls = limits.model_calls.min(i.model_calls_left);
             limits.fuel = limits.fuel.min(i.fuel_left);
         }
-        let trace_budget = inherited.map_or_else(
-            || {
-                Arc::new(std::sync::atomic::AtomicUsize::new(
-                    self.sandbox.policy().max_trace_entries,
-                ))
-            },
-            |i| i.trace_budget,
-        );
+        let trace_budget = inherited.map(|i| i.trace_budget);
         stack.push(expert.name().to_string());
 
         let Some(pre) = &expert.pre else {
@@ -629,15 +602,14 @@ impl Ensemble {
             };
         };
 
-        let mut state = InvocationState::new(
-            self.clone(),
+        let mut state = self.invocation_state(
             stack,
-            expert.manifest.capabilities.clone(),
+            &expert.manifest.capabilities,
             limits,
             deadline,
+            trace_budget,
         );
-        state.trace_budget = trace_budget;
-        state.answer_stream = answer_stream;
+        state.model.answer_stream = answer_stream;
         state.wall_clock_unix_ms = started_at_unix_ms;
         let wasi_random_seed = state.wasi_seed;
         let call = self
@@ -672,26 +644,15 @@ impl Ensemble {
         };
         let state = call.state;
         let (stdout, stderr, output_dropped_bytes) = state.take_stdio();
-        let recorder = state.recorder;
-        let trace = Trace {
-            expert: expert.name().to_string(),
+        let ran = Ran {
             version: expert.manifest.version.clone(),
             component_sha256: expert.component.sha256.clone(),
             depth,
-            limits,
             started_at_unix_ms,
             wasi_random_seed,
             duration_us: started.elapsed().as_micros() as u64,
-            fuel_consumed: limits.fuel.saturating_sub(fuel_left),
+            fuel_left,
             peak_memory_bytes: state.limiter.peak_bytes() as u64,
-            model_calls: recorder.model_calls,
-            generated_tokens: recorder.generated_tokens,
-            mean_logprob: (recorder.logprob_tokens > 0)
-                .then(|| (recorder.logprob_sum / f64::from(recorder.logprob_tokens)) as f32),
-            host_calls: recorder.host_calls,
-            host_calls_dropped: recorder.host_calls_dropped,
-            logs: recorder.logs,
-            logs_dropped: recorder.logs_dropped,
             stdout,
             stderr,
             output_dropped_bytes,
@@ -705,6 +666,7 @@ impl Ensemble {
                 },
             },
         };
+        let trace = Trace::finish(state.ledger, ran);
         Invocation { result, trace }
     }
 }

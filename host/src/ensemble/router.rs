@@ -17,7 +17,6 @@ use serde::Serialize;
 use super::Ensemble;
 pub use super::strategy::{AUTO_MODEL, Strategy};
 use crate::bindings::types::{ExpertInfo, Request, Role};
-use crate::sandbox::InvocationState;
 
 /// Default number of experts a decision keeps.
 pub const DEFAULT_TOP_K: usize = 3;
@@ -257,12 +256,12 @@ impl Ensemble {
             .deadline_ms
             .min(config.plugin_deadline.as_millis() as u64);
         let deadline = Instant::now() + limits.deadline();
-        let state = InvocationState::new(
-            self.clone(),
+        let state = self.invocation_state(
             vec![name.to_string()],
-            router.manifest.capabilities.clone(),
+            &router.manifest.capabilities,
             limits,
             deadline,
+            None,
         );
         let call = self
             .call_guest(state, async |store| {

@@ -21,7 +21,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
+use wasmtime::component::{Component, InstancePre, Linker};
 use wasmtime::{
     CallHook, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
     UpdateDeadline,
@@ -30,7 +30,6 @@ use wasmtime::{
 pub use cache::{CACHE_DIR_ENV, CompileCache};
 pub use limiter::{MAX_TABLE_ELEMENTS, MemoryLimiter};
 pub use limits::*;
-pub(crate) use state::CallRecord;
 pub use state::InvocationState;
 
 use crate::bundle::{ComponentError, ComponentInfo};
@@ -120,11 +119,8 @@ impl Sandbox {
         let mut linker = Linker::new(&engine);
         // The agent world imports every Tessera interface; routers and
         // adapters import subsets of it, so one linker serves all three.
-        crate::bindings::agent::Agent::add_to_linker::<_, HasSelf<InvocationState>>(
-            &mut linker,
-            |state| state,
-        )
-        .map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
+        crate::caps::add_to_linker(&mut linker)
+            .map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
 
@@ -202,7 +198,7 @@ impl Sandbox {
     /// A store for one invocation: memory limiter, fuel, deadline and the
     /// call hook that keeps the trace's fuel figures.
     pub(crate) fn new_store(&self, state: InvocationState) -> Store<InvocationState> {
-        let fuel = state.limits.fuel;
+        let fuel = state.ledger.limits.fuel;
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
         store
@@ -256,14 +252,14 @@ fn track_fuel(
             // Waiting on the host is not computing.
             ctx.data().lane_place.release();
             let left = ctx.get_fuel()?;
-            let rec = &mut ctx.data_mut().recorder;
+            let rec = &mut ctx.data_mut().ledger;
             rec.host_depth += 1;
             if rec.host_depth == 1 {
                 rec.fuel_at_host_entry = rec.initial_fuel.saturating_sub(left);
             }
         }
         CallHook::ReturningFromHost => {
-            let rec = &mut ctx.data_mut().recorder;
+            let rec = &mut ctx.data_mut().ledger;
             rec.host_depth = rec.host_depth.saturating_sub(1);
             if rec.host_depth > 0 {
                 return Ok(());
@@ -274,7 +270,7 @@ fn track_fuel(
                 left = left.saturating_sub(charge);
                 ctx.set_fuel(left)?;
             }
-            let rec = &mut ctx.data_mut().recorder;
+            let rec = &mut ctx.data_mut().ledger;
             if let Some(index) = rec.open_call.take() {
                 rec.host_calls[index].fuel_after = rec.initial_fuel.saturating_sub(left);
             }
@@ -384,12 +380,12 @@ mod tests {
             memory_bytes,
             ..ensemble.sandbox().policy().limits_for(&Default::default())
         };
-        let state = InvocationState::new(
-            ensemble.clone(),
+        let state = ensemble.invocation_state(
             vec!["multi-memory".into()],
-            Default::default(),
+            &Default::default(),
             limits,
             Instant::now() + Duration::from_secs(5),
+            None,
         );
         ensemble.sandbox().new_store(state)
     }

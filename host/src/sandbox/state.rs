@@ -2,38 +2,28 @@
 //! recorded and the (empty) WASI context.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::limiter::MemoryLimiter;
-use super::limits::Limits;
+use super::limits::HostPolicy;
 use super::stdio::CappedOutput;
-use crate::audit::{HostCall, LogLine, TokenCount, Trace};
-use crate::bundle::Capabilities;
-use crate::ensemble::Ensemble;
+use crate::audit::Ledger;
+use crate::caps::{ExpertsCtx, ModelCtx};
 
-/// Store data for one invocation of one expert.
+/// Store data for one invocation of one expert: one context per
+/// capability, the ledger they all write to, and the sandbox's own state.
 pub struct InvocationState {
-    pub(crate) ensemble: Arc<Ensemble>,
-    /// Expert names from the outermost caller to this expert (inclusive).
-    pub(crate) call_stack: Vec<String>,
-    pub(crate) capabilities: Capabilities,
-    pub(crate) limits: Limits,
-    pub(crate) started: Instant,
+    pub(crate) model: ModelCtx,
+    pub(crate) experts: ExpertsCtx,
+    /// Bytes of log lines the invocation may keep.
+    pub(crate) max_log_bytes: usize,
+    pub(crate) ledger: Ledger,
     pub(crate) deadline: Instant,
-    /// `describe` runs with the model switched off.
-    pub(crate) model_allowed: bool,
-    /// Where `model.stream-answer` sends text: set for the outermost
-    /// expert of a streaming request only.
-    pub(crate) answer_stream: Option<crate::inference::Deltas>,
     pub(crate) limiter: MemoryLimiter,
-    pub(crate) recorder: Recorder,
-    /// Host calls the whole request may still record (shared with nested
-    /// invocations).
-    pub(crate) trace_budget: Arc<AtomicUsize>,
     stdout: CappedOutput,
     stderr: CappedOutput,
     table: ResourceTable,
@@ -65,70 +55,24 @@ impl LanePlace {
     }
 }
 
-/// What the host calls of an invocation add to its trace.
-#[derive(Debug, Default)]
-pub(crate) struct Recorder {
-    pub(crate) host_calls: Vec<HostCall>,
-    pub(crate) host_calls_dropped: u64,
-    pub(crate) logs: Vec<LogLine>,
-    pub(crate) log_bytes: usize,
-    pub(crate) logs_dropped: u64,
-    pub(crate) model_calls: u32,
-    pub(crate) generated_tokens: u32,
-    /// Sum of the log-probabilities of the tokens its model calls
-    /// generated, and how many there were: the cascade's confidence when
-    /// the expert reports none.
-    pub(crate) logprob_sum: f64,
-    pub(crate) logprob_tokens: u32,
-    pub(crate) panic_message: Option<String>,
-    pub(crate) initial_fuel: u64,
-    /// Fuel burned when the guest last entered the host.
-    pub(crate) fuel_at_host_entry: u64,
-    /// Fuel of nested experts, charged when the current host call returns.
-    pub(crate) pending_fuel_charge: u64,
-    /// The host call whose `fuel_after` is set when it returns.
-    pub(crate) open_call: Option<usize>,
-    /// How many host entries are open: 1 inside a host function, 2 inside a
-    /// libcall (an epoch check, say) of guest code the host called back
-    /// into, such as `cabi_realloc` while a result is lowered.
-    pub(crate) host_depth: u32,
-}
-
-/// A host call being recorded; see [`InvocationState::begin_call`].
-pub struct CallRecord {
-    /// `None` when the trace budget was spent: the call is only counted.
-    index: Option<usize>,
-    started: Instant,
-}
-
-/// Longest error line kept in a trace entry: errors may quote what the
-/// guest sent.
-pub const MAX_TRACE_ERROR_BYTES: usize = 1024;
-
 impl InvocationState {
+    /// The state of an invocation whose capabilities are `model` and
+    /// `experts`, under `policy`, charged to `ledger`.
     pub(crate) fn new(
-        ensemble: Arc<Ensemble>,
-        call_stack: Vec<String>,
-        capabilities: Capabilities,
-        limits: Limits,
+        model: ModelCtx,
+        experts: ExpertsCtx,
+        ledger: Ledger,
         deadline: Instant,
+        policy: &HostPolicy,
     ) -> Self {
-        let policy = ensemble.sandbox().policy();
         let stdio_cap = policy.max_stdio_bytes;
         InvocationState {
-            call_stack,
-            capabilities,
-            limits,
-            started: Instant::now(),
+            model,
+            experts,
+            max_log_bytes: policy.max_log_bytes,
+            limiter: MemoryLimiter::new(ledger.limits.memory_bytes),
+            ledger,
             deadline,
-            model_allowed: true,
-            answer_stream: None,
-            limiter: MemoryLimiter::new(limits.memory_bytes),
-            recorder: Recorder {
-                initial_fuel: limits.fuel,
-                ..Recorder::default()
-            },
-            trace_budget: Arc::new(AtomicUsize::new(policy.max_trace_entries)),
             stdout: CappedOutput::new(stdio_cap),
             stderr: CappedOutput::new(stdio_cap),
             table: ResourceTable::new(),
@@ -139,79 +83,7 @@ impl InvocationState {
                 .map_or(0, |d| d.as_millis() as u64),
             ticks: 0,
             lane_place: LanePlace::default(),
-            ensemble,
         }
-    }
-
-    /// The expert this state belongs to.
-    pub(crate) fn expert_name(&self) -> &str {
-        self.call_stack.last().map_or("", String::as_str)
-    }
-
-    pub(crate) fn elapsed_us(&self) -> u64 {
-        self.started.elapsed().as_micros() as u64
-    }
-
-    /// Start recording a host call.
-    pub(crate) fn begin_call(
-        &mut self,
-        interface: &str,
-        function: &str,
-        bytes_in: u64,
-    ) -> CallRecord {
-        let fuel = self.recorder.fuel_at_host_entry;
-        let at_us = self.elapsed_us();
-        let spent = self
-            .trace_budget
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
-                left.checked_sub(1)
-            })
-            .is_err();
-        if spent {
-            self.recorder.host_calls_dropped += 1;
-            self.recorder.open_call = None;
-            return CallRecord {
-                index: None,
-                started: Instant::now(),
-            };
-        }
-        self.recorder.host_calls.push(HostCall {
-            interface: interface.to_string(),
-            function: function.to_string(),
-            at_us,
-            duration_us: 0,
-            bytes_in,
-            bytes_out: 0,
-            fuel_before: fuel,
-            fuel_after: fuel,
-            tokens: None,
-            error: None,
-            nested: None,
-        });
-        let index = self.recorder.host_calls.len() - 1;
-        self.recorder.open_call = Some(index);
-        CallRecord {
-            index: Some(index),
-            started: Instant::now(),
-        }
-    }
-
-    /// Finish recording a host call.
-    pub(crate) fn end_call(
-        &mut self,
-        record: CallRecord,
-        bytes_out: u64,
-        tokens: Option<TokenCount>,
-        error: Option<String>,
-        nested: Option<Trace>,
-    ) {
-        let Some(index) = record.index else { return };
-        let call = &mut self.recorder.host_calls[index];
-        call.duration_us = record.started.elapsed().as_micros() as u64;
-        call.bytes_out = bytes_out;
-        call.tokens = tokens;
-        call.error = error.map(|e| crate::text::ellipsize(&e, MAX_TRACE_ERROR_BYTES));
-        call.nested = nested.map(Box::new);
     }
 
     /// What the guest wrote to stdout and stderr, and the bytes dropped.
