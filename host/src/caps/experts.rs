@@ -8,9 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use wasmtime::component::HasData;
-
-use crate::audit::Ledger;
+use super::View;
 use crate::bindings::experts::Host;
 use crate::bindings::types::{Error, Request, Response};
 use crate::bundle::{Capabilities, is_valid_name};
@@ -18,19 +16,15 @@ use crate::ensemble::{Inherited, Invocation};
 
 const INTERFACE: &str = "tessera:expert/experts";
 
+/// A nested invocation under way.
+pub(crate) type Nested = Pin<Box<dyn Future<Output = Invocation> + Send>>;
+
 /// What `experts.call` needs of the host: running an expert by name for a
 /// caller. The ensemble implements it; the store holds nothing more.
 pub(crate) trait Invoker: Send + Sync {
-    /// Run `name` on `req` for the callers in `stack`, inside what they
-    /// have `inherited`. Boxed: experts calling experts make this
-    /// recursive.
-    fn invoke_nested(
-        self: Arc<Self>,
-        name: String,
-        req: Request,
-        stack: Vec<String>,
-        inherited: Inherited,
-    ) -> Pin<Box<dyn Future<Output = Invocation> + Send>>;
+    /// Run `name` on `req` for a caller, inside what it handed down
+    /// `from` itself. Boxed: experts calling experts make this recursive.
+    fn call_nested(self: Arc<Self>, name: String, req: Request, from: Inherited) -> Nested;
 }
 
 /// What the `experts` interface of one invocation holds.
@@ -62,19 +56,6 @@ impl ExpertsCtx {
             deadline,
         }
     }
-}
-
-/// The `experts` interface's view of a store.
-pub(crate) struct ExpertsHost<'a> {
-    pub(crate) ctx: &'a ExpertsCtx,
-    pub(crate) ledger: &'a mut Ledger,
-}
-
-/// Marks the `experts` interface's view for `add_to_linker`.
-pub(crate) struct ExpertsCaps;
-
-impl HasData for ExpertsCaps {
-    type Data<'a> = ExpertsHost<'a>;
 }
 
 impl ExpertsCtx {
@@ -113,7 +94,7 @@ impl ExpertsCtx {
     }
 }
 
-impl Host for ExpertsHost<'_> {
+impl Host for View<'_, ExpertsCtx> {
     async fn call(
         &mut self,
         name: String,
@@ -129,6 +110,7 @@ impl Host for ExpertsHost<'_> {
         }
         let ledger = &mut *self.ledger;
         let inherited = Inherited {
+            stack: self.ctx.call_stack.clone(),
             deadline: self.ctx.deadline,
             tokens_left: ledger.tokens_left(),
             model_calls_left: ledger.model_calls_left(),
@@ -139,7 +121,7 @@ impl Host for ExpertsHost<'_> {
             .ctx
             .invoker
             .clone()
-            .invoke_nested(name, req, self.ctx.call_stack.clone(), inherited)
+            .call_nested(name, req, inherited)
             .await;
         // What the callee spent is the caller's: fuel, tokens and model
         // calls all count against the caller's budgets.

@@ -1,26 +1,16 @@
 //! `tessera:expert/log`: log lines into the trace (capped) and the host log.
 
-use wasmtime::component::HasData;
-
-use crate::audit::{Ledger, LogLine};
+use super::View;
+use crate::audit::LogLine;
 use crate::bindings::log::{Host, Level};
 
-/// The `log` interface's view of a store: the cap on log bytes and the
-/// ledger the lines go to.
-pub(crate) struct LogHost<'a> {
+/// What the `log` interface of one invocation holds.
+pub(crate) struct LogCtx {
     /// Bytes of log lines one invocation may keep.
     pub(crate) max_bytes: usize,
-    pub(crate) ledger: &'a mut Ledger,
 }
 
-/// Marks the `log` interface's view for `add_to_linker`.
-pub(crate) struct LogCaps;
-
-impl HasData for LogCaps {
-    type Data<'a> = LogHost<'a>;
-}
-
-impl Host for LogHost<'_> {
+impl Host for View<'_, LogCtx> {
     async fn log(
         &mut self,
         level: Level,
@@ -44,7 +34,7 @@ impl Host for LogHost<'_> {
         let size = message.len() + fields.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
         let ledger = &mut *self.ledger;
         // The cap comes before any sink, the host's own log included.
-        if ledger.log_bytes + size > self.max_bytes {
+        if ledger.log_bytes + size > self.ctx.max_bytes {
             ledger.logs_dropped += 1;
             return Ok(());
         }

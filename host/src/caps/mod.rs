@@ -2,22 +2,39 @@
 //! bundle's grants and budgets and is recorded in the invocation's trace.
 //!
 //! As in wasmtime's WASI crates, each interface reaches only its own part
-//! of a store's data through a view ([`ModelHost`](model::ModelHost),
-//! [`ExpertsHost`](experts::ExpertsHost), [`LogHost`](log::LogHost)): its
-//! context and the invocation's [`Ledger`](crate::audit::Ledger), never the
-//! rest of the host.
+//! of a store's data through a [`View`]: its context ([`ModelCtx`],
+//! [`ExpertsCtx`], [`LogCtx`]) and the invocation's
+//! [`Ledger`](crate::audit::Ledger), never the rest of the host.
 
 mod experts;
 mod log;
 mod model;
 
-use wasmtime::component::{HasSelf, Linker};
+use std::marker::PhantomData;
 
-pub(crate) use experts::{ExpertsCtx, Invoker};
+use wasmtime::component::{HasData, HasSelf, Linker};
+
+pub(crate) use experts::{ExpertsCtx, Invoker, Nested};
+pub(crate) use log::LogCtx;
 pub(crate) use model::ModelCtx;
 
+use crate::audit::Ledger;
 use crate::bindings::{self, types};
 use crate::sandbox::InvocationState;
+
+/// One interface's view of a store: its own context and the ledger its
+/// calls are recorded and charged in.
+pub(crate) struct View<'a, C> {
+    pub(crate) ctx: &'a C,
+    pub(crate) ledger: &'a mut Ledger,
+}
+
+/// Marks, for `add_to_linker`, the interface whose context is `C`.
+struct Caps<C>(PhantomData<C>);
+
+impl<C: 'static> HasData for Caps<C> {
+    type Data<'a> = View<'a, C>;
+}
 
 // `types` declares no functions; its `Host` trait is empty.
 impl types::Host for InvocationState {}
@@ -25,18 +42,16 @@ impl types::Host for InvocationState {}
 /// Link every Tessera interface, each to its own view of the store.
 pub(crate) fn add_to_linker(linker: &mut Linker<InvocationState>) -> wasmtime::Result<()> {
     types::add_to_linker::<_, HasSelf<InvocationState>>(linker, |state| state)?;
-    bindings::model::add_to_linker::<_, model::ModelCaps>(linker, |state| model::ModelHost {
+    bindings::model::add_to_linker::<_, Caps<ModelCtx>>(linker, |state| View {
         ctx: &state.model,
         ledger: &mut state.ledger,
     })?;
-    bindings::experts::add_to_linker::<_, experts::ExpertsCaps>(linker, |state| {
-        experts::ExpertsHost {
-            ctx: &state.experts,
-            ledger: &mut state.ledger,
-        }
+    bindings::experts::add_to_linker::<_, Caps<ExpertsCtx>>(linker, |state| View {
+        ctx: &state.experts,
+        ledger: &mut state.ledger,
     })?;
-    bindings::log::add_to_linker::<_, log::LogCaps>(linker, |state| log::LogHost {
-        max_bytes: state.max_log_bytes,
+    bindings::log::add_to_linker::<_, Caps<LogCtx>>(linker, |state| View {
+        ctx: &state.log,
         ledger: &mut state.ledger,
     })
 }

@@ -2,9 +2,8 @@
 
 use std::sync::Arc;
 
-use wasmtime::component::HasData;
-
-use crate::audit::{CallRecord, Ledger, TokenCount};
+use super::View;
+use crate::audit::{CallRecord, TokenCount};
 use crate::bindings::model::Host;
 use crate::bindings::types::{
     Completion, Error, FinishReason, Message, Sampling, TokenLogprob, Usage,
@@ -44,21 +43,7 @@ impl ModelCtx {
     }
 }
 
-/// The `model` interface's view of a store: its context and the ledger
-/// its calls are charged to.
-pub(crate) struct ModelHost<'a> {
-    pub(crate) ctx: &'a ModelCtx,
-    pub(crate) ledger: &'a mut Ledger,
-}
-
-/// Marks the `model` interface's view for `add_to_linker`.
-pub(crate) struct ModelCaps;
-
-impl HasData for ModelCaps {
-    type Data<'a> = ModelHost<'a>;
-}
-
-impl ModelHost<'_> {
+impl View<'_, ModelCtx> {
     /// Grants and budgets, checked before every model call.
     fn check_model_access(&mut self, generates: bool) -> Result<(), Error> {
         if !self.ctx.allowed {
@@ -160,7 +145,7 @@ fn model_error(e: ModelError) -> Error {
     }
 }
 
-impl ModelHost<'_> {
+impl View<'_, ModelCtx> {
     /// `chat`, `stream-answer` and `complete`: one recorded, checked and
     /// budgeted generation (streamed to the request's client when
     /// `stream` and this is the outermost expert of a streamed request).
@@ -198,7 +183,7 @@ impl ModelHost<'_> {
     }
 }
 
-impl Host for ModelHost<'_> {
+impl Host for View<'_, ModelCtx> {
     async fn chat(
         &mut self,
         messages: Vec<Message>,

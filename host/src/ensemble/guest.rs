@@ -2,17 +2,15 @@
 //! invocation's state, instantiate and call under its deadline, and every
 //! failure classified into the error callers see.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::time::Instant;
 
 use wasmtime::{Store, Trap};
 
-use super::{Ensemble, Inherited, Invocation, InvokeError, InvokeErrorKind};
+use super::{Ensemble, InvokeError, InvokeErrorKind};
 use crate::audit::Ledger;
-use crate::bindings::types::{Error as GuestError, Request};
+use crate::bindings::types::Error as GuestError;
 use crate::bundle::Capabilities;
 use crate::caps::{ExpertsCtx, Invoker, ModelCtx};
 use crate::sandbox::{DeadlineExceeded, InvocationState, Limits};
@@ -88,23 +86,6 @@ impl Ensemble {
             state: store.into_data(),
             fuel_left,
         }
-    }
-}
-
-impl Invoker for Ensemble {
-    fn invoke_nested(
-        self: Arc<Self>,
-        name: String,
-        req: Request,
-        stack: Vec<String>,
-        inherited: Inherited,
-    ) -> Pin<Box<dyn Future<Output = Invocation> + Send>> {
-        Box::pin(async move {
-            let Some(expert) = self.expert(&name) else {
-                return super::unknown_expert(&name, stack.len() as u32);
-            };
-            self.run(expert, req, stack, Some(inherited), None).await
-        })
     }
 }
 

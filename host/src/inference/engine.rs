@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use async_trait::async_trait;
 use tokio::sync::oneshot;
 
+use super::batch::{BatchModel, Embed};
 use super::device::DeviceChoice;
 use super::llama::Llama;
 use super::scheduler::{Counters, EngineStats, Job, JobKind, Limits, Output, Scheduler};
@@ -138,8 +139,26 @@ impl BurnEngine {
             .map(|dir| Embedder::load(dir, &device))
             .transpose()
             .map_err(failed)?;
+        let embedder = embedder_name.zip(embedder);
+        Self::start(name, llama, tokenizer, embedder, &options)
+    }
+
+    /// Serve `model`, any [`BatchModel`], with `tokenizer` and, if given,
+    /// a named embedder, on a scheduler thread of its own. A new
+    /// architecture implements [`BatchModel`] and is served through this.
+    pub fn start<M>(
+        name: String,
+        model: M,
+        tokenizer: TextTokenizer,
+        embedder: Option<(String, Embedder)>,
+        options: &EngineOptions,
+    ) -> Result<BurnEngine, ModelError>
+    where
+        M: BatchModel + Send + 'static,
+        M::Cache: Send,
+    {
         let tokenizer = Arc::new(tokenizer);
-        let context = llama.config().context;
+        let context = model.shape().context;
         let (jobs, rx) = mpsc::channel();
         let stats = Arc::new(Counters::default());
         let limits = Limits {
@@ -147,8 +166,9 @@ impl BurnEngine {
             prefill_chunk: options.prefill_chunk,
             kv_budget_bytes: options.kv_budget_bytes,
         };
-        let embedder = embedder.map(|e| Box::new(e) as Box<_>);
-        let scheduler = Scheduler::new(llama, embedder, tokenizer.clone(), limits, stats.clone());
+        let (embedder_name, embedder) = embedder.unzip();
+        let embedder = embedder.map(|e| Box::new(e) as Box<dyn Embed + Send>);
+        let scheduler = Scheduler::new(model, embedder, tokenizer.clone(), limits, stats.clone());
         std::thread::Builder::new()
             .name("tessera-engine".into())
             .spawn(move || scheduler.run(rx))

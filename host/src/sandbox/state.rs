@@ -12,15 +12,14 @@ use super::limiter::MemoryLimiter;
 use super::limits::HostPolicy;
 use super::stdio::CappedOutput;
 use crate::audit::Ledger;
-use crate::caps::{ExpertsCtx, ModelCtx};
+use crate::caps::{ExpertsCtx, LogCtx, ModelCtx};
 
 /// Store data for one invocation of one expert: one context per
 /// capability, the ledger they all write to, and the sandbox's own state.
 pub struct InvocationState {
     pub(crate) model: ModelCtx,
     pub(crate) experts: ExpertsCtx,
-    /// Bytes of log lines the invocation may keep.
-    pub(crate) max_log_bytes: usize,
+    pub(crate) log: LogCtx,
     pub(crate) ledger: Ledger,
     pub(crate) deadline: Instant,
     pub(crate) limiter: MemoryLimiter,
@@ -69,7 +68,9 @@ impl InvocationState {
         InvocationState {
             model,
             experts,
-            max_log_bytes: policy.max_log_bytes,
+            log: LogCtx {
+                max_bytes: policy.max_log_bytes,
+            },
             limiter: MemoryLimiter::new(ledger.limits.memory_bytes),
             ledger,
             deadline,

@@ -60,12 +60,16 @@ impl Plan {
     fn new(
         state: &AppState,
         endpoint: Endpoint,
-        model: String,
         target: Target,
-        inputs: Vec<Prompt>,
-        options: RequestOptions,
+        parts: Parts,
         headers: &HeaderMap,
     ) -> Plan {
+        let Parts {
+            model,
+            inputs,
+            options,
+            logprobs,
+        } = parts;
         let request_id = request_id(headers);
         let asks = inputs
             .into_iter()
@@ -84,7 +88,7 @@ impl Plan {
             target,
             asks,
             options,
-            logprobs: false,
+            logprobs,
             request_id,
             started: Instant::now(),
             decision: None,
@@ -119,58 +123,67 @@ fn resolve(state: &AppState, model: &str, served: &mut Served) -> Result<Target,
     Ok(target)
 }
 
-pub(super) async fn chat_completions(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let mut served = Served::default();
-    let plan = (|| {
-        let body = body_bytes(body)?;
-        let req: openai::ChatRequest = openai::parse_request(&body)?;
-        let target = resolve(&state, &req.model, &mut served)?;
-        req.check()?;
-        let mut options = req.common.check(crate::inference::DEFAULT_MAX_TOKENS)?;
-        if let Some(schema) = req.schema()? {
+/// A request that asks for answers, and how it becomes a [`Plan`].
+pub(super) trait AnswerRequest: openai::WithCommon {
+    /// Which endpoint it is sent to.
+    const ENDPOINT: Endpoint;
+
+    /// The model as the client spelled it.
+    fn model(&self) -> &str;
+
+    /// Its inputs and options, checked, for `target`.
+    fn into_parts(self, target: &Target) -> Result<Parts, ApiError>;
+}
+
+/// What a request contributes to its plan.
+pub(super) struct Parts {
+    model: String,
+    inputs: Vec<Prompt>,
+    options: RequestOptions,
+    logprobs: bool,
+}
+
+impl AnswerRequest for openai::ChatRequest {
+    const ENDPOINT: Endpoint = Endpoint::Chat;
+
+    fn model(&self) -> &str {
+        &self.model
+    }
+
+    fn into_parts(self, target: &Target) -> Result<Parts, ApiError> {
+        self.check()?;
+        let mut options = self.common.check(crate::inference::DEFAULT_MAX_TOKENS)?;
+        if let Some(schema) = self.schema()? {
             if matches!(target, Target::Base) {
                 return Err(ApiError::invalid(
                     Some("response_format".into()),
                     format!(
                         "the base model `{}` cannot honour a JSON schema; send it to an expert that does (json-extractor) or to tessera/auto",
-                        req.model
+                        self.model
                     ),
                 ));
             }
             options.metadata.push(("schema".into(), schema));
         }
-        let inputs = vec![Prompt::Chat(req.messages()?)];
-        let mut plan = Plan::new(
-            &state,
-            Endpoint::Chat,
-            req.model,
-            target,
-            inputs,
+        Ok(Parts {
+            inputs: vec![Prompt::Chat(self.messages()?)],
             options,
-            &headers,
-        );
-        plan.logprobs = req.logprobs;
-        Ok::<_, ApiError>(plan)
-    })();
-    run(state, plan, served).await
+            logprobs: self.logprobs,
+            model: self.model,
+        })
+    }
 }
 
-pub(super) async fn completions(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let mut served = Served::default();
-    let plan = (|| {
-        let body = body_bytes(body)?;
-        let req: openai::CompletionRequest = openai::parse_request(&body)?;
-        let target = resolve(&state, &req.model, &mut served)?;
-        let prompts = req.prompts()?;
-        let options = req.common.check(openai::COMPLETIONS_DEFAULT_MAX_TOKENS)?;
+impl AnswerRequest for openai::CompletionRequest {
+    const ENDPOINT: Endpoint = Endpoint::Completion;
+
+    fn model(&self) -> &str {
+        &self.model
+    }
+
+    fn into_parts(self, _: &Target) -> Result<Parts, ApiError> {
+        let prompts = self.prompts()?;
+        let options = self.common.check(openai::COMPLETIONS_DEFAULT_MAX_TOKENS)?;
         let choices = prompts.len() as u64 * u64::from(options.n);
         if choices > u64::from(openai::MAX_CHOICES) {
             return Err(ApiError::invalid(
@@ -183,19 +196,37 @@ pub(super) async fn completions(
                 ),
             ));
         }
-        let inputs = prompts.into_iter().map(Prompt::Text).collect();
-        let mut plan = Plan::new(
-            &state,
-            Endpoint::Completion,
-            req.model,
-            target,
-            inputs,
+        Ok(Parts {
+            inputs: prompts.into_iter().map(Prompt::Text).collect(),
             options,
-            &headers,
-        );
-        plan.logprobs = req.logprobs.is_some();
-        Ok::<_, ApiError>(plan)
-    })();
+            logprobs: self.logprobs.is_some(),
+            model: self.model,
+        })
+    }
+}
+
+/// Parse, resolve and check a request of kind `R`.
+fn plan<R: AnswerRequest>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    served: &mut Served,
+) -> Result<Plan, ApiError> {
+    let body = body_bytes(body)?;
+    let req: R = openai::parse_request(&body)?;
+    let target = resolve(state, req.model(), served)?;
+    let parts = req.into_parts(&target)?;
+    Ok(Plan::new(state, R::ENDPOINT, target, parts, headers))
+}
+
+/// `POST /v1/chat/completions` and `POST /v1/completions`.
+pub(super) async fn answer<R: AnswerRequest>(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let mut served = Served::default();
+    let plan = plan::<R>(&state, &headers, body, &mut served);
     run(state, plan, served).await
 }
 
@@ -321,21 +352,16 @@ pub(super) async fn route(
 ) -> Response {
     let mut served = Served::default();
     let result = async {
-        let body = body_bytes(body)?;
-        let req: openai::ChatRequest = openai::parse_request(&body)?;
-        let target = resolve(&state, &req.model, &mut served)?;
-        if !matches!(target, Target::Auto(_)) {
+        let mut plan = plan::<openai::ChatRequest>(&state, &headers, body, &mut served)?;
+        if !matches!(plan.target, Target::Auto(_)) {
             return Err(ApiError::invalid(
                 Some("model".into()),
                 format!(
                     "`{}` is not routed; use tessera/auto, tessera/auto:moa or tessera/auto:cascade",
-                    req.model
+                    plan.model
                 ),
             ));
         }
-        let options = req.common.check(crate::inference::DEFAULT_MAX_TOKENS)?;
-        let inputs = vec![Prompt::Chat(req.messages()?)];
-        let mut plan = Plan::new(&state, Endpoint::Chat, req.model, target, inputs, options, &headers);
         let _admitted = state.admission().admit(&served.model).await?;
         decide(&state, &mut plan).await?;
         let decision = plan.decision.as_ref().expect("decided");

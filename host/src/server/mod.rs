@@ -206,8 +206,14 @@ impl AppState {
 pub fn app(state: AppState) -> Router {
     let max_body = state.options().max_body_bytes;
     Router::new()
-        .route("/v1/chat/completions", post(chat::chat_completions))
-        .route("/v1/completions", post(chat::completions))
+        .route(
+            "/v1/chat/completions",
+            post(chat::answer::<openai::ChatRequest>),
+        )
+        .route(
+            "/v1/completions",
+            post(chat::answer::<openai::CompletionRequest>),
+        )
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/route", post(chat::route))
         .route("/v1/models", get(info::list_models))

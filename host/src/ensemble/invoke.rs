@@ -1,0 +1,213 @@
+//! Running one expert on one request: budgets inherited from a caller,
+//! the guest call, the answer's size checks and the trace.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use super::{Ensemble, Expert, InvokeError, InvokeErrorKind};
+use crate::audit::{Outcome, Ran, Trace};
+use crate::bindings::types::{Request, Response};
+use crate::caps::{Invoker, Nested};
+use crate::inference::Deltas;
+
+/// Most metadata pairs an answer may carry.
+pub const MAX_RESPONSE_METADATA: usize = 64;
+/// Most bytes of an answer's metadata, keys and values together.
+pub const MAX_RESPONSE_METADATA_BYTES: usize = 64 * 1024;
+
+fn metadata_too_large(response: &Response) -> bool {
+    response.metadata.len() > MAX_RESPONSE_METADATA
+        || response
+            .metadata
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
+            > MAX_RESPONSE_METADATA_BYTES
+}
+
+/// What a nested invocation inherits from its caller: it runs inside the
+/// caller's deadline and what is left of the caller's budgets, so calling
+/// another expert can never buy more tokens, model calls or fuel than the
+/// caller has (token theft through a callee).
+#[derive(Debug, Clone)]
+pub(crate) struct Inherited {
+    /// Expert names from the outermost caller to the caller (inclusive).
+    pub stack: Vec<String>,
+    /// The caller's deadline.
+    pub deadline: Instant,
+    /// Tokens the caller may still generate.
+    pub tokens_left: u32,
+    /// Model calls the caller may still make.
+    pub model_calls_left: u32,
+    /// Fuel the caller has left.
+    pub fuel_left: u64,
+    /// Trace entries the whole request may still record.
+    pub trace_budget: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// The result of one invocation: the answer (or error) and its trace.
+#[derive(Debug)]
+pub struct Invocation {
+    /// The expert's answer, or why there is none.
+    pub result: Result<Response, InvokeError>,
+    /// What the invocation did.
+    pub trace: Trace,
+}
+
+impl Ensemble {
+    /// Run the expert `name` on `req`.
+    pub async fn invoke(self: &Arc<Self>, name: &str, req: Request) -> Invocation {
+        let Some(expert) = self.expert(name) else {
+            return unknown_expert(name, 0);
+        };
+        self.run(expert, req, None, None).await
+    }
+
+    /// Run the expert `name` on `req`, sending the text it generates with
+    /// `model.stream-answer` to `deltas` as it is generated. Dropping the
+    /// future cancels the invocation and its model calls.
+    pub async fn invoke_streaming(
+        self: &Arc<Self>,
+        name: &str,
+        req: Request,
+        deltas: Deltas,
+    ) -> Invocation {
+        let Some(expert) = self.expert(name) else {
+            return unknown_expert(name, 0);
+        };
+        self.run(expert, req, None, Some(deltas)).await
+    }
+
+    pub(crate) async fn run(
+        self: &Arc<Self>,
+        expert: Arc<Expert>,
+        req: Request,
+        inherited: Option<Inherited>,
+        answer_stream: Option<Deltas>,
+    ) -> Invocation {
+        let started = Instant::now();
+        let started_at_unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let (mut stack, trace_budget) = match &inherited {
+            Some(i) => (i.stack.clone(), Some(i.trace_budget.clone())),
+            None => (Vec::new(), None),
+        };
+        let depth = stack.len() as u32;
+        let mut limits = expert.limits;
+        let own_deadline = started + limits.deadline();
+        let deadline = inherited
+            .as_ref()
+            .map_or(own_deadline, |i| i.deadline.min(own_deadline));
+        if let Some(i) = &inherited {
+            limits.generated_tokens = limits.generated_tokens.min(i.tokens_left);
+            limits.model_calls = limits.model_calls.min(i.model_calls_left);
+            limits.fuel = limits.fuel.min(i.fuel_left);
+        }
+        stack.push(expert.name().to_string());
+
+        let Some(pre) = &expert.pre else {
+            let error = InvokeError::new(
+                InvokeErrorKind::NotAnExpert,
+                format!(
+                    "`{}` is a {} bundle, not an expert; only agents answer requests",
+                    expert.name(),
+                    expert.manifest.kind.world_name()
+                ),
+            );
+            return Invocation {
+                trace: Trace::failed(expert.name(), depth, error.kind.as_str(), &error.message),
+                result: Err(error),
+            };
+        };
+
+        let mut state = self.invocation_state(
+            stack,
+            &expert.manifest.capabilities,
+            limits,
+            deadline,
+            trace_budget,
+        );
+        state.model.answer_stream = answer_stream;
+        state.wall_clock_unix_ms = started_at_unix_ms;
+        let wasi_random_seed = state.wasi_seed;
+        let call = self
+            .call_guest(state, async |store| {
+                let agent = pre.instantiate_async(&mut *store).await?;
+                agent.call_handle(store, &req).await
+            })
+            .await;
+        let fuel_left = call.fuel_left;
+        let max_response = self.sandbox.policy().max_response_bytes;
+        let result = match call.result {
+            Ok(response) if response.content.len() > max_response => Err(InvokeError::new(
+                InvokeErrorKind::ResponseTooLarge,
+                format!(
+                    "the answer is {} bytes, over the host's limit of {max_response} bytes",
+                    response.content.len()
+                ),
+            )),
+            Ok(response) if metadata_too_large(&response) => Err(InvokeError::new(
+                InvokeErrorKind::ResponseTooLarge,
+                format!(
+                    "the answer carries {} metadata pairs of {} bytes; the host keeps at most {MAX_RESPONSE_METADATA} pairs of {MAX_RESPONSE_METADATA_BYTES} bytes in all",
+                    response.metadata.len(),
+                    response
+                        .metadata
+                        .iter()
+                        .map(|(k, v)| k.len() + v.len())
+                        .sum::<usize>()
+                ),
+            )),
+            other => other,
+        };
+        let state = call.state;
+        let (stdout, stderr, output_dropped_bytes) = state.take_stdio();
+        let ran = Ran {
+            version: expert.manifest.version.clone(),
+            component_sha256: expert.component.sha256.clone(),
+            depth,
+            started_at_unix_ms,
+            wasi_random_seed,
+            duration_us: started.elapsed().as_micros() as u64,
+            fuel_left,
+            peak_memory_bytes: state.limiter.peak_bytes() as u64,
+            stdout,
+            stderr,
+            output_dropped_bytes,
+            outcome: match &result {
+                Ok(r) => Outcome::Ok {
+                    content_bytes: r.content.len() as u64,
+                },
+                Err(e) => Outcome::Error {
+                    kind: e.kind.as_str().to_string(),
+                    message: e.message.clone(),
+                },
+            },
+        };
+        let trace = Trace::finish(state.ledger, ran);
+        Invocation { result, trace }
+    }
+}
+
+impl Invoker for Ensemble {
+    fn call_nested(self: Arc<Self>, name: String, req: Request, from: Inherited) -> Nested {
+        Box::pin(async move {
+            let Some(expert) = self.expert(&name) else {
+                return unknown_expert(&name, from.stack.len() as u32);
+            };
+            self.run(expert, req, Some(from), None).await
+        })
+    }
+}
+
+fn unknown_expert(name: &str, depth: u32) -> Invocation {
+    let error = InvokeError::new(
+        InvokeErrorKind::UnknownExpert,
+        format!("no expert named `{name}` is loaded"),
+    );
+    Invocation {
+        trace: Trace::failed(name, depth, error.kind.as_str(), &error.message),
+        result: Err(error),
+    }
+}
