@@ -482,3 +482,145 @@ fn serve_does_not_build_plugin_sources() {
     assert!(!log.contains("building"), "{log}");
     assert!(!marker.exists(), "the plugin's build script ran:\n{log}");
 }
+
+/// One HTTP/1.1 request to `address`; the whole response.
+fn http(address: &str, method: &str, path: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+/// The validator's first steps: make keys, pack and sign an example, see
+/// the signer in `inspect`, run the pack, and serve it under
+/// `--trusted-keys`, where an unknown signer and an unsigned pack are each
+/// refused with their own message.
+#[test]
+fn keys_pack_sign_inspect_run_and_serve_with_trusted_keys() {
+    let dir = scratch("signing");
+    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let alice = tessera(&[
+        "keys",
+        "new",
+        "--out",
+        &path("keys/alice"),
+        "--comment",
+        "alice",
+    ]);
+    assert!(alice.status.success(), "{}", stderr(&alice));
+    let fingerprint = stdout(&alice)
+        .lines()
+        .find_map(|l| l.strip_prefix("fingerprint: "))
+        .expect("keys new prints the fingerprint")
+        .to_string();
+    assert!(fingerprint.starts_with("SHA256:"), "{fingerprint}");
+    assert!(dir.join("keys/alice.pub").is_file());
+    let again = tessera(&["keys", "new", "--out", &path("keys/alice")]);
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("already there"),
+        "{}",
+        stderr(&again)
+    );
+    let mallory = tessera(&["keys", "new", "--out", &path("keys/mallory")]);
+    assert!(mallory.status.success(), "{}", stderr(&mallory));
+
+    for plugin in ["plugins/calculator", "plugins/unit-converter"] {
+        let built = tessera(&["build", plugin]);
+        assert!(built.status.success(), "{}", stderr(&built));
+    }
+    std::fs::create_dir_all(dir.join("served")).unwrap();
+    let pack = |plugin: &str, key: Option<&str>, out: &str| {
+        let mut args = vec!["pack", plugin, "-o"];
+        let out = path(out);
+        args.push(&out);
+        let key = key.map(path);
+        if let Some(key) = &key {
+            args.extend(["--sign", key]);
+        }
+        let packed = tessera(&args);
+        assert!(packed.status.success(), "{}", stderr(&packed));
+        stdout(&packed)
+    };
+    let text = pack(
+        "plugins/calculator",
+        Some("keys/alice"),
+        "served/calc-signed.tessera",
+    );
+    assert!(text.contains(&format!("signed by {fingerprint}")), "{text}");
+    assert!(text.contains("tessera.toml"), "{text}");
+    pack(
+        "plugins/calculator",
+        Some("keys/mallory"),
+        "served/calc-mallory.tessera",
+    );
+    let text = pack("plugins/unit-converter", None, "served/units.tessera");
+    assert!(text.contains("unsigned"), "{text}");
+
+    let inspect = tessera(&["inspect", &path("served/calc-signed.tessera")]);
+    assert!(inspect.status.success(), "{}", stderr(&inspect));
+    assert!(
+        stdout(&inspect).contains(&format!("signer:   {fingerprint}")),
+        "{}",
+        stdout(&inspect)
+    );
+    let run = tessera(&[
+        "run",
+        &path("served/calc-signed.tessera"),
+        "--prompt",
+        "6 * 7",
+        "--no-model",
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert_eq!(stdout(&run).trim(), "6 * 7 = 42");
+
+    let mut serving = serve(&[
+        "serve".as_ref(),
+        dir.join("served").as_os_str(),
+        "--trusted-keys".as_ref(),
+        dir.join("keys/alice.pub").as_os_str(),
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--no-model".as_ref(),
+        "--reload-interval-ms".as_ref(),
+        "0".as_ref(),
+    ]);
+    let Some(address) = serving.address.take() else {
+        let _ = serving.child.kill();
+        panic!("tessera serve exited before serving:\n{}", serving.log);
+    };
+    let log = serving.log.clone();
+    let models = http(&address, "GET", "/v1/models", "");
+    let status = http(&address, "GET", "/v1/status", "");
+    let answer = http(
+        &address,
+        "POST",
+        "/v1/chat/completions",
+        r#"{"model": "calculator", "messages": [{"role": "user", "content": "2^10 - 1"}]}"#,
+    );
+    let _ = serving.child.kill();
+    let _ = serving.child.wait();
+    assert!(
+        log.contains("serving only bundles signed by the 1 keys"),
+        "{log}"
+    );
+    assert!(log.contains("serving 1 experts"), "{log}");
+    assert!(models.contains(&fingerprint), "{models}");
+    assert!(!models.contains("unit-converter"), "{models}");
+    assert!(
+        status.contains("is signed by SHA256:") && status.contains("a key that is not in"),
+        "{status}"
+    );
+    assert!(status.contains("it is not signed"), "{status}");
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.contains("1023"),
+        "{answer}"
+    );
+}

@@ -1,8 +1,12 @@
 //! Bundles: a directory with a `tessera.toml` manifest and the component it
-//! names. Loading checks the manifest, the component's digest and its world.
+//! names, or the same packed into one signed `.tessera` file. Loading
+//! checks the manifest, the component's digest and its world, and a pack's
+//! digests and signature.
 
 mod component;
 mod manifest;
+pub mod pack;
+pub mod sign;
 
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
@@ -34,6 +38,12 @@ pub struct Bundle {
     /// A bare `.wasm` given on the command line: its manifest was made up
     /// here, so the component's `describe()` names it.
     pub bare: bool,
+    /// Who signed it: set only for a `.tessera` pack whose signature
+    /// verified.
+    pub signer: Option<sign::Signer>,
+    /// For a `.tessera` pack, the sha256 of its digest list, which names
+    /// everything in it.
+    pub packed: Option<String>,
 }
 
 /// Why a bundle could not be read.
@@ -94,6 +104,14 @@ pub enum BundleError {
         /// What it is instead.
         kind: &'static str,
     },
+    /// A `.tessera` pack that is damaged, changed or badly signed.
+    #[error("{path}: {reason}")]
+    Pack {
+        /// The pack.
+        path: PathBuf,
+        /// What is wrong.
+        reason: pack::PackReadError,
+    },
     /// Over the size cap.
     #[error("{path}: is {size} bytes, over the limit of {max} bytes")]
     TooLarge {
@@ -112,6 +130,9 @@ impl Bundle {
     /// default manifest named after the file).
     pub fn open(path: &Path) -> Result<Bundle, BundleError> {
         if path.is_file() {
+            if path.extension().is_some_and(|e| e == pack::PACK_EXTENSION) {
+                return Self::open_packed(path);
+            }
             return Self::open_wasm(path);
         }
         let manifest_path = path.join(MANIFEST_FILE);
@@ -157,6 +178,57 @@ impl Bundle {
             wasm,
             sha256,
             bare: false,
+            signer: None,
+            packed: None,
+        })
+    }
+
+    /// Read a `.tessera` pack: every file checked against its digest, the
+    /// signature (if any) against the digests.
+    fn open_packed(path: &Path) -> Result<Bundle, BundleError> {
+        let mut unpacked = pack::unpack(path)?;
+        let member = |name: &str, reason: &str| BundleError::Pack {
+            path: path.to_path_buf(),
+            reason: pack::PackReadError::Member {
+                name: name.to_string(),
+                reason: reason.to_string(),
+            },
+        };
+        let manifest_path = path.join(MANIFEST_FILE);
+        let text = unpacked
+            .files
+            .get(MANIFEST_FILE)
+            .ok_or_else(|| member(MANIFEST_FILE, "is missing"))?;
+        let text = std::str::from_utf8(text).map_err(|_| member(MANIFEST_FILE, "is not UTF-8"))?;
+        let manifest = Manifest::from_toml(text, &manifest_path)?;
+        let component = manifest
+            .component
+            .as_ref()
+            .and_then(|c| c.to_str())
+            .map(|c| c.replace('\\', "/"))
+            .ok_or_else(|| member(MANIFEST_FILE, "names no `component`"))?;
+        let wasm = unpacked
+            .files
+            .remove(&component)
+            .ok_or_else(|| member(&component, "is named by the manifest but not in the pack"))?;
+        let sha256 = sha256_hex(&wasm);
+        if let Some(expected) = &manifest.sha256
+            && !expected.eq_ignore_ascii_case(&sha256)
+        {
+            return Err(BundleError::DigestMismatch {
+                path: path.join(component),
+                expected: expected.clone(),
+                actual: sha256,
+            });
+        }
+        Ok(Bundle {
+            dir: path.to_path_buf(),
+            manifest,
+            wasm,
+            sha256,
+            bare: false,
+            signer: unpacked.signer,
+            packed: Some(unpacked.digest),
         })
     }
 
@@ -174,6 +246,8 @@ impl Bundle {
             wasm,
             sha256,
             bare: true,
+            signer: None,
+            packed: None,
         })
     }
 }

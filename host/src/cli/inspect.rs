@@ -6,7 +6,8 @@ use tessera_host::bundle::{Bundle, ComponentInfo};
 /// Arguments of `tessera inspect`.
 #[derive(Debug, clap::Args)]
 pub struct InspectArgs {
-    /// A bundle directory, a built plugin crate, or a .wasm component.
+    /// A bundle directory, a .tessera pack, a built plugin crate, or a
+    /// .wasm component.
     #[arg(value_name = "BUNDLE_OR_WASM")]
     path: PathBuf,
 
@@ -29,6 +30,8 @@ pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
             "imports": info.imports,
             "exports": info.exports,
             "uses_wasi": info.uses_wasi,
+            "signer": bundle.signer,
+            "packed": bundle.packed,
             "manifest": bundle.manifest,
         });
         super::print(&format!("{}\n", serde_json::to_string_pretty(&value)?))?;
@@ -41,6 +44,14 @@ pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
     writeln!(out, "world:    tessera:expert/{}@0.1.0", info.world)?;
     writeln!(out, "sha256:   {}", bundle.sha256)?;
     writeln!(out, "size:     {} bytes", info.size)?;
+    match (&bundle.signer, &bundle.packed) {
+        (Some(signer), _) => writeln!(out, "signer:   {signer} ({})", signer.public_key)?,
+        (None, Some(_)) => writeln!(out, "signer:   none (an unsigned pack)")?,
+        (None, None) => writeln!(
+            out,
+            "signer:   none (a directory bundle; `tessera pack --sign` signs)"
+        )?,
+    }
     writeln!(out, "imports:")?;
     for import in &info.imports {
         writeln!(out, "  {import}")?;

@@ -6,7 +6,9 @@ mod embed;
 mod engine;
 mod generate;
 mod inspect;
+mod keys;
 mod models;
+mod pack;
 mod run;
 mod serve;
 
@@ -45,8 +47,12 @@ enum Command {
     Build(build::BuildArgs),
     /// Run an expert on one prompt and print its answer.
     Run(run::RunArgs),
-    /// Describe a bundle or component: world, imports, exports, manifest, sha256.
+    /// Describe a bundle or component: world, imports, exports, manifest, sha256, signer.
     Inspect(inspect::InspectArgs),
+    /// Make Ed25519 key pairs for signing bundles.
+    Keys(keys::KeysArgs),
+    /// Pack a bundle into one .tessera file, optionally signed.
+    Pack(pack::PackArgs),
     /// Fetch and list the model files.
     Models(models::ModelsArgs),
     /// Generate text with the model engine alone (no experts).
@@ -78,6 +84,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
         Command::Build(a) => build::run(a),
         Command::Inspect(a) => inspect::run(a),
+        Command::Keys(a) => keys::run(a),
+        Command::Pack(a) => pack::run(a),
         Command::Models(a) => models::run(a),
         Command::Run(a) => tokio::runtime::Runtime::new()?.block_on(run::run(a, cache_dir)),
         Command::Generate(a) => tokio::runtime::Runtime::new()?.block_on(generate::run(a)),

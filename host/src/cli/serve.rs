@@ -10,6 +10,7 @@ use anyhow::Context;
 use serde::Deserialize;
 use tessera_host::build::{BuildOptions, build_plugin};
 use tessera_host::bundle::MANIFEST_FILE;
+use tessera_host::bundle::sign::TrustedKeys;
 use tessera_host::ensemble::router::MAX_TOP_K;
 use tessera_host::ensemble::watch::BundleWatcher;
 use tessera_host::ensemble::{Ensemble, RouterConfig, RoutingIndex};
@@ -26,9 +27,9 @@ pub const DEFAULT_RELOAD_INTERVAL_MS: u64 = 1000;
 /// `--config` file (same names, kebab-case); flags win.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// Bundle directories, or directories of bundles; a plugin crate is
-    /// served from what `tessera build` made of it [default: ./plugins,
-    /// the example experts].
+    /// Bundle directories, `.tessera` packs, or directories of them; a
+    /// plugin crate is served from what `tessera build` made of it
+    /// [default: ./plugins, the example experts].
     #[arg(value_name = "DIR")]
     bundles: Vec<PathBuf>,
 
@@ -102,6 +103,12 @@ pub struct ServeArgs {
     #[arg(long)]
     no_model: bool,
 
+    /// Serve only `.tessera` packs signed by one of the OpenSSH public keys
+    /// in this file (one per line, as `tessera keys new` writes them);
+    /// unsigned bundles and unknown signers are refused.
+    #[arg(long, value_name = "FILE")]
+    trusted_keys: Option<PathBuf>,
+
     /// A router plugin (bundle of kind `router`) that decides for
     /// `tessera/auto` instead of the default embedding router; when it
     /// fails, the default router decides.
@@ -153,6 +160,7 @@ struct ConfigFile {
     build: Option<bool>,
     no_build: Option<bool>,
     no_model: Option<bool>,
+    trusted_keys: Option<PathBuf>,
     router: Option<String>,
     route_top_k: Option<usize>,
     route_threshold: Option<f32>,
@@ -183,6 +191,7 @@ impl ConfigFile {
         config.api_keys_file.iter_mut().for_each(rebase);
         config.models_dir.iter_mut().for_each(rebase);
         config.model.iter_mut().for_each(rebase);
+        config.trusted_keys.iter_mut().for_each(rebase);
         Ok(config)
     }
 }
@@ -213,6 +222,7 @@ impl ServeArgs {
         self.build |= c.build.unwrap_or(false);
         self.no_build |= c.no_build.unwrap_or(false);
         self.no_model |= c.no_model.unwrap_or(false);
+        self.trusted_keys = self.trusted_keys.take().or(c.trusted_keys);
         self.router = self.router.take().or(c.router);
         self.route_top_k = self.route_top_k.or(c.route_top_k);
         self.route_threshold = self.route_threshold.or(c.route_threshold);
@@ -324,13 +334,22 @@ pub async fn run(args: ServeArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<
         args.bundles.clone()
     };
     for root in &roots {
-        if !root.is_dir() {
+        let pack = root.is_file()
+            && root
+                .extension()
+                .is_some_and(|e| e == tessera_host::bundle::pack::PACK_EXTENSION);
+        if !root.is_dir() && !pack {
             anyhow::bail!(
-                "{}: not a directory; pass bundle directories or directories of bundles",
+                "{}: neither a directory nor a .tessera pack; pass bundle directories, packs, or directories of them",
                 root.display()
             );
         }
     }
+    let trusted_keys = args
+        .trusted_keys
+        .as_deref()
+        .map(TrustedKeys::read)
+        .transpose()?;
     let listen = args
         .listen
         .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default address"));
@@ -364,6 +383,14 @@ pub async fn run(args: ServeArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<
     let sandbox = Sandbox::new(HostPolicy::default(), cache_dir.as_deref())?;
     let ensemble = Ensemble::new(sandbox, engine);
     ensemble.set_router_config(router_config.clone());
+    if let Some(keys) = trusted_keys {
+        eprintln!(
+            "serving only bundles signed by the {} keys in {}",
+            keys.len(),
+            keys.path.display()
+        );
+        ensemble.require_signatures(keys);
+    }
     if cache_dir.is_some() {
         ensemble
             .routing_index()

@@ -26,6 +26,7 @@ pub use router::{Decision, RouteError, RouterConfig, Strategy};
 use crate::bindings::agent::AgentPre;
 use crate::bindings::router::RouterPre;
 use crate::bindings::types::ExpertInfo;
+use crate::bundle::sign::{Signer, TrustError, TrustedKeys};
 use crate::bundle::{
     Bundle, BundleKind, MAX_EXAMPLES, MAX_TAGS, Manifest, check_description, is_valid_name,
     is_valid_version,
@@ -51,6 +52,8 @@ pub struct Expert {
     /// The limits its invocations run under: the manifest's, clamped by
     /// the host policy once, at load.
     pub limits: Limits,
+    /// Who signed its `.tessera` pack, if it came signed.
+    pub signer: Option<Signer>,
     pre: Option<AgentPre<InvocationState>>,
     router_pre: Option<RouterPre<InvocationState>>,
 }
@@ -85,6 +88,15 @@ pub enum AddError {
         declared: &'static str,
         /// From the component.
         actual: &'static str,
+    },
+    /// The host requires signatures and this bundle's is missing or not
+    /// trusted.
+    #[error("{name}: refused: {reason}")]
+    Untrusted {
+        /// The bundle's name.
+        name: String,
+        /// Why.
+        reason: TrustError,
     },
     /// `describe` failed.
     #[error("{name}: `describe` failed: {reason}")]
@@ -173,6 +185,8 @@ pub struct Ensemble {
     experts: RwLock<BTreeMap<String, Arc<Expert>>>,
     routing_index: RoutingIndex,
     router_config: RwLock<RouterConfig>,
+    /// When set, only bundles signed by one of these keys are added.
+    trusted_keys: RwLock<Option<Arc<TrustedKeys>>>,
 }
 
 impl Ensemble {
@@ -192,7 +206,21 @@ impl Ensemble {
             experts: RwLock::new(BTreeMap::new()),
             routing_index: RoutingIndex::default(),
             router_config: RwLock::new(RouterConfig::default()),
+            trusted_keys: RwLock::new(None),
         })
+    }
+
+    /// From now on, add only bundles signed by one of `keys`.
+    pub fn require_signatures(&self, keys: TrustedKeys) {
+        *self.trusted_keys.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(keys));
+    }
+
+    /// The keys bundles must be signed with, if signatures are required.
+    pub fn trusted_keys(&self) -> Option<Arc<TrustedKeys>> {
+        self.trusted_keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Sandbox instances one invocation of `expert` may hold at once: its
@@ -315,6 +343,14 @@ impl Ensemble {
         if let Some(why) = self.reserved(&name) {
             return Err(AddError::ReservedName { name, why });
         }
+        if let Some(keys) = self.trusted_keys() {
+            keys.check(bundle.signer.as_ref())
+                .map_err(|reason| AddError::Untrusted {
+                    name: name.clone(),
+                    reason,
+                })?;
+        }
+        let signer = bundle.signer.take();
         // Compiling takes up to seconds of CPU: on a blocking thread, not
         // on the workers that answer requests.
         let this = self.clone();
@@ -420,6 +456,7 @@ impl Ensemble {
         let limits = self.sandbox.policy().limits_for(&manifest.limits);
         let expert = Arc::new(Expert {
             limits,
+            signer,
             manifest,
             info,
             component,

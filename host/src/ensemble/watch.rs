@@ -1,8 +1,8 @@
 //! Hot reload: the bundle directories a host serves, rescanned for bundles
 //! added, replaced or removed.
 //!
-//! A *root* is a bundle directory (it holds `tessera.toml`) or a directory
-//! of them. Each scan lists the bundles under the roots and compares each
+//! A *root* is a bundle directory (it holds `tessera.toml`), a `.tessera`
+//! pack, or a directory of them. Each scan lists the bundles under the roots and compares each
 //! one's files (names, sizes, modification times) with the last scan: a
 //! new or changed bundle is opened, compiled and `describe`d before it
 //! replaces the old version, so a broken one is reported and the old one
@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::Ensemble;
+use crate::bundle::pack::PACK_EXTENSION;
 use crate::bundle::{Bundle, MANIFEST_FILE};
 
 /// A scan logs its progress every this many bundles.
@@ -220,12 +221,18 @@ enum Change {
     Same,
 }
 
-/// The bundle directories under `roots`: each root that is a bundle, and
-/// the bundles directly inside the others.
+/// Whether `path` is a bundle: a directory with a manifest, or a pack.
+fn is_bundle(path: &Path) -> bool {
+    path.join(MANIFEST_FILE).is_file()
+        || (path.is_file() && path.extension().is_some_and(|e| e == PACK_EXTENSION))
+}
+
+/// The bundles under `roots`: each root that is a bundle, and the bundles
+/// directly inside the others.
 fn discover(roots: &[PathBuf]) -> Vec<PathBuf> {
     let mut dirs = Vec::new();
     for root in roots {
-        if root.join(MANIFEST_FILE).is_file() {
+        if is_bundle(root) {
             dirs.push(root.clone());
             continue;
         }
@@ -234,7 +241,7 @@ fn discover(roots: &[PathBuf]) -> Vec<PathBuf> {
         };
         let mut found: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.join(MANIFEST_FILE).is_file())
+            .filter(|p| is_bundle(p))
             .collect();
         found.sort();
         dirs.extend(found);
@@ -243,9 +250,15 @@ fn discover(roots: &[PathBuf]) -> Vec<PathBuf> {
 }
 
 /// The files directly in `dir` and in the bundle `tessera build` writes
-/// for a crate there.
+/// for a crate there; a pack's own file.
 fn fingerprint(dir: &Path) -> Fingerprint {
     let mut files = Vec::new();
+    if let Ok(meta) = std::fs::metadata(dir)
+        && meta.is_file()
+    {
+        files.push((dir.to_path_buf(), meta.len(), meta.modified().ok()));
+        return files;
+    }
     for d in [dir.to_path_buf(), crate::build::default_bundle_dir(dir)] {
         let Ok(entries) = std::fs::read_dir(&d) else {
             continue;

@@ -28,6 +28,7 @@ impl CatalogEntry {
                 "tags": e.info.tags,
                 "examples": e.info.examples,
                 "sha256": e.component.sha256,
+                "signer": e.signer,
             }),
         }
     }
