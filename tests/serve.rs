@@ -1287,3 +1287,62 @@ async fn streams_are_answered_while_hostile_load_runs() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
 }
+
+/// `x-tessera-receipt: true` puts the answering expert's signed receipt
+/// under `tessera.receipt`, whole and in a stream's final chunk; it
+/// verifies against the host's key and names the component that ran.
+#[tokio::test]
+async fn receipts_come_signed_when_asked_for() {
+    use tessera_host::audit::Receipt;
+    use tessera_host::bundle::sign::SigningKey;
+
+    let state = fake_state(FakeEngine::echo(), ServerOptions::default()).await;
+    let key = SigningKey::generate("test host");
+    let fingerprint = key.signer().fingerprint;
+    state.ensemble().set_host_key(key);
+    let echo = state.ensemble().expert("echo").unwrap();
+    let ask = |body: Value, receipt: bool| {
+        let mut request = Request::builder()
+            .method("POST")
+            .uri("/v1/chat/completions")
+            .header("content-type", "application/json");
+        if receipt {
+            request = request.header("x-tessera-receipt", "true");
+        }
+        let request = request.body(Body::from(body.to_string())).unwrap();
+        let app = server::app(state.clone());
+        async move {
+            let response = app.oneshot(request).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            String::from_utf8(bytes.to_vec()).unwrap()
+        }
+    };
+    let check = |receipt: &Value| {
+        let receipt = Receipt::from_json(&receipt.to_string()).expect("a receipt");
+        assert_eq!(receipt.verify(), Ok(fingerprint.clone()));
+        assert_eq!(receipt.body.expert.name, "echo");
+        assert_eq!(receipt.body.expert.component_sha256, echo.component.sha256);
+        assert_eq!(receipt.body.model.name, "fake");
+        assert_eq!(receipt.body.trace_sha256.len(), 64);
+    };
+
+    let body: Value = serde_json::from_str(&ask(chat("echo", "hello"), true).await).unwrap();
+    check(&body["tessera"]["receipt"]);
+    let body: Value = serde_json::from_str(&ask(chat("echo", "hello"), false).await).unwrap();
+    assert!(body["tessera"]["receipt"].is_null(), "{body}");
+
+    let mut streamed = chat("echo", "hello");
+    streamed["stream"] = true.into();
+    let text = ask(streamed, true).await;
+    let last: Value = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str::<Value>(d).unwrap())
+        .rfind(|c| !c["tessera"]["receipt"].is_null())
+        .unwrap_or_else(|| panic!("no chunk carries a receipt:\n{text}"));
+    check(&last["tessera"]["receipt"]);
+}

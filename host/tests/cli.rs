@@ -581,6 +581,64 @@ fn keys_pack_sign_inspect_run_and_serve_with_trusted_keys() {
     assert!(run.status.success(), "{}", stderr(&run));
     assert_eq!(stdout(&run).trim(), "6 * 7 = 42");
 
+    // A receipt for that answer, signed by a host key, checked by
+    // `tessera verify`; any edit to it fails.
+    let host = tessera(&["keys", "new", "--out", &path("keys/host")]);
+    assert!(host.status.success(), "{}", stderr(&host));
+    let receipted = tessera(&[
+        "run",
+        &path("served/calc-signed.tessera"),
+        "--prompt",
+        "6 * 7",
+        "--no-model",
+        "--receipt",
+        &path("receipt.json"),
+        "--host-key",
+        &path("keys/host"),
+    ]);
+    assert!(receipted.status.success(), "{}", stderr(&receipted));
+    let verify = tessera(&[
+        "verify",
+        &path("receipt.json"),
+        "--host",
+        &path("keys/host.pub"),
+    ]);
+    assert!(
+        verify.status.success(),
+        "{}{}",
+        stdout(&verify),
+        stderr(&verify)
+    );
+    let text = stdout(&verify);
+    assert!(text.starts_with("OK signature"), "{text}");
+    assert!(
+        text.contains(&format!("bundle signed by {fingerprint}")),
+        "{text}"
+    );
+    let wrong_host = tessera(&[
+        "verify",
+        &path("receipt.json"),
+        "--host",
+        &path("keys/mallory.pub"),
+    ]);
+    assert!(!wrong_host.status.success());
+    assert!(
+        stdout(&wrong_host).contains("FAIL signer"),
+        "{}",
+        stdout(&wrong_host)
+    );
+    let edited = std::fs::read_to_string(dir.join("receipt.json"))
+        .unwrap()
+        .replace("\"calculator\"", "\"calculat0r\"");
+    std::fs::write(dir.join("edited.json"), edited).unwrap();
+    let tampered = tessera(&["verify", &path("edited.json")]);
+    assert!(!tampered.status.success());
+    assert!(
+        stdout(&tampered).contains("FAIL signature"),
+        "{}",
+        stdout(&tampered)
+    );
+
     let mut serving = serve(&[
         "serve".as_ref(),
         dir.join("served").as_os_str(),

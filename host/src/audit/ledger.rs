@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use super::{HostCall, LogLine, Outcome, TokenCount, Trace};
+use super::{HostCall, LogLine, Outcome, SamplingUsed, TokenCount, Trace};
 use crate::sandbox::Limits;
 
 /// What one invocation spent and did, written by every capability: its
@@ -44,6 +44,29 @@ pub(crate) struct Ledger {
     /// libcall (an epoch check, say) of guest code the host called back
     /// into, such as `cabi_realloc` while a result is lowered.
     pub(crate) host_depth: u32,
+}
+
+/// How a host call ended, for its trace entry.
+#[derive(Debug, Default)]
+pub(crate) struct CallEnd {
+    pub bytes_out: u64,
+    /// Empty for a call that failed.
+    pub output_sha256: String,
+    pub tokens: Option<TokenCount>,
+    /// The error returned to the guest.
+    pub error: Option<String>,
+    pub nested: Option<Trace>,
+    pub sampling: Option<SamplingUsed>,
+}
+
+impl CallEnd {
+    /// A call that returned `error` to the guest.
+    pub(crate) fn failed(error: String) -> CallEnd {
+        CallEnd {
+            error: Some(error),
+            ..CallEnd::default()
+        }
+    }
 }
 
 /// A host call being recorded; see [`Ledger::begin_call`].
@@ -114,6 +137,7 @@ impl Ledger {
         interface: &str,
         function: &str,
         bytes_in: u64,
+        input_sha256: String,
     ) -> CallRecord {
         let fuel = self.fuel_at_host_entry;
         let at_us = self.elapsed_us();
@@ -143,6 +167,9 @@ impl Ledger {
             tokens: None,
             error: None,
             nested: None,
+            input_sha256,
+            output_sha256: String::new(),
+            sampling: None,
         });
         let index = self.host_calls.len() - 1;
         self.open_call = Some(index);
@@ -153,21 +180,18 @@ impl Ledger {
     }
 
     /// Finish recording a host call.
-    pub(crate) fn end_call(
-        &mut self,
-        record: CallRecord,
-        bytes_out: u64,
-        tokens: Option<TokenCount>,
-        error: Option<String>,
-        nested: Option<Trace>,
-    ) {
+    pub(crate) fn end_call(&mut self, record: CallRecord, end: CallEnd) {
         let Some(index) = record.index else { return };
         let call = &mut self.host_calls[index];
         call.duration_us = record.started.elapsed().as_micros() as u64;
-        call.bytes_out = bytes_out;
-        call.tokens = tokens;
-        call.error = error.map(|e| crate::text::ellipsize(&e, MAX_TRACE_ERROR_BYTES));
-        call.nested = nested.map(Box::new);
+        call.bytes_out = end.bytes_out;
+        call.output_sha256 = end.output_sha256;
+        call.tokens = end.tokens;
+        call.error = end
+            .error
+            .map(|e| crate::text::ellipsize(&e, MAX_TRACE_ERROR_BYTES));
+        call.nested = end.nested.map(Box::new);
+        call.sampling = end.sampling;
     }
 }
 

@@ -88,6 +88,36 @@ pub struct HostCall {
     pub error: Option<String>,
     /// The callee's trace, for `experts.call`.
     pub nested: Option<Box<Trace>>,
+    /// sha256 of the arguments, as [`Digest`](super::Digest) makes it
+    /// (label `INTERFACE.FUNCTION.in`).
+    #[serde(default)]
+    pub input_sha256: String,
+    /// sha256 of the result (label `INTERFACE.FUNCTION.out`); empty for a
+    /// call that failed.
+    #[serde(default)]
+    pub output_sha256: String,
+    /// For a generation: the sampling the engine used, seed included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<SamplingUsed>,
+}
+
+/// The sampling of one generation, as the engine ran it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SamplingUsed {
+    /// 0 is greedy.
+    pub temperature: f32,
+    /// Nucleus mass.
+    pub top_p: f32,
+    /// Best tokens kept, if limited.
+    pub top_k: Option<u32>,
+    /// Divisor of seen tokens' logits; 1 is off.
+    pub repetition_penalty: f32,
+    /// Most tokens it could generate.
+    pub max_tokens: u32,
+    /// The sampler's seed: the expert's, or the one the host chose.
+    pub seed: u64,
+    /// Stop strings.
+    pub stop: Vec<String>,
 }
 
 /// Token counts of one model call.

@@ -181,7 +181,10 @@ impl SigningKey {
             .key
             .to_openssh(LineEnding::LF)
             .map_err(|e| io(path, &e))?;
-        write_new(path, pem.as_bytes(), 0o600).map_err(|e| io(path, &e))?;
+        write_new(path, pem.as_bytes(), 0o600).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => KeyError::Exists(path.to_path_buf()),
+            _ => io(path, &e),
+        })?;
         let line = self
             .key
             .public_key()
@@ -309,6 +312,13 @@ impl TrustedKeys {
     }
 }
 
+/// The fingerprint of an OpenSSH one-line public key.
+pub fn fingerprint_of(public_key: &str) -> Result<String, String> {
+    PublicKey::from_openssh(public_key.trim())
+        .map(|k| k.fingerprint(HashAlg::Sha256).to_string())
+        .map_err(|e| e.to_string())
+}
+
 /// `path` with `.pub` appended.
 pub fn public_path(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
@@ -327,21 +337,29 @@ fn read_text(path: &Path) -> Result<String, KeyError> {
     })
 }
 
-/// Create `path` (never replacing a file) with `mode` and `bytes`.
+/// Create `path` with `mode` and `bytes`, whole or not at all, never
+/// replacing a file: written beside it, then linked into place. Two
+/// processes making the same key at once get one key, and the loser an
+/// `AlreadyExists` error.
 fn write_new(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     #[cfg(unix)]
     {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(mode);
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(mode))?;
     }
     #[cfg(not(unix))]
     let _ = mode;
-    let mut file = options.open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist_noclobber(path).map_err(|e| e.error)?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::View;
+use crate::audit::CallEnd;
 use crate::bindings::experts::Host;
 use crate::bindings::types::{Error, Request, Response};
 use crate::bundle::{Capabilities, is_valid_name};
@@ -100,12 +101,15 @@ impl Host for View<'_, ExpertsCtx> {
         name: String,
         req: Request,
     ) -> wasmtime::Result<Result<Response, Error>> {
+        let input = super::request_digest("tessera:expert/experts.call.in", &req)
+            .text(&name)
+            .finish();
         let record = self
             .ledger
-            .begin_call(INTERFACE, "call", super::request_len(&req));
+            .begin_call(INTERFACE, "call", super::request_len(&req), input);
         if let Err(e) = self.ctx.check_call(&name) {
             self.ledger
-                .end_call(record, 0, None, Some(super::error_line(&e)), None);
+                .end_call(record, CallEnd::failed(super::error_line(&e)));
             return Ok(Err(e));
         }
         let ledger = &mut *self.ledger;
@@ -134,11 +138,21 @@ impl Host for View<'_, ExpertsCtx> {
             .model_calls
             .saturating_add(invocation.trace.model_calls);
         let result = invocation.result.map_err(|e| e.to_guest());
-        let (bytes_out, error) = match &result {
-            Ok(resp) => (resp.content.len() as u64, None),
-            Err(e) => (0, Some(super::error_line(e))),
+        let end = match &result {
+            Ok(resp) => CallEnd {
+                bytes_out: resp.content.len() as u64,
+                output_sha256: super::response_digest("tessera:expert/experts.call.out", resp),
+                ..CallEnd::default()
+            },
+            Err(e) => CallEnd::failed(super::error_line(e)),
         };
-        ledger.end_call(record, bytes_out, None, error, Some(invocation.trace));
+        ledger.end_call(
+            record,
+            CallEnd {
+                nested: Some(invocation.trace),
+                ..end
+            },
+        );
         Ok(result)
     }
 }

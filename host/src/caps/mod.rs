@@ -73,6 +73,34 @@ fn strings_len<'a>(strings: impl IntoIterator<Item = &'a String>) -> u64 {
     strings.into_iter().map(|s| s.len() as u64).sum()
 }
 
+/// The digest of an expert request, under `label`; more parts may follow.
+pub(crate) fn request_digest(label: &str, req: &types::Request) -> crate::audit::Digest {
+    let mut d = crate::audit::Digest::new(label);
+    for m in &req.messages {
+        d = d.text(&format!("{:?}", m.role)).text(&m.content);
+    }
+    d = d
+        .num(req.messages.len() as u64)
+        .text(&format!("{:?}", req.sampling));
+    for (k, v) in &req.metadata {
+        d = d.text(k).text(v);
+    }
+    d.num(req.metadata.len() as u64)
+}
+
+/// The digest of an expert's response, under `label`.
+pub(crate) fn response_digest(label: &str, resp: &types::Response) -> String {
+    let mut d = crate::audit::Digest::new(label).text(&resp.content);
+    for (k, v) in &resp.metadata {
+        d = d.text(k).text(v);
+    }
+    d.num(resp.metadata.len() as u64)
+        .text(&format!("{:?}", resp.confidence))
+        .num(u64::from(resp.usage.prompt_tokens))
+        .num(u64::from(resp.usage.completion_tokens))
+        .finish()
+}
+
 /// Bytes of a request's content, for the trace.
 fn request_len(req: &types::Request) -> u64 {
     strings_len(req.messages.iter().map(|m| &m.content))

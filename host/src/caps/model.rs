@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::View;
-use crate::audit::{CallRecord, TokenCount};
+use crate::audit::{CallEnd, CallRecord, Digest, SamplingUsed, TokenCount};
 use crate::bindings::model::Host;
 use crate::bindings::types::{
     Completion, Error, FinishReason, Message, Sampling, TokenLogprob, Usage,
@@ -113,27 +113,76 @@ impl View<'_, ModelCtx> {
         self.sampling_params(sampling)
     }
 
-    /// Count the tokens, record the call and convert the result.
+    /// Count the tokens, record the call (with the sampling the engine
+    /// used, `params` and its seed) and convert the result.
     fn end_generation(
         &mut self,
         record: CallRecord,
+        function: &str,
+        params: Option<SamplingParams>,
         result: Result<Generation, Error>,
     ) -> Result<Completion, Error> {
+        let seed = result.as_ref().map_or(0, |g| g.seed);
         let result = result.map(|g| self.finish_generation(g));
-        let (bytes_out, tokens, error) = match &result {
-            Ok(c) => (
-                c.text.len() as u64,
-                Some(TokenCount {
+        let end = match &result {
+            Ok(c) => CallEnd {
+                bytes_out: c.text.len() as u64,
+                output_sha256: completion_digest(function, c),
+                tokens: Some(TokenCount {
                     prompt: c.usage.prompt_tokens,
                     completion: c.usage.completion_tokens,
                 }),
-                None,
-            ),
-            Err(e) => (0, None, Some(super::error_line(e))),
+                sampling: params.map(|p| SamplingUsed {
+                    temperature: p.temperature,
+                    top_p: p.top_p,
+                    top_k: p.top_k,
+                    repetition_penalty: p.repetition_penalty,
+                    max_tokens: p.max_tokens,
+                    seed,
+                    stop: p.stop,
+                }),
+                ..CallEnd::default()
+            },
+            Err(e) => CallEnd::failed(super::error_line(e)),
         };
-        self.ledger.end_call(record, bytes_out, tokens, error, None);
+        self.ledger.end_call(record, end);
         result
     }
+}
+
+/// The digest of a generation's arguments.
+fn prompt_digest(
+    function: &str,
+    prompt: &Prompt,
+    sampling: &Sampling,
+    adapter: Option<&str>,
+) -> String {
+    let mut d = Digest::new(&format!("{INTERFACE}.{function}.in"));
+    match prompt {
+        Prompt::Chat(messages) => {
+            for m in messages {
+                d = d.text(&format!("{:?}", m.role)).text(&m.content);
+            }
+            d = d.num(messages.len() as u64);
+        }
+        Prompt::Text(text) => d = d.text(text),
+    }
+    d.text(&format!("{sampling:?}"))
+        .text(adapter.unwrap_or_default())
+        .finish()
+}
+
+/// The digest of a generation's result.
+fn completion_digest(function: &str, c: &Completion) -> String {
+    let mut d = Digest::new(&format!("{INTERFACE}.{function}.out"))
+        .text(&c.text)
+        .text(&format!("{:?}", c.finish_reason))
+        .num(u64::from(c.usage.prompt_tokens))
+        .num(u64::from(c.usage.completion_tokens));
+    for t in &c.token_logprobs {
+        d = d.text(&t.token).num(u64::from(t.logprob.to_bits()));
+    }
+    d.finish()
 }
 
 fn model_error(e: ModelError) -> Error {
@@ -161,9 +210,12 @@ impl View<'_, ModelCtx> {
             Prompt::Chat(messages) => super::strings_len(messages.iter().map(|m| &m.content)),
             Prompt::Text(text) => text.len() as u64,
         };
-        let record = self.ledger.begin_call(INTERFACE, function, bytes_in);
+        let input = prompt_digest(function, &prompt, &sampling, adapter.as_deref());
+        let record = self.ledger.begin_call(INTERFACE, function, bytes_in, input);
+        let mut used = None;
         let result = match self.prepare_generation(sampling) {
             Ok(params) => {
+                used = Some(params.clone());
                 let request = GenerateRequest {
                     prompt,
                     params,
@@ -179,7 +231,7 @@ impl View<'_, ModelCtx> {
             }
             Err(e) => Err(e),
         };
-        self.end_generation(record, result)
+        self.end_generation(record, function, used, result)
     }
 }
 
@@ -220,9 +272,12 @@ impl Host for View<'_, ModelCtx> {
     }
 
     async fn tokenize(&mut self, text: String) -> wasmtime::Result<Result<Vec<u32>, Error>> {
+        let input = Digest::new("tessera:expert/model.tokenize.in")
+            .text(&text)
+            .finish();
         let record = self
             .ledger
-            .begin_call(INTERFACE, "tokenize", text.len() as u64);
+            .begin_call(INTERFACE, "tokenize", text.len() as u64, input);
         let result = match self.check_model_access(false) {
             Ok(()) => {
                 let engine = self.ctx.engine.clone();
@@ -230,11 +285,21 @@ impl Host for View<'_, ModelCtx> {
             }
             Err(e) => Err(e),
         };
-        let (bytes_out, error) = match &result {
-            Ok(ids) => ((ids.len() * 4) as u64, None),
-            Err(e) => (0, Some(super::error_line(e))),
+        let end = match &result {
+            Ok(ids) => CallEnd {
+                bytes_out: (ids.len() * 4) as u64,
+                output_sha256: ids
+                    .iter()
+                    .fold(
+                        Digest::new("tessera:expert/model.tokenize.out"),
+                        |d, &id| d.num(u64::from(id)),
+                    )
+                    .finish(),
+                ..CallEnd::default()
+            },
+            Err(e) => CallEnd::failed(super::error_line(e)),
         };
-        self.ledger.end_call(record, bytes_out, None, error, None);
+        self.ledger.end_call(record, end);
         Ok(result)
     }
 
@@ -244,10 +309,16 @@ impl Host for View<'_, ModelCtx> {
         continuation: String,
         adapter: Option<String>,
     ) -> wasmtime::Result<Result<f64, Error>> {
+        let input = Digest::new("tessera:expert/model.score.in")
+            .text(&prompt)
+            .text(&continuation)
+            .text(adapter.as_deref().unwrap_or_default())
+            .finish();
         let record = self.ledger.begin_call(
             INTERFACE,
             "score",
             (prompt.len() + continuation.len()) as u64,
+            input,
         );
         let result = match self.check_model_access(false) {
             Ok(()) => {
@@ -259,8 +330,17 @@ impl Host for View<'_, ModelCtx> {
             }
             Err(e) => Err(e),
         };
-        let error = result.as_ref().err().map(super::error_line);
-        self.ledger.end_call(record, 8, None, error, None);
+        let end = match &result {
+            Ok(score) => CallEnd {
+                bytes_out: 8,
+                output_sha256: Digest::new("tessera:expert/model.score.out")
+                    .num(score.to_bits())
+                    .finish(),
+                ..CallEnd::default()
+            },
+            Err(e) => CallEnd::failed(super::error_line(e)),
+        };
+        self.ledger.end_call(record, end);
         Ok(result)
     }
 
@@ -268,9 +348,12 @@ impl Host for View<'_, ModelCtx> {
         &mut self,
         texts: Vec<String>,
     ) -> wasmtime::Result<Result<Vec<Vec<f32>>, Error>> {
+        let input = Digest::new("tessera:expert/model.embed.in")
+            .texts(texts.iter().map(String::as_str))
+            .finish();
         let record = self
             .ledger
-            .begin_call(INTERFACE, "embed", super::strings_len(&texts));
+            .begin_call(INTERFACE, "embed", super::strings_len(&texts), input);
         let access = self.check_model_access(false).and_then(|()| {
             if texts.len() > MAX_EMBED_TEXTS {
                 Err(Error::LimitExceeded(format!(
@@ -288,11 +371,21 @@ impl Host for View<'_, ModelCtx> {
             }
             Err(e) => Err(e),
         };
-        let (bytes_out, error) = match &result {
-            Ok(vectors) => (vectors.iter().map(|v| v.len() as u64 * 4).sum(), None),
-            Err(e) => (0, Some(super::error_line(e))),
+        let end = match &result {
+            Ok(vectors) => CallEnd {
+                bytes_out: vectors.iter().map(|v| v.len() as u64 * 4).sum(),
+                output_sha256: vectors
+                    .iter()
+                    .fold(Digest::new("tessera:expert/model.embed.out"), |d, v| {
+                        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                        d.bytes(&bytes)
+                    })
+                    .finish(),
+                ..CallEnd::default()
+            },
+            Err(e) => CallEnd::failed(super::error_line(e)),
         };
-        self.ledger.end_call(record, bytes_out, None, error, None);
+        self.ledger.end_call(record, end);
         Ok(result)
     }
 }

@@ -28,6 +28,42 @@ enum KeysCommand {
     },
 }
 
+/// Where a host keeps the key it signs receipts with, unless told.
+pub fn default_host_key_path() -> Option<PathBuf> {
+    dirs::data_dir().map(|d| d.join("tessera").join("keys").join("host_ed25519"))
+}
+
+/// The host's receipt-signing key: `path` when given (it must exist),
+/// else the default one, made on first use.
+pub fn host_key(path: Option<&std::path::Path>) -> anyhow::Result<SigningKey> {
+    if let Some(path) = path {
+        return Ok(SigningKey::read(path)?);
+    }
+    let Some(path) = default_host_key_path() else {
+        anyhow::bail!(
+            "no home directory to keep the host key in; give one with --host-key FILE (make it with `tessera keys new --out FILE`)"
+        );
+    };
+    if path.exists() {
+        return Ok(SigningKey::read(&path)?);
+    }
+    let key = SigningKey::generate("tessera host");
+    match key.write(&path) {
+        Ok(_) => {}
+        // Another tessera made it first: use that one.
+        Err(tessera_host::bundle::sign::KeyError::Exists(_)) => {
+            return Ok(SigningKey::read(&path)?);
+        }
+        Err(e) => return Err(e.into()),
+    }
+    eprintln!(
+        "made a host key for signing receipts: {} ({})",
+        path.display(),
+        key.signer().fingerprint
+    );
+    Ok(key)
+}
+
 /// Where `keys new` writes by default.
 pub fn default_key_path() -> Option<PathBuf> {
     dirs::data_dir().map(|d| d.join("tessera").join("keys").join("tessera_ed25519"))

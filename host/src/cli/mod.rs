@@ -11,6 +11,7 @@ mod models;
 mod pack;
 mod run;
 mod serve;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -61,6 +62,8 @@ enum Command {
     Embed(embed::EmbedArgs),
     /// Serve experts and models over an OpenAI-compatible HTTP API.
     Serve(Box<serve::ServeArgs>),
+    /// Check a receipt's signature and say what it vouches for.
+    Verify(verify::VerifyArgs),
 }
 
 /// Run the parsed command.
@@ -91,6 +94,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Generate(a) => tokio::runtime::Runtime::new()?.block_on(generate::run(a)),
         Command::Embed(a) => tokio::runtime::Runtime::new()?.block_on(embed::run(a)),
         Command::Serve(a) => tokio::runtime::Runtime::new()?.block_on(serve::run(*a, cache_dir)),
+        Command::Verify(a) => verify::run(a),
     }
 }
 

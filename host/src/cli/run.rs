@@ -37,6 +37,15 @@ pub struct RunArgs {
     #[arg(long)]
     no_model: bool,
 
+    /// Write the host's signed receipt for the answer to FILE (JSON).
+    #[arg(long, value_name = "FILE")]
+    receipt: Option<PathBuf>,
+
+    /// The key receipts are signed with [default: the user data dir's
+    /// tessera/keys/host_ed25519, made on first use].
+    #[arg(long, value_name = "FILE")]
+    host_key: Option<PathBuf>,
+
     #[command(flatten)]
     engine: super::engine::EngineArgs,
 }
@@ -55,8 +64,16 @@ pub async fn run(args: RunArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<Ex
         ComponentInfo::parse(&bundle.wasm)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     }
+    let host_key = args
+        .receipt
+        .is_some()
+        .then(|| super::keys::host_key(args.host_key.as_deref()))
+        .transpose()?;
     let engine = args.engine.engine(args.no_model)?;
     let ensemble = Ensemble::new(sandbox, engine);
+    if let Some(key) = host_key {
+        ensemble.set_host_key(key);
+    }
     for bundle in callees {
         ensemble.add(bundle).await?;
     }
@@ -91,6 +108,10 @@ pub async fn run(args: RunArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<Ex
             "trace": invocation.trace,
         });
         super::print(&format!("{}\n", serde_json::to_string_pretty(&doc)?))?;
+    }
+    if let (Some(path), Some(receipt)) = (&args.receipt, &invocation.receipt) {
+        std::fs::write(path, serde_json::to_string_pretty(receipt)? + "\n")
+            .with_context(|| format!("cannot write the receipt to {}", path.display()))?;
     }
     match invocation.result {
         Ok(response) => {

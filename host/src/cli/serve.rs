@@ -109,6 +109,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE")]
     trusted_keys: Option<PathBuf>,
 
+    /// The key that signs receipts (`x-tessera-receipt: true`) [default:
+    /// the user data dir's tessera/keys/host_ed25519, made on first start].
+    #[arg(long, value_name = "FILE")]
+    host_key: Option<PathBuf>,
+
     /// A router plugin (bundle of kind `router`) that decides for
     /// `tessera/auto` instead of the default embedding router; when it
     /// fails, the default router decides.
@@ -161,6 +166,7 @@ struct ConfigFile {
     no_build: Option<bool>,
     no_model: Option<bool>,
     trusted_keys: Option<PathBuf>,
+    host_key: Option<PathBuf>,
     router: Option<String>,
     route_top_k: Option<usize>,
     route_threshold: Option<f32>,
@@ -192,6 +198,7 @@ impl ConfigFile {
         config.models_dir.iter_mut().for_each(rebase);
         config.model.iter_mut().for_each(rebase);
         config.trusted_keys.iter_mut().for_each(rebase);
+        config.host_key.iter_mut().for_each(rebase);
         Ok(config)
     }
 }
@@ -223,6 +230,7 @@ impl ServeArgs {
         self.no_build |= c.no_build.unwrap_or(false);
         self.no_model |= c.no_model.unwrap_or(false);
         self.trusted_keys = self.trusted_keys.take().or(c.trusted_keys);
+        self.host_key = self.host_key.take().or(c.host_key);
         self.router = self.router.take().or(c.router);
         self.route_top_k = self.route_top_k.or(c.route_top_k);
         self.route_threshold = self.route_threshold.or(c.route_threshold);
@@ -350,6 +358,7 @@ pub async fn run(args: ServeArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<
         .as_deref()
         .map(TrustedKeys::read)
         .transpose()?;
+    let host_key = super::keys::host_key(args.host_key.as_deref())?;
     let listen = args
         .listen
         .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default address"));
@@ -391,6 +400,11 @@ pub async fn run(args: ServeArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<
         );
         ensemble.require_signatures(keys);
     }
+    eprintln!(
+        "receipts are signed by {} (ask with `x-tessera-receipt: true`)",
+        host_key.signer().fingerprint
+    );
+    ensemble.set_host_key(host_key);
     if cache_dir.is_some() {
         ensemble
             .routing_index()

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::strategy::{self, Strategy};
 use super::{Decision, Ensemble, Expert, Invocation, InvokeError};
-use crate::audit::Trace;
+use crate::audit::{Receipt, Trace};
 use crate::bindings::types::{Message, Request, Role, Sampling};
 use crate::bundle::BundleKind;
 use crate::inference::{
@@ -104,6 +104,9 @@ pub struct Answer {
     pub confidence: Option<f32>,
     /// Who answered and how.
     pub report: Report,
+    /// The host's signed receipt, when an expert answered and the host
+    /// signs receipts.
+    pub receipt: Option<Receipt>,
 }
 
 /// Who answered and how: the `tessera` field of an answer. Empty when the
@@ -446,6 +449,7 @@ impl Ensemble {
             logprobs: generation.token_logprobs,
             confidence,
             report: Report::default(),
+            receipt: None,
         })
     }
 
@@ -472,6 +476,7 @@ fn mean_probability(logprobs: impl Iterator<Item = f32>) -> Option<f32> {
 /// An expert's invocation as an answer, or its error.
 pub(crate) fn expert_answer(invocation: Invocation) -> Result<Answer, AnswerError> {
     let trace = invocation.trace;
+    let receipt = invocation.receipt;
     let response = invocation.result.map_err(AnswerError::Expert)?;
     let confidence = response
         .confidence
@@ -495,5 +500,6 @@ pub(crate) fn expert_answer(invocation: Invocation) -> Result<Answer, AnswerErro
         },
         text: response.content,
         confidence,
+        receipt,
     })
 }

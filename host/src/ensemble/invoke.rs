@@ -5,8 +5,10 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::{Ensemble, Expert, InvokeError, InvokeErrorKind};
-use crate::audit::{Outcome, Ran, Trace};
+use crate::audit::receipt::{self, ReceiptExpert, ReceiptModel};
+use crate::audit::{Outcome, Ran, Receipt, ReceiptBody, Trace};
 use crate::bindings::types::{Request, Response};
+use crate::bundle::sign::SigningKey;
 use crate::caps::{Invoker, Nested};
 use crate::inference::Deltas;
 
@@ -52,6 +54,9 @@ pub struct Invocation {
     pub result: Result<Response, InvokeError>,
     /// What the invocation did.
     pub trace: Trace,
+    /// The host's signed receipt for the answer, when the host has a key
+    /// and there is an answer.
+    pub receipt: Option<Receipt>,
 }
 
 impl Ensemble {
@@ -118,6 +123,7 @@ impl Ensemble {
             return Invocation {
                 trace: Trace::failed(expert.name(), depth, error.kind.as_str(), &error.message),
                 result: Err(error),
+                receipt: None,
             };
         };
 
@@ -186,7 +192,48 @@ impl Ensemble {
             },
         };
         let trace = Trace::finish(state.ledger, ran);
-        Invocation { result, trace }
+        let receipt = match (&result, self.host_key()) {
+            (Ok(response), Some(key)) => Some(self.receipt(&expert, &req, response, &trace, &key)),
+            _ => None,
+        };
+        Invocation {
+            result,
+            trace,
+            receipt,
+        }
+    }
+
+    /// The signed receipt of `expert`'s `response` to `req`.
+    fn receipt(
+        &self,
+        expert: &Expert,
+        req: &Request,
+        response: &Response,
+        trace: &Trace,
+        key: &SigningKey,
+    ) -> Receipt {
+        let model = self.model();
+        let body = ReceiptBody {
+            version: receipt::RECEIPT_VERSION,
+            request_sha256: receipt::request_sha256(req),
+            response_sha256: receipt::response_sha256(response),
+            expert: ReceiptExpert {
+                name: expert.name().to_string(),
+                version: expert.manifest.version.clone(),
+                component_sha256: expert.component.sha256.clone(),
+                signer: expert.signer.as_ref().map(|s| s.fingerprint.clone()),
+            },
+            model: ReceiptModel {
+                name: model.model_name().to_string(),
+                weights_sha256: model.weights_sha256().map(str::to_string),
+            },
+            sampling: receipt::sampling_of(trace),
+            trace_sha256: receipt::trace_sha256(trace),
+            started_at_unix_ms: trace.started_at_unix_ms,
+            duration_us: trace.duration_us,
+            host_key: key.public_line(),
+        };
+        Receipt::sign(body, key)
     }
 }
 
@@ -209,5 +256,6 @@ fn unknown_expert(name: &str, depth: u32) -> Invocation {
     Invocation {
         trace: Trace::failed(name, depth, error.kind.as_str(), &error.message),
         result: Err(error),
+        receipt: None,
     }
 }

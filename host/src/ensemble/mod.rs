@@ -26,7 +26,7 @@ pub use router::{Decision, RouteError, RouterConfig, Strategy};
 use crate::bindings::agent::AgentPre;
 use crate::bindings::router::RouterPre;
 use crate::bindings::types::ExpertInfo;
-use crate::bundle::sign::{Signer, TrustError, TrustedKeys};
+use crate::bundle::sign::{Signer, SigningKey, TrustError, TrustedKeys};
 use crate::bundle::{
     Bundle, BundleKind, MAX_EXAMPLES, MAX_TAGS, Manifest, check_description, is_valid_name,
     is_valid_version,
@@ -187,6 +187,8 @@ pub struct Ensemble {
     router_config: RwLock<RouterConfig>,
     /// When set, only bundles signed by one of these keys are added.
     trusted_keys: RwLock<Option<Arc<TrustedKeys>>>,
+    /// When set, every expert answer gets a receipt signed with it.
+    host_key: RwLock<Option<Arc<SigningKey>>>,
 }
 
 impl Ensemble {
@@ -207,7 +209,21 @@ impl Ensemble {
             routing_index: RoutingIndex::default(),
             router_config: RwLock::new(RouterConfig::default()),
             trusted_keys: RwLock::new(None),
+            host_key: RwLock::new(None),
         })
+    }
+
+    /// Sign a receipt for every expert answer with `key`.
+    pub fn set_host_key(&self, key: SigningKey) {
+        *self.host_key.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(key));
+    }
+
+    /// The key receipts are signed with, if any.
+    pub fn host_key(&self) -> Option<Arc<SigningKey>> {
+        self.host_key
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// From now on, add only bundles signed by one of `keys`.

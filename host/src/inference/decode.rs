@@ -28,6 +28,8 @@ pub(super) struct Decode {
     stream: Option<Deltas>,
     /// Bytes of `text` already sent on `stream`.
     streamed: usize,
+    /// The sampler's seed.
+    seed: u64,
 }
 
 impl Decode {
@@ -57,6 +59,7 @@ impl Decode {
             window: Window::default(),
             stream,
             streamed: 0,
+            seed: params.seed.unwrap_or(seed),
         }
     }
 
@@ -143,6 +146,7 @@ impl Decode {
             prompt_tokens: self.prompt_len as u32,
             completion_tokens: completion_tokens as u32,
             token_logprobs: std::mem::take(&mut self.logprobs),
+            seed: self.seed,
         }
     }
 }

@@ -7,7 +7,7 @@
 //! holds no thread.
 
 use std::collections::VecDeque;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 
 use async_trait::async_trait;
@@ -60,6 +60,8 @@ pub struct BurnEngine {
     prompts: Mutex<VecDeque<(PromptKey, Arc<tokio::sync::OnceCell<PromptIds>>)>>,
     jobs: mpsc::Sender<Job>,
     context: usize,
+    /// sha256 of the weights, when loaded from files.
+    weights_sha256: Option<String>,
     stats: Arc<Counters>,
 }
 
@@ -140,7 +142,12 @@ impl BurnEngine {
             .transpose()
             .map_err(failed)?;
         let embedder = embedder_name.zip(embedder);
-        Self::start(name, llama, tokenizer, embedder, &options)
+        let mut engine = Self::start(name, llama, tokenizer, embedder, &options)?;
+        engine.weights_sha256 =
+            Some(weights_digest(model).map_err(|e| {
+                ModelError::NotLoaded(format!("cannot read {}: {e}", model.display()))
+            })?);
+        Ok(engine)
     }
 
     /// Serve `model`, any [`BatchModel`], with `tokenizer` and, if given,
@@ -180,6 +187,7 @@ impl BurnEngine {
             prompts: Mutex::new(VecDeque::new()),
             jobs,
             context,
+            weights_sha256: None,
             stats,
         })
     }
@@ -354,6 +362,34 @@ impl BurnEngine {
     }
 }
 
+/// sha256 of a weights file; for a Hugging Face directory, of the list of
+/// its files' `sha256  name` lines (config, tokenizer and safetensors).
+fn weights_digest(path: &Path) -> std::io::Result<String> {
+    use sha2::Digest;
+    let file_digest = |p: &Path| -> std::io::Result<String> {
+        let mut hasher = sha2::Sha256::new();
+        std::io::copy(&mut std::fs::File::open(p)?, &mut hasher)?;
+        Ok(hex::encode(hasher.finalize()))
+    };
+    if !path.is_dir() {
+        return file_digest(path);
+    }
+    let mut names: Vec<PathBuf> = std::fs::read_dir(path)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|e| e == "safetensors" || e == "json")
+        })
+        .collect();
+    names.sort();
+    let mut list = String::new();
+    for p in names {
+        let name = p.file_name().unwrap_or_default().to_string_lossy();
+        list.push_str(&format!("{}  {name}\n", file_digest(&p)?));
+    }
+    Ok(hex::encode(sha2::Sha256::digest(list.as_bytes())))
+}
+
 /// How many recent prompts keep their token ids.
 const PROMPT_CACHE: usize = 64;
 
@@ -436,6 +472,10 @@ impl ModelEngine for BurnEngine {
 
     fn embedder_name(&self) -> Option<&str> {
         self.embedder_name.as_deref()
+    }
+
+    fn weights_sha256(&self) -> Option<&str> {
+        self.weights_sha256.as_deref()
     }
 
     fn stats(&self) -> Option<EngineStats> {

@@ -120,6 +120,8 @@ pub struct Generation {
     pub completion_tokens: u32,
     /// (token text, logprob) per generated token.
     pub token_logprobs: Vec<(String, f32)>,
+    /// The sampler's seed: the request's, or the one the engine chose.
+    pub seed: u64,
 }
 
 /// Why a model call failed.
@@ -244,6 +246,11 @@ pub trait ModelEngine: Send + Sync + 'static {
 
     /// The embedding model's name, when one is loaded.
     fn embedder_name(&self) -> Option<&str> {
+        None
+    }
+
+    /// sha256 of the language model's weights file(s), for receipts.
+    fn weights_sha256(&self) -> Option<&str> {
         None
     }
 

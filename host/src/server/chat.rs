@@ -54,6 +54,9 @@ pub(super) struct Plan {
     /// Whether the caller asked for the invocation traces
     /// (`x-tessera-trace: true`).
     pub want_trace: bool,
+    /// Whether the caller asked for the answering expert's signed receipt
+    /// (`x-tessera-receipt: true`).
+    pub want_receipt: bool,
 }
 
 impl Plan {
@@ -92,7 +95,8 @@ impl Plan {
             request_id,
             started: Instant::now(),
             decision: None,
-            want_trace: wants_trace(headers),
+            want_trace: header_is_true(headers, TRACE_HEADER),
+            want_receipt: header_is_true(headers, RECEIPT_HEADER),
         }
     }
 
@@ -106,6 +110,7 @@ impl Plan {
             logprobs: self.logprobs,
             decision: self.decision.as_ref(),
             want_trace: self.want_trace,
+            want_receipt: self.want_receipt,
         }
     }
 }
@@ -284,9 +289,13 @@ pub(super) const ROUTE_HEADER: &str = "x-tessera-route";
 /// The request header that asks for the invocation traces in the answer.
 pub(super) const TRACE_HEADER: &str = "x-tessera-trace";
 
-fn wants_trace(headers: &HeaderMap) -> bool {
+/// The request header that asks for the answering expert's receipt.
+pub(super) const RECEIPT_HEADER: &str = "x-tessera-receipt";
+
+/// Whether header `name` says yes (`1`, `true` or `yes`).
+fn header_is_true(headers: &HeaderMap, name: &str) -> bool {
     headers
-        .get(TRACE_HEADER)
+        .get(name)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| matches!(v.trim(), "1" | "true" | "yes"))
 }

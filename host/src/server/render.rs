@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::audit::Trace;
+use crate::audit::{Receipt, Trace};
 use crate::ensemble::{Answer, Decision, Report};
 use crate::inference::Finish;
 
@@ -65,6 +65,8 @@ pub(super) struct Header<'a> {
     pub decision: Option<&'a Decision>,
     /// Whether the client asked for the traces (`x-tessera-trace`).
     pub want_trace: bool,
+    /// Whether the client asked for the receipt (`x-tessera-receipt`).
+    pub want_receipt: bool,
 }
 
 impl Header<'_> {
@@ -105,6 +107,8 @@ struct Tessera<'a> {
     route: Option<&'a Decision>,
     #[serde(skip_serializing_if = "Option::is_none")]
     traces: Option<&'a [Trace]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    receipt: Option<&'a Receipt>,
 }
 
 fn tessera<'a>(
@@ -116,8 +120,13 @@ fn tessera<'a>(
         report: &answer.report,
         route: header.decision,
         traces: header.want_trace.then_some(traces),
+        receipt: answer.receipt.as_ref().filter(|_| header.want_receipt),
     };
-    (!field.report.is_empty() || field.route.is_some() || field.traces.is_some()).then_some(field)
+    (!field.report.is_empty()
+        || field.route.is_some()
+        || field.traces.is_some()
+        || field.receipt.is_some())
+    .then_some(field)
 }
 
 #[derive(Serialize)]
