@@ -7,6 +7,14 @@ cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
 
+echo "== OpenSSH's ssh-keygen (the signing tests check our signatures with it)"
+if ! command -v ssh-keygen >/dev/null; then
+    sudo=()
+    [[ $(id -u) != 0 ]] && sudo=(sudo)
+    "${sudo[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends openssh-client >/dev/null
+fi
+
 echo "== cargo fmt"
 cargo fmt --all --check
 (cd plugins && cargo fmt --all --check)

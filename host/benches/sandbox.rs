@@ -78,6 +78,21 @@ fn invoke(c: &mut Criterion) {
             assert!(inv.result.is_ok());
         })
     });
+    // The same invocation with a signed receipt (issue 12's cost target:
+    // ≤ 5% or ≤ 30 µs at p50, side by side in one run).
+    let signing = Ensemble::new(
+        Sandbox::new(HostPolicy::default(), None).unwrap(),
+        Arc::new(NoModel),
+    );
+    signing.set_host_key(tessera_host::bundle::sign::SigningKey::generate("bench"));
+    rt.block_on(signing.add(Bundle::open(&echo_bundle()).unwrap()))
+        .unwrap();
+    group.bench_function("echo-with-receipt", |b| {
+        b.to_async(&rt).iter(|| async {
+            let inv = signing.invoke("echo", Request::from_prompt("hello")).await;
+            assert!(inv.receipt.is_some());
+        })
+    });
     group.bench_function("bare-wasmtime", |b| {
         b.to_async(&rt).iter(|| async {
             let mut store = Store::new(&engine, ());

@@ -564,6 +564,30 @@ fn keys_pack_sign_inspect_run_and_serve_with_trusted_keys() {
     let text = pack("plugins/unit-converter", None, "served/units.tessera");
     assert!(text.contains("unsigned"), "{text}");
 
+    // OpenSSH checks the pack's signature as Tessera does.
+    let bytes = std::fs::read(dir.join("served/calc-signed.tessera")).unwrap();
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
+    for name in ["DIGESTS", "DIGESTS.sig"] {
+        let mut file = zip.by_name(name).unwrap();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut data).unwrap();
+        std::fs::write(dir.join(name), data).unwrap();
+    }
+    let public = std::fs::read_to_string(dir.join("keys/alice.pub")).unwrap();
+    std::fs::write(dir.join("allowed"), format!("alice {public}")).unwrap();
+    let checked = Command::new("ssh-keygen")
+        .args(["-Y", "verify", "-f", &path("allowed"), "-I", "alice"])
+        .args(["-n", "tessera-bundle", "-s", &path("DIGESTS.sig")])
+        .stdin(std::fs::File::open(dir.join("DIGESTS")).unwrap())
+        .output()
+        .expect("ssh-keygen (Debian: openssh-client; scripts/test.sh installs it)");
+    assert!(checked.status.success(), "{}", stderr(&checked));
+    assert!(
+        stdout(&checked).contains("Good \"tessera-bundle\" signature"),
+        "{}",
+        stdout(&checked)
+    );
+
     let inspect = tessera(&["inspect", &path("served/calc-signed.tessera")]);
     assert!(inspect.status.success(), "{}", stderr(&inspect));
     assert!(

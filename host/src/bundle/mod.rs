@@ -162,18 +162,29 @@ impl Bundle {
             }
         };
         let wasm = read_inside(path, &component, MAX_COMPONENT_BYTES)?;
+        Self::checked(path, manifest, &component, wasm)
+    }
+
+    /// A bundle of `manifest` and its component `wasm` (at `component`
+    /// in `dir`), once the manifest's sha256, if any, is checked.
+    fn checked(
+        dir: &Path,
+        manifest: Manifest,
+        component: &Path,
+        wasm: Vec<u8>,
+    ) -> Result<Bundle, BundleError> {
         let sha256 = sha256_hex(&wasm);
         if let Some(expected) = &manifest.sha256
             && !expected.eq_ignore_ascii_case(&sha256)
         {
             return Err(BundleError::DigestMismatch {
-                path: path.join(component),
+                path: dir.join(component),
                 expected: expected.clone(),
                 actual: sha256,
             });
         }
         Ok(Bundle {
-            dir: path.to_path_buf(),
+            dir: dir.to_path_buf(),
             manifest,
             wasm,
             sha256,
@@ -211,24 +222,10 @@ impl Bundle {
             .files
             .remove(&component)
             .ok_or_else(|| member(&component, "is named by the manifest but not in the pack"))?;
-        let sha256 = sha256_hex(&wasm);
-        if let Some(expected) = &manifest.sha256
-            && !expected.eq_ignore_ascii_case(&sha256)
-        {
-            return Err(BundleError::DigestMismatch {
-                path: path.join(component),
-                expected: expected.clone(),
-                actual: sha256,
-            });
-        }
         Ok(Bundle {
-            dir: path.to_path_buf(),
-            manifest,
-            wasm,
-            sha256,
-            bare: false,
             signer: unpacked.signer,
             packed: Some(unpacked.digest),
+            ..Self::checked(path, manifest, Path::new(&component), wasm)?
         })
     }
 

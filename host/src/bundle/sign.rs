@@ -115,6 +115,11 @@ impl std::fmt::Display for Signer {
 /// An Ed25519 private key that signs bundles or receipts.
 pub struct SigningKey {
     key: PrivateKey,
+    /// The same key, expanded once: ssh-key re-derives and re-checks the
+    /// public key on every signature, three times the cost of signing.
+    expanded: ed25519_dalek::SigningKey,
+    /// The public key's OpenSSH line, made once.
+    public_line: String,
 }
 
 impl std::fmt::Debug for SigningKey {
@@ -132,7 +137,21 @@ impl SigningKey {
         let mut key = PrivateKey::random(&mut rng, Algorithm::Ed25519)
             .expect("Ed25519 keys are always supported");
         key.set_comment(comment);
-        SigningKey { key }
+        SigningKey::from_private(key).expect("a fresh Ed25519 key is well formed")
+    }
+
+    fn from_private(key: PrivateKey) -> Result<SigningKey, String> {
+        let pair = key
+            .key_data()
+            .ed25519()
+            .ok_or_else(|| format!("a {} key, not Ed25519", key.algorithm()))?;
+        let expanded = ed25519_dalek::SigningKey::try_from(pair).map_err(|e| e.to_string())?;
+        let public_line = key.public_key().to_openssh().map_err(|e| e.to_string())?;
+        Ok(SigningKey {
+            key,
+            expanded,
+            public_line,
+        })
     }
 
     /// Read an OpenSSH private key file.
@@ -158,7 +177,7 @@ impl SigningKey {
                 key.algorithm()
             )));
         }
-        Ok(SigningKey { key })
+        SigningKey::from_private(key).map_err(|reason| invalid(format!("a damaged key: {reason}")))
     }
 
     /// Write the key to `path` (readable by this user only) and its public
@@ -201,15 +220,26 @@ impl SigningKey {
 
     /// The public key in OpenSSH's one-line form, with its comment.
     pub fn public_line(&self) -> String {
-        self.key.public_key().to_openssh().unwrap_or_default()
+        self.public_line.clone()
     }
 
-    /// Sign `message` for `namespace`: an armored SSHSIG.
+    /// Sign `message` for `namespace`: an armored SSHSIG, the same bytes
+    /// ssh-key (and `ssh-keygen -Y sign`) would make.
     pub fn sign(&self, namespace: &str, message: &[u8]) -> String {
-        self.key
-            .sign(namespace, HashAlg::Sha512, message)
-            .and_then(|sig| sig.to_pem(LineEnding::LF))
-            .expect("signing with an Ed25519 key cannot fail")
+        use ed25519_dalek::Signer as _;
+        let signed = SshSig::signed_data(namespace, HashAlg::Sha512, message)
+            .expect("the namespace is not empty");
+        let raw = self.expanded.sign(&signed);
+        let signature = ssh_key::Signature::new(Algorithm::Ed25519, raw.to_bytes().to_vec())
+            .expect("64 bytes are an Ed25519 signature");
+        SshSig::new(
+            self.key.public_key().key_data().clone(),
+            namespace,
+            HashAlg::Sha512,
+            signature,
+        )
+        .and_then(|sig| sig.to_pem(LineEnding::LF))
+        .expect("a well-formed SSHSIG encodes")
     }
 }
 
@@ -373,6 +403,20 @@ mod tests {
         assert!(sig.starts_with("-----BEGIN SSH SIGNATURE-----"), "{sig}");
         assert_eq!(verify(BUNDLE_NAMESPACE, b"digests", &sig), Ok(key.signer()));
         assert!(key.signer().fingerprint.starts_with("SHA256:"));
+    }
+
+    /// The fast path makes the same SSHSIG as ssh-key's own signing
+    /// (Ed25519 is deterministic), so `ssh-keygen -Y verify` accepts it.
+    #[test]
+    fn signatures_match_ssh_keys_own() {
+        let key = SigningKey::generate("test");
+        let reference = key
+            .key
+            .sign(BUNDLE_NAMESPACE, HashAlg::Sha512, b"digests")
+            .unwrap()
+            .to_pem(LineEnding::LF)
+            .unwrap();
+        assert_eq!(key.sign(BUNDLE_NAMESPACE, b"digests"), reference);
     }
 
     #[test]
