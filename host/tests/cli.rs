@@ -595,6 +595,52 @@ fn keys_pack_sign_inspect_run_and_serve_with_trusted_keys() {
         "{}",
         stdout(&inspect)
     );
+    // The static audit: what the host would grant, producers, signature.
+    let audit = tessera(&[
+        "audit",
+        "bundle",
+        &path("served/calc-signed.tessera"),
+        "--json",
+    ]);
+    assert!(audit.status.success(), "{}", stderr(&audit));
+    let report: serde_json::Value = serde_json::from_slice(&audit.stdout).unwrap();
+    assert_eq!(report["world"], "tessera:expert/agent@0.1.0");
+    assert!(
+        report["signature"].as_str().unwrap().contains(&fingerprint),
+        "{report}"
+    );
+    let model = report["imports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| {
+            i["name"]
+                .as_str()
+                .unwrap()
+                .starts_with("tessera:expert/model")
+        })
+        .expect("the calculator imports the model");
+    assert!(
+        model["grant"].as_str().unwrap().starts_with("granted"),
+        "{report}"
+    );
+    assert!(
+        report["producers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p.as_str().unwrap().contains("rustc")),
+        "{report}"
+    );
+    assert!(report["limits_granted"]["fuel"].as_u64().unwrap() > 0);
+    let text = tessera(&["audit", "bundle", "plugins/calculator"]);
+    assert!(text.status.success(), "{}", stderr(&text));
+    assert!(
+        stdout(&text).contains("signature:  unsigned: a directory bundle"),
+        "{}",
+        stdout(&text)
+    );
+
     let run = tessera(&[
         "run",
         &path("served/calc-signed.tessera"),

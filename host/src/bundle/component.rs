@@ -75,6 +75,11 @@ pub struct ComponentInfo {
     pub uses_wasi: bool,
     /// Size in bytes.
     pub size: usize,
+    /// What its `producers` sections say made it (`language: Rust`,
+    /// `processed-by: rustc 1.96.0`, …), from the component and the
+    /// modules inside it, each once. Claims of the author's toolchain, not
+    /// proof.
+    pub producers: Vec<String>,
 }
 
 /// Why bytes are not a component this host can run.
@@ -124,6 +129,7 @@ impl ComponentInfo {
         }
         let mut imports = Vec::new();
         let mut exports = Vec::new();
+        let mut producers = Vec::new();
         // Nested modules and components have their own imports; only the
         // outermost ones (depth 1) face the host.
         let mut depth = 0usize;
@@ -136,6 +142,20 @@ impl ComponentInfo {
                     }
                 }
                 Payload::End(_) => depth = depth.saturating_sub(1),
+                Payload::CustomSection(reader) => {
+                    if let wasmparser::KnownCustom::Producers(fields) = reader.as_known() {
+                        for field in fields.into_iter().flatten() {
+                            for value in field.values.into_iter().flatten() {
+                                let line =
+                                    format!("{}: {} {}", field.name, value.name, value.version);
+                                let line = crate::text::ellipsize(line.trim(), 200);
+                                if !producers.contains(&line) && producers.len() < 32 {
+                                    producers.push(line);
+                                }
+                            }
+                        }
+                    }
+                }
                 Payload::ComponentImportSection(reader) if depth == 1 => {
                     for import in reader {
                         let import =
@@ -201,6 +221,7 @@ impl ComponentInfo {
             exports,
             uses_wasi,
             size: bytes.len(),
+            producers,
         })
     }
 }

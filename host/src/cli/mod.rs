@@ -1,6 +1,7 @@
 //! The `tessera` subcommands. Each returns an exit code; errors print once,
 //! in `main`.
 
+mod audit;
 mod build;
 mod embed;
 mod engine;
@@ -44,6 +45,8 @@ pub struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Audit a bundle without running it (world, grants, limits, producers, signature).
+    Audit(audit::AuditArgs),
     /// Build a Rust plugin crate into a component and a bundle.
     Build(build::BuildArgs),
     /// Run an expert on one prompt and print its answer.
@@ -85,6 +88,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         dir
     };
     match args.command {
+        Command::Audit(a) => audit::run(a),
         Command::Build(a) => build::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Keys(a) => keys::run(a),
