@@ -48,6 +48,29 @@ impl Digest {
         self.num(n)
     }
 
+    /// Add a number that may be absent (`-` then, a part of another
+    /// length than any number's).
+    pub fn opt(self, n: Option<u64>) -> Digest {
+        match n {
+            Some(n) => self.num(n),
+            None => self.text("-"),
+        }
+    }
+
+    /// Add a `sampling` record as the guest sent it: its fields in WIT
+    /// order, floats by their IEEE-754 bits, absent fields as `-`, then
+    /// the stop strings.
+    pub fn sampling(self, s: &crate::types::Sampling) -> Digest {
+        let bits = |f: Option<f32>| f.map(|f| u64::from(f.to_bits()));
+        self.opt(bits(s.temperature))
+            .opt(bits(s.top_p))
+            .opt(s.top_k.map(u64::from))
+            .opt(bits(s.repetition_penalty))
+            .opt(s.max_tokens.map(u64::from))
+            .opt(s.seed)
+            .texts(s.stop.iter().map(String::as_str))
+    }
+
     /// The digest, lowercase hex.
     pub fn finish(self) -> String {
         hex::encode(self.0.finalize())
@@ -57,6 +80,24 @@ impl Digest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The documented layout, rebuilt by hand: each part is its length as
+    /// 8 little-endian bytes, then its bytes; an absent number is `-`.
+    #[test]
+    fn the_byte_layout_is_the_documented_one() {
+        let mut bytes = Vec::new();
+        for part in [&b"label"[..], b"-", &7u64.to_le_bytes(), b"text"] {
+            bytes.extend((part.len() as u64).to_le_bytes());
+            bytes.extend(part);
+        }
+        let expected = hex::encode(sha2::Sha256::digest(&bytes));
+        let got = Digest::new("label")
+            .opt(None)
+            .opt(Some(7))
+            .text("text")
+            .finish();
+        assert_eq!(got, expected);
+    }
 
     #[test]
     fn parts_are_delimited_and_labels_separate_kinds() {

@@ -77,11 +77,11 @@ fn strings_len<'a>(strings: impl IntoIterator<Item = &'a String>) -> u64 {
 pub(crate) fn request_digest(label: &str, req: &types::Request) -> crate::audit::Digest {
     let mut d = crate::audit::Digest::new(label);
     for m in &req.messages {
-        d = d.text(&format!("{:?}", m.role)).text(&m.content);
+        d = d
+            .text(crate::inference::ChatRole::from(m.role).as_str())
+            .text(&m.content);
     }
-    d = d
-        .num(req.messages.len() as u64)
-        .text(&format!("{:?}", req.sampling));
+    d = d.num(req.messages.len() as u64).sampling(&req.sampling);
     for (k, v) in &req.metadata {
         d = d.text(k).text(v);
     }
@@ -95,7 +95,7 @@ pub(crate) fn response_digest(label: &str, resp: &types::Response) -> String {
         d = d.text(k).text(v);
     }
     d.num(resp.metadata.len() as u64)
-        .text(&format!("{:?}", resp.confidence))
+        .opt(resp.confidence.map(|c| u64::from(c.to_bits())))
         .num(u64::from(resp.usage.prompt_tokens))
         .num(u64::from(resp.usage.completion_tokens))
         .finish()

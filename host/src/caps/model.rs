@@ -161,13 +161,13 @@ fn prompt_digest(
     match prompt {
         Prompt::Chat(messages) => {
             for m in messages {
-                d = d.text(&format!("{:?}", m.role)).text(&m.content);
+                d = d.text(m.role.as_str()).text(&m.content);
             }
             d = d.num(messages.len() as u64);
         }
         Prompt::Text(text) => d = d.text(text),
     }
-    d.text(&format!("{sampling:?}"))
+    d.sampling(sampling)
         .text(adapter.unwrap_or_default())
         .finish()
 }
@@ -176,7 +176,10 @@ fn prompt_digest(
 fn completion_digest(function: &str, c: &Completion) -> String {
     let mut d = Digest::new(&format!("{INTERFACE}.{function}.out"))
         .text(&c.text)
-        .text(&format!("{:?}", c.finish_reason))
+        .text(match c.finish_reason {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        })
         .num(u64::from(c.usage.prompt_tokens))
         .num(u64::from(c.usage.completion_tokens));
     for t in &c.token_logprobs {

@@ -145,16 +145,46 @@ pub enum ModelError {
     Failed(String),
 }
 
+impl ChatRole {
+    /// Its name in the WIT contract and the OpenAI API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChatRole::System => "system",
+            ChatRole::User => "user",
+            ChatRole::Assistant => "assistant",
+            ChatRole::Tool => "tool",
+        }
+    }
+}
+
+impl From<crate::types::Role> for ChatRole {
+    fn from(role: crate::types::Role) -> Self {
+        use crate::types::Role;
+        match role {
+            Role::System => ChatRole::System,
+            Role::User => ChatRole::User,
+            Role::Assistant => ChatRole::Assistant,
+            Role::Tool => ChatRole::Tool,
+        }
+    }
+}
+
+impl From<ChatRole> for crate::types::Role {
+    fn from(role: ChatRole) -> Self {
+        use crate::types::Role;
+        match role {
+            ChatRole::System => Role::System,
+            ChatRole::User => Role::User,
+            ChatRole::Assistant => Role::Assistant,
+            ChatRole::Tool => Role::Tool,
+        }
+    }
+}
+
 impl From<crate::types::Message> for ChatMessage {
     fn from(m: crate::types::Message) -> Self {
-        use crate::types::Role;
         ChatMessage {
-            role: match m.role {
-                Role::System => ChatRole::System,
-                Role::User => ChatRole::User,
-                Role::Assistant => ChatRole::Assistant,
-                Role::Tool => ChatRole::Tool,
-            },
+            role: m.role.into(),
             content: m.content,
         }
     }
@@ -162,14 +192,8 @@ impl From<crate::types::Message> for ChatMessage {
 
 impl From<&ChatMessage> for crate::types::Message {
     fn from(m: &ChatMessage) -> Self {
-        use crate::types::Role;
         crate::types::Message {
-            role: match m.role {
-                ChatRole::System => Role::System,
-                ChatRole::User => Role::User,
-                ChatRole::Assistant => Role::Assistant,
-                ChatRole::Tool => Role::Tool,
-            },
+            role: m.role.into(),
             content: m.content.clone(),
         }
     }
