@@ -81,6 +81,7 @@ impl FakeEngine {
             prompt_tokens,
             completion_tokens: kept.len() as u32,
             token_logprobs: kept.iter().map(|w| (w.to_string(), FAKE_LOGPROB)).collect(),
+            token_ids: (0..kept.len() as u32).collect(),
             seed: params.seed.unwrap_or(0),
         }
     }

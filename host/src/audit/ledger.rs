@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use super::{HostCall, LogLine, Outcome, SamplingUsed, TokenCount, Trace};
+use super::record::MAX_RECORDED_RESULT_BYTES;
+use super::{CallResult, HostCall, LogLine, Outcome, SamplingUsed, TokenCount, Trace};
 use crate::sandbox::Limits;
 
 /// What one invocation spent and did, written by every capability: its
@@ -25,6 +26,8 @@ pub(crate) struct Ledger {
     pub(crate) logs: Vec<LogLine>,
     pub(crate) log_bytes: usize,
     pub(crate) logs_dropped: u64,
+    /// Bytes of host-call results kept so far.
+    recorded_bytes: usize,
     pub(crate) model_calls: u32,
     pub(crate) generated_tokens: u32,
     /// Sum of the log-probabilities of the tokens its model calls
@@ -57,13 +60,16 @@ pub(crate) struct CallEnd {
     pub error: Option<String>,
     pub nested: Option<Trace>,
     pub sampling: Option<SamplingUsed>,
+    /// What the guest got, for replay.
+    pub result: Option<CallResult>,
 }
 
 impl CallEnd {
     /// A call that returned `error` to the guest.
-    pub(crate) fn failed(error: String) -> CallEnd {
+    pub(crate) fn failed(error: &crate::bindings::types::Error) -> CallEnd {
         CallEnd {
-            error: Some(error),
+            error: Some(crate::caps::error_line(error)),
+            result: Some(CallResult::Error(error.into())),
             ..CallEnd::default()
         }
     }
@@ -94,6 +100,7 @@ impl Ledger {
             logs: Vec::new(),
             log_bytes: 0,
             logs_dropped: 0,
+            recorded_bytes: 0,
             model_calls: 0,
             generated_tokens: 0,
             logprob_sum: 0.0,
@@ -170,6 +177,7 @@ impl Ledger {
             input_sha256,
             output_sha256: String::new(),
             sampling: None,
+            result: None,
         });
         let index = self.host_calls.len() - 1;
         self.open_call = Some(index);
@@ -192,6 +200,13 @@ impl Ledger {
             .map(|e| crate::text::ellipsize(&e, MAX_TRACE_ERROR_BYTES));
         call.nested = end.nested.map(Box::new);
         call.sampling = end.sampling;
+        if let Some(result) = end.result {
+            let size = result.size();
+            if self.recorded_bytes + size <= MAX_RECORDED_RESULT_BYTES {
+                self.recorded_bytes += size;
+                call.result = Some(result);
+            }
+        }
     }
 }
 

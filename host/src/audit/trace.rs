@@ -1,5 +1,6 @@
 use serde::{Deserialize, Serialize};
 
+use super::CallResult;
 use crate::sandbox::Limits;
 
 /// Everything one invocation of an expert did, as plain data.
@@ -99,6 +100,12 @@ pub struct HostCall {
     /// For a generation: the sampling the engine used, seed included.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sampling: Option<SamplingUsed>,
+    /// What the call returned to the guest, for replay; `None` for calls
+    /// that return nothing, or once the invocation's
+    /// [`MAX_RECORDED_RESULT_BYTES`](super::record::MAX_RECORDED_RESULT_BYTES)
+    /// were spent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<CallResult>,
 }
 
 /// The sampling of one generation, as the engine ran it.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::View;
-use crate::audit::CallEnd;
+use crate::audit::{CallEnd, CallResult};
 use crate::bindings::experts::Host;
 use crate::bindings::types::{Error, Request, Response};
 use crate::bundle::{Capabilities, is_valid_name};
@@ -108,8 +108,7 @@ impl Host for View<'_, ExpertsCtx> {
             .ledger
             .begin_call(INTERFACE, "call", super::request_len(&req), input);
         if let Err(e) = self.ctx.check_call(&name) {
-            self.ledger
-                .end_call(record, CallEnd::failed(super::error_line(&e)));
+            self.ledger.end_call(record, CallEnd::failed(&e));
             return Ok(Err(e));
         }
         let ledger = &mut *self.ledger;
@@ -142,9 +141,10 @@ impl Host for View<'_, ExpertsCtx> {
             Ok(resp) => CallEnd {
                 bytes_out: resp.content.len() as u64,
                 output_sha256: super::response_digest("tessera:expert/experts.call.out", resp),
+                result: Some(CallResult::Response(resp.into())),
                 ..CallEnd::default()
             },
-            Err(e) => CallEnd::failed(super::error_line(e)),
+            Err(e) => CallEnd::failed(e),
         };
         ledger.end_call(
             record,

@@ -57,7 +57,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<InvocationState>) -> wasmtime::R
 }
 
 /// A guest error as a trace line: `kind: message`.
-fn error_line(e: &types::Error) -> String {
+pub(crate) fn error_line(e: &types::Error) -> String {
     let (kind, message) = match e {
         types::Error::InvalidInput(m) => ("invalid-input", m),
         types::Error::Denied(m) => ("denied", m),

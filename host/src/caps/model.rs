@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::View;
-use crate::audit::{CallEnd, CallRecord, Digest, SamplingUsed, TokenCount};
+use crate::audit::{CallEnd, CallRecord, CallResult, Digest, SamplingUsed, TokenCount};
 use crate::bindings::model::Host;
 use crate::bindings::types::{
     Completion, Error, FinishReason, Message, Sampling, TokenLogprob, Usage,
@@ -81,7 +81,7 @@ impl View<'_, ModelCtx> {
         Ok(params)
     }
 
-    fn finish_generation(&mut self, generation: Generation) -> Completion {
+    fn finish_generation(&mut self, generation: Generation) -> (Completion, CallResult) {
         let ledger = &mut *self.ledger;
         ledger.generated_tokens = ledger
             .generated_tokens
@@ -90,7 +90,24 @@ impl View<'_, ModelCtx> {
             ledger.logprob_sum += f64::from(*logprob);
             ledger.logprob_tokens += 1;
         }
-        Completion {
+        let recorded = CallResult::Completion {
+            text: generation.text.clone(),
+            finish: match generation.finish {
+                Finish::Stop => "stop",
+                Finish::Length => "length",
+            }
+            .to_string(),
+            prompt_tokens: generation.prompt_tokens,
+            completion_tokens: generation.completion_tokens,
+            tokens: generation
+                .token_logprobs
+                .iter()
+                .map(|(t, _)| t.clone())
+                .collect(),
+            token_ids: generation.token_ids,
+            logprobs: generation.token_logprobs.iter().map(|(_, l)| *l).collect(),
+        };
+        let completion = Completion {
             text: generation.text,
             finish_reason: match generation.finish {
                 Finish::Stop => FinishReason::Stop,
@@ -105,7 +122,8 @@ impl View<'_, ModelCtx> {
                 .into_iter()
                 .map(|(token, logprob)| TokenLogprob { token, logprob })
                 .collect(),
-        }
+        };
+        (completion, recorded)
     }
     /// Checks and sampling defaults for a generating call.
     fn prepare_generation(&mut self, sampling: Sampling) -> Result<SamplingParams, Error> {
@@ -123,9 +141,13 @@ impl View<'_, ModelCtx> {
         result: Result<Generation, Error>,
     ) -> Result<Completion, Error> {
         let seed = result.as_ref().map_or(0, |g| g.seed);
-        let result = result.map(|g| self.finish_generation(g));
+        let (result, recorded) = match result.map(|g| self.finish_generation(g)) {
+            Ok((c, recorded)) => (Ok(c), Some(recorded)),
+            Err(e) => (Err(e), None),
+        };
         let end = match &result {
             Ok(c) => CallEnd {
+                result: recorded,
                 bytes_out: c.text.len() as u64,
                 output_sha256: completion_digest(function, c),
                 tokens: Some(TokenCount {
@@ -143,7 +165,7 @@ impl View<'_, ModelCtx> {
                 }),
                 ..CallEnd::default()
             },
-            Err(e) => CallEnd::failed(super::error_line(e)),
+            Err(e) => CallEnd::failed(e),
         };
         self.ledger.end_call(record, end);
         result
@@ -298,9 +320,10 @@ impl Host for View<'_, ModelCtx> {
                         |d, &id| d.num(u64::from(id)),
                     )
                     .finish(),
+                result: Some(CallResult::Tokens { ids: ids.clone() }),
                 ..CallEnd::default()
             },
-            Err(e) => CallEnd::failed(super::error_line(e)),
+            Err(e) => CallEnd::failed(e),
         };
         self.ledger.end_call(record, end);
         Ok(result)
@@ -339,9 +362,10 @@ impl Host for View<'_, ModelCtx> {
                 output_sha256: Digest::new("tessera:expert/model.score.out")
                     .num(score.to_bits())
                     .finish(),
+                result: Some(CallResult::Score { value: *score }),
                 ..CallEnd::default()
             },
-            Err(e) => CallEnd::failed(super::error_line(e)),
+            Err(e) => CallEnd::failed(e),
         };
         self.ledger.end_call(record, end);
         Ok(result)
@@ -384,9 +408,12 @@ impl Host for View<'_, ModelCtx> {
                         d.bytes(&bytes)
                     })
                     .finish(),
+                result: Some(CallResult::Embeddings {
+                    vectors: vectors.clone(),
+                }),
                 ..CallEnd::default()
             },
-            Err(e) => CallEnd::failed(super::error_line(e)),
+            Err(e) => CallEnd::failed(e),
         };
         self.ledger.end_call(record, end);
         Ok(result)

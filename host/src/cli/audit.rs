@@ -1,5 +1,6 @@
 //! `tessera audit`: what a validator can learn about a bundle without
-//! running it.
+//! running it (`audit bundle`), and the audit store's records (in
+//! `records.rs`).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -31,6 +32,8 @@ enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
+    #[command(flatten)]
+    Records(super::records::RecordsCommand),
 }
 
 /// One import and what the host does with it.
@@ -61,7 +64,10 @@ struct Report<'a> {
 }
 
 pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
-    let AuditCommand::Bundle { path, json } = args.command;
+    let (path, json) = match args.command {
+        AuditCommand::Bundle { path, json } => (path, json),
+        AuditCommand::Records(command) => return super::records::run(command),
+    };
     let bundle = Bundle::open(&path)?;
     let info = ComponentInfo::parse(&bundle.wasm)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;

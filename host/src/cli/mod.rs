@@ -10,6 +10,7 @@ mod inspect;
 mod keys;
 mod models;
 mod pack;
+mod records;
 mod run;
 mod serve;
 mod verify;
@@ -45,7 +46,7 @@ pub struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Audit a bundle without running it (world, grants, limits, producers, signature).
+    /// Audit a bundle without running it, or read the audit store (list, show, export, check).
     Audit(audit::AuditArgs),
     /// Build a Rust plugin crate into a component and a bundle.
     Build(build::BuildArgs),

@@ -41,6 +41,15 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     receipt: Option<PathBuf>,
 
+    /// Write the invocation's whole record to FILE (JSON: request, answer,
+    /// trace with what each host call returned, receipt), as `tessera
+    /// verify --replay` reads it.
+    #[arg(long, value_name = "FILE")]
+    record: Option<PathBuf>,
+
+    #[command(flatten)]
+    audit: super::records::StoreArgs,
+
     /// The key receipts are signed with [default: the user data dir's
     /// tessera/keys/host_ed25519, made on first use].
     #[arg(long, value_name = "FILE")]
@@ -64,15 +73,17 @@ pub async fn run(args: RunArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<Ex
         ComponentInfo::parse(&bundle.wasm)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     }
-    let host_key = args
-        .receipt
-        .is_some()
+    let host_key = (args.receipt.is_some() || args.record.is_some())
         .then(|| super::keys::host_key(args.host_key.as_deref()))
         .transpose()?;
+    let audit_store = args.audit.open()?;
     let engine = args.engine.engine(args.no_model)?;
     let ensemble = Ensemble::new(sandbox, engine);
     if let Some(key) = host_key {
         ensemble.set_host_key(key);
+    }
+    if let Some(store) = audit_store {
+        ensemble.set_audit_store(store);
     }
     for bundle in callees {
         ensemble.add(bundle).await?;
@@ -112,6 +123,22 @@ pub async fn run(args: RunArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<Ex
     if let (Some(path), Some(receipt)) = (&args.receipt, &invocation.receipt) {
         std::fs::write(path, serde_json::to_string_pretty(receipt)? + "\n")
             .with_context(|| format!("cannot write the receipt to {}", path.display()))?;
+    }
+    if let Some(path) = &args.record {
+        let Some(request) = invocation.request.clone() else {
+            anyhow::bail!("the invocation has no record");
+        };
+        let record = tessera_host::audit::Record {
+            request,
+            response: invocation.result.as_ref().ok().map(Into::into),
+            trace: invocation.trace.clone(),
+            receipt: invocation.receipt.clone(),
+        };
+        std::fs::write(path, serde_json::to_string_pretty(&record)? + "\n")
+            .with_context(|| format!("cannot write the record to {}", path.display()))?;
+    }
+    if let Some(id) = invocation.audit_id {
+        eprintln!("recorded as audit record {id} (`tessera audit show {id}`)");
     }
     match invocation.result {
         Ok(response) => {

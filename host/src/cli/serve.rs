@@ -144,6 +144,9 @@ pub struct ServeArgs {
     cascade_threshold: Option<f32>,
 
     #[command(flatten)]
+    audit: super::records::StoreArgs,
+
+    #[command(flatten)]
     engine: super::engine::EngineArgs,
 }
 
@@ -167,6 +170,10 @@ struct ConfigFile {
     no_model: Option<bool>,
     trusted_keys: Option<PathBuf>,
     host_key: Option<PathBuf>,
+    audit_db: Option<PathBuf>,
+    no_audit: Option<bool>,
+    audit_retention: Option<String>,
+    audit_sync: Option<super::records::SyncArg>,
     router: Option<String>,
     route_top_k: Option<usize>,
     route_threshold: Option<f32>,
@@ -199,6 +206,7 @@ impl ConfigFile {
         config.model.iter_mut().for_each(rebase);
         config.trusted_keys.iter_mut().for_each(rebase);
         config.host_key.iter_mut().for_each(rebase);
+        config.audit_db.iter_mut().for_each(rebase);
         Ok(config)
     }
 }
@@ -231,6 +239,18 @@ impl ServeArgs {
         self.no_model |= c.no_model.unwrap_or(false);
         self.trusted_keys = self.trusted_keys.take().or(c.trusted_keys);
         self.host_key = self.host_key.take().or(c.host_key);
+        let a = &mut self.audit;
+        a.audit_db = a.audit_db.take().or(c.audit_db);
+        a.no_audit |= c.no_audit.unwrap_or(false);
+        a.audit_sync = a.audit_sync.or(c.audit_sync);
+        if a.audit_retention.is_none()
+            && let Some(r) = c.audit_retention
+        {
+            a.audit_retention = Some(
+                r.parse()
+                    .map_err(|m| anyhow::anyhow!("{}: audit-retention: {m}", path.display()))?,
+            );
+        }
         self.router = self.router.take().or(c.router);
         self.route_top_k = self.route_top_k.or(c.route_top_k);
         self.route_threshold = self.route_threshold.or(c.route_threshold);
@@ -359,6 +379,7 @@ pub async fn run(args: ServeArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<
         .map(TrustedKeys::read)
         .transpose()?;
     let host_key = super::keys::host_key(args.host_key.as_deref())?;
+    let audit_store = args.audit.open()?;
     let listen = args
         .listen
         .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default address"));
@@ -405,6 +426,22 @@ pub async fn run(args: ServeArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<
         host_key.signer().fingerprint
     );
     ensemble.set_host_key(host_key);
+    let pruner = match audit_store {
+        Some(store) => {
+            let stats = store.stats()?;
+            eprintln!(
+                "recording every answer in {} ({} records; `tessera audit list`)",
+                store.path().display(),
+                stats.records
+            );
+            ensemble.set_audit_store(store.clone());
+            Some(args.audit.spawn_pruner(store))
+        }
+        None => {
+            eprintln!("not recording answers (--no-audit)");
+            None
+        }
+    };
     if cache_dir.is_some() {
         ensemble
             .routing_index()
@@ -462,6 +499,9 @@ pub async fn run(args: ServeArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<
     server::serve(listener, state, shutdown_signal()).await?;
     if let Some(reloader) = reloader {
         reloader.abort();
+    }
+    if let Some(pruner) = pruner {
+        pruner.abort();
     }
     eprintln!("stopped: every request in flight was answered");
     Ok(ExitCode::SUCCESS)

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::strategy::{self, Strategy};
 use super::{Decision, Ensemble, Expert, Invocation, InvokeError};
-use crate::audit::{Receipt, Trace};
+use crate::audit::{Receipt, Record, Trace};
 use crate::bindings::types::{Message, Request, Role, Sampling};
 use crate::bundle::BundleKind;
 use crate::inference::{
@@ -107,6 +107,9 @@ pub struct Answer {
     /// The host's signed receipt, when an expert answered and the host
     /// signs receipts.
     pub receipt: Option<Receipt>,
+    /// The invocation's whole record (request, response, trace, receipt),
+    /// for a validator to replay: set for an expert's answer.
+    pub record: Option<Box<Record>>,
 }
 
 /// Who answered and how: the `tessera` field of an answer. Empty when the
@@ -154,6 +157,9 @@ pub struct ExpertReport {
     pub fuel: u64,
     /// Model calls it made.
     pub model_calls: u32,
+    /// Its record's id in the host's audit store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_id: Option<i64>,
 }
 
 /// How a mixture of agents went.
@@ -450,6 +456,7 @@ impl Ensemble {
             confidence,
             report: Report::default(),
             receipt: None,
+            record: None,
         })
     }
 
@@ -478,6 +485,14 @@ pub(crate) fn expert_answer(invocation: Invocation) -> Result<Answer, AnswerErro
     let trace = invocation.trace;
     let receipt = invocation.receipt;
     let response = invocation.result.map_err(AnswerError::Expert)?;
+    let record = invocation.request.map(|request| {
+        Box::new(Record {
+            request,
+            response: Some((&response).into()),
+            trace: trace.clone(),
+            receipt: receipt.clone(),
+        })
+    });
     let confidence = response
         .confidence
         .or_else(|| trace.mean_logprob.map(|l| l.exp()));
@@ -495,11 +510,13 @@ pub(crate) fn expert_answer(invocation: Invocation) -> Result<Answer, AnswerErro
                 duration_ms: trace.duration_us / 1000,
                 fuel: trace.fuel_consumed,
                 model_calls: trace.model_calls,
+                audit_id: invocation.audit_id,
             }),
             ..Report::default()
         },
         text: response.content,
         confidence,
         receipt,
+        record,
     })
 }

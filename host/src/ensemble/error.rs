@@ -42,6 +42,9 @@ pub enum InvokeErrorKind {
     Trap,
     /// The answer is larger than the host accepts.
     ResponseTooLarge,
+    /// The audit store could not record the answer, so it is withheld:
+    /// the host acknowledges nothing it has not recorded.
+    Unrecorded,
 }
 
 impl InvokeErrorKind {
@@ -62,6 +65,7 @@ impl InvokeErrorKind {
             InvokeErrorKind::Panic => "panic",
             InvokeErrorKind::Trap => "trap",
             InvokeErrorKind::ResponseTooLarge => "response_too_large",
+            InvokeErrorKind::Unrecorded => "unrecorded",
         }
     }
 }
@@ -104,7 +108,8 @@ impl InvokeError {
             InvokeErrorKind::ExpertError
             | InvokeErrorKind::StackOverflow
             | InvokeErrorKind::Panic
-            | InvokeErrorKind::Trap => GuestError::Internal(message),
+            | InvokeErrorKind::Trap
+            | InvokeErrorKind::Unrecorded => GuestError::Internal(message),
         }
     }
 }

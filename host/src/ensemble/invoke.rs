@@ -6,7 +6,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::{Ensemble, Expert, InvokeError, InvokeErrorKind};
 use crate::audit::receipt::{self, ReceiptExpert, ReceiptModel};
-use crate::audit::{Outcome, Ran, Receipt, ReceiptBody, Trace};
+use crate::audit::{Outcome, Ran, Receipt, ReceiptBody, RecordedRequest, Trace};
 use crate::bindings::types::{Request, Response};
 use crate::bundle::sign::SigningKey;
 use crate::caps::{Invoker, Nested};
@@ -57,6 +57,10 @@ pub struct Invocation {
     /// The host's signed receipt for the answer, when the host has a key
     /// and there is an answer.
     pub receipt: Option<Receipt>,
+    /// The record's id in the host's audit store, when it keeps one.
+    pub audit_id: Option<i64>,
+    /// The request, as its record holds it (outermost invocations only).
+    pub request: Option<RecordedRequest>,
 }
 
 impl Ensemble {
@@ -124,6 +128,8 @@ impl Ensemble {
                 trace: Trace::failed(expert.name(), depth, error.kind.as_str(), &error.message),
                 result: Err(error),
                 receipt: None,
+                audit_id: None,
+                request: None,
             };
         };
 
@@ -196,10 +202,46 @@ impl Ensemble {
             (Ok(response), Some(key)) => Some(self.receipt(&expert, &req, response, &trace, &key)),
             _ => None,
         };
-        Invocation {
+        let mut invocation = Invocation {
             result,
             trace,
             receipt,
+            audit_id: None,
+            request: None,
+        };
+        // Nested invocations are inside their caller's trace.
+        if inherited.is_none() {
+            invocation.request = Some(RecordedRequest::from(&req));
+            self.record(&mut invocation);
+        }
+        invocation
+    }
+
+    /// Append an outermost invocation to the audit store, if there is
+    /// one. An answer that cannot be recorded is withheld: the host
+    /// acknowledges nothing it has not recorded.
+    fn record(&self, invocation: &mut Invocation) {
+        let (Some(store), Some(request)) = (self.audit_store(), &invocation.request) else {
+            return;
+        };
+        let appended = store.append_parts(
+            request,
+            invocation.result.as_ref().ok().map(Into::into),
+            &invocation.trace,
+            invocation.receipt.as_ref(),
+        );
+        match appended {
+            Ok(id) => invocation.audit_id = Some(id),
+            Err(e) => {
+                tracing::error!(error = %e, "the audit store failed; withholding the answer");
+                invocation.receipt = None;
+                invocation.result = Err(InvokeError::new(
+                    InvokeErrorKind::Unrecorded,
+                    format!(
+                        "the host could not record this answer in its audit store, so it is withheld: {e}"
+                    ),
+                ));
+            }
         }
     }
 
@@ -257,5 +299,7 @@ fn unknown_expert(name: &str, depth: u32) -> Invocation {
         trace: Trace::failed(name, depth, error.kind.as_str(), &error.message),
         result: Err(error),
         receipt: None,
+        audit_id: None,
+        request: None,
     }
 }

@@ -23,6 +23,7 @@ pub(crate) use invoke::Inherited;
 pub use invoke::{Invocation, MAX_RESPONSE_METADATA, MAX_RESPONSE_METADATA_BYTES};
 pub use router::{Decision, RouteError, RouterConfig, Strategy};
 
+use crate::audit::AuditStore;
 use crate::bindings::agent::AgentPre;
 use crate::bindings::router::RouterPre;
 use crate::bindings::types::ExpertInfo;
@@ -189,6 +190,9 @@ pub struct Ensemble {
     trusted_keys: RwLock<Option<Arc<TrustedKeys>>>,
     /// When set, every expert answer gets a receipt signed with it.
     host_key: RwLock<Option<Arc<SigningKey>>>,
+    /// When set, every outermost invocation is recorded here before its
+    /// answer is returned.
+    audit_store: RwLock<Option<Arc<AuditStore>>>,
 }
 
 impl Ensemble {
@@ -210,6 +214,7 @@ impl Ensemble {
             router_config: RwLock::new(RouterConfig::default()),
             trusted_keys: RwLock::new(None),
             host_key: RwLock::new(None),
+            audit_store: RwLock::new(None),
         })
     }
 
@@ -221,6 +226,19 @@ impl Ensemble {
     /// The key receipts are signed with, if any.
     pub fn host_key(&self) -> Option<Arc<SigningKey>> {
         self.host_key
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Record every outermost invocation in `store` before answering.
+    pub fn set_audit_store(&self, store: Arc<AuditStore>) {
+        *self.audit_store.write().unwrap_or_else(|e| e.into_inner()) = Some(store);
+    }
+
+    /// The store invocations are recorded in, if any.
+    pub fn audit_store(&self) -> Option<Arc<AuditStore>> {
+        self.audit_store
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()

@@ -22,6 +22,8 @@ pub(super) struct Decode {
     prompt_len: usize,
     max_tokens: usize,
     logprobs: Vec<(String, f32)>,
+    /// The generated ids, beside `logprobs`.
+    ids: Vec<u32>,
     text: String,
     window: Window,
     /// Where text deltas go, for streaming callers.
@@ -55,6 +57,7 @@ impl Decode {
             prompt_len,
             max_tokens,
             logprobs: Vec::new(),
+            ids: Vec::new(),
             text: String::new(),
             window: Window::default(),
             stream,
@@ -81,6 +84,7 @@ impl Decode {
             return Some(self.finish(Finish::Stop, generated));
         }
         tokens.push(picked.token);
+        self.ids.push(picked.token);
         self.logprobs
             .push((detokenizer.decode(&[picked.token]), picked.logprob));
         let answer = &tokens[self.prompt_len..];
@@ -146,6 +150,7 @@ impl Decode {
             prompt_tokens: self.prompt_len as u32,
             completion_tokens: completion_tokens as u32,
             token_logprobs: std::mem::take(&mut self.logprobs),
+            token_ids: std::mem::take(&mut self.ids),
             seed: self.seed,
         }
     }

@@ -120,6 +120,9 @@ pub struct Generation {
     pub completion_tokens: u32,
     /// (token text, logprob) per generated token.
     pub token_logprobs: Vec<(String, f32)>,
+    /// The generated token ids, beside `token_logprobs` (empty from
+    /// engines that do not expose ids).
+    pub token_ids: Vec<u32>,
     /// The sampler's seed: the request's, or the one the engine chose.
     pub seed: u64,
 }

@@ -57,6 +57,9 @@ pub(super) struct Plan {
     /// Whether the caller asked for the answering expert's signed receipt
     /// (`x-tessera-receipt: true`).
     pub want_receipt: bool,
+    /// Whether the caller asked for the answering expert's whole record,
+    /// for replay (`x-tessera-record: true`).
+    pub want_record: bool,
 }
 
 impl Plan {
@@ -97,6 +100,7 @@ impl Plan {
             decision: None,
             want_trace: header_is_true(headers, TRACE_HEADER),
             want_receipt: header_is_true(headers, RECEIPT_HEADER),
+            want_record: header_is_true(headers, RECORD_HEADER),
         }
     }
 
@@ -111,6 +115,7 @@ impl Plan {
             decision: self.decision.as_ref(),
             want_trace: self.want_trace,
             want_receipt: self.want_receipt,
+            want_record: self.want_record,
         }
     }
 }
@@ -291,6 +296,9 @@ pub(super) const TRACE_HEADER: &str = "x-tessera-trace";
 
 /// The request header that asks for the answering expert's receipt.
 pub(super) const RECEIPT_HEADER: &str = "x-tessera-receipt";
+/// The request header that asks for the answering expert's record (the
+/// request, response, trace with host-call results, and receipt).
+pub(super) const RECORD_HEADER: &str = "x-tessera-record";
 
 /// Whether header `name` says yes (`1`, `true` or `yes`).
 fn header_is_true(headers: &HeaderMap, name: &str) -> bool {

@@ -154,7 +154,7 @@ impl ApiError {
         let status = match error.kind {
             InvokeErrorKind::UnknownExpert => StatusCode::NOT_FOUND,
             InvokeErrorKind::Deadline => StatusCode::GATEWAY_TIMEOUT,
-            InvokeErrorKind::Model => StatusCode::SERVICE_UNAVAILABLE,
+            InvokeErrorKind::Model | InvokeErrorKind::Unrecorded => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::UNPROCESSABLE_ENTITY,
         };
         let kind = match status {

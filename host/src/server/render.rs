@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::audit::{Receipt, Trace};
+use crate::audit::{Receipt, Record, Trace};
 use crate::ensemble::{Answer, Decision, Report};
 use crate::inference::Finish;
 
@@ -67,6 +67,8 @@ pub(super) struct Header<'a> {
     pub want_trace: bool,
     /// Whether the client asked for the receipt (`x-tessera-receipt`).
     pub want_receipt: bool,
+    /// Whether the client asked for the record (`x-tessera-record`).
+    pub want_record: bool,
 }
 
 impl Header<'_> {
@@ -109,6 +111,8 @@ struct Tessera<'a> {
     traces: Option<&'a [Trace]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     receipt: Option<&'a Receipt>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    record: Option<&'a Record>,
 }
 
 fn tessera<'a>(
@@ -121,11 +125,13 @@ fn tessera<'a>(
         route: header.decision,
         traces: header.want_trace.then_some(traces),
         receipt: answer.receipt.as_ref().filter(|_| header.want_receipt),
+        record: answer.record.as_deref().filter(|_| header.want_record),
     };
     (!field.report.is_empty()
         || field.route.is_some()
         || field.traces.is_some()
-        || field.receipt.is_some())
+        || field.receipt.is_some()
+        || field.record.is_some())
     .then_some(field)
 }
 

@@ -432,6 +432,7 @@ impl<M: BatchModel, D: Detokenize> Scheduler<M, D> {
                             prompt_tokens: prompt.len() as u32,
                             completion_tokens: 0,
                             token_logprobs: Vec::new(),
+                            token_ids: Vec::new(),
                             seed: params.seed.unwrap_or(self.seed),
                         })));
                         continue;
