@@ -7,6 +7,8 @@ mod digest;
 mod ledger;
 pub mod receipt;
 pub mod record;
+pub mod replay;
+pub mod spotcheck;
 pub mod store;
 mod trace;
 

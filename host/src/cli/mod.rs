@@ -99,7 +99,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Generate(a) => tokio::runtime::Runtime::new()?.block_on(generate::run(a)),
         Command::Embed(a) => tokio::runtime::Runtime::new()?.block_on(embed::run(a)),
         Command::Serve(a) => tokio::runtime::Runtime::new()?.block_on(serve::run(*a, cache_dir)),
-        Command::Verify(a) => verify::run(a),
+        Command::Verify(a) => tokio::runtime::Runtime::new()?.block_on(verify::run(a)),
     }
 }
 

@@ -9,7 +9,7 @@ use crate::audit::receipt::{self, ReceiptExpert, ReceiptModel};
 use crate::audit::{Outcome, Ran, Receipt, ReceiptBody, RecordedRequest, Trace};
 use crate::bindings::types::{Request, Response};
 use crate::bundle::sign::SigningKey;
-use crate::caps::{Invoker, Nested};
+use crate::caps::{Invoker, ModelCtx, Nested};
 use crate::inference::Deltas;
 
 /// Most metadata pairs an answer may carry.
@@ -44,6 +44,24 @@ pub(crate) struct Inherited {
     /// Fuel the caller has left.
     pub fuel_left: u64,
     /// Trace entries the whole request may still record.
+    pub trace_budget: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// How to run an invocation again (replay, recompute): what answers its
+/// host calls, and what the record says it saw.
+pub(crate) struct Rerun {
+    /// Answers `model` calls.
+    pub engine: Arc<dyn crate::inference::ModelEngine>,
+    /// Answers `experts.call`.
+    pub invoker: Arc<dyn Invoker>,
+    /// The recorded limits.
+    pub limits: crate::sandbox::Limits,
+    /// The recorded start: WASI's wall clock.
+    pub started_at_unix_ms: u64,
+    /// The recorded WASI random seed.
+    pub wasi_random_seed: u64,
+    /// The trace budget; whoever answers host calls may read from it
+    /// which call is being made.
     pub trace_budget: Arc<std::sync::atomic::AtomicUsize>,
 }
 
@@ -94,16 +112,48 @@ impl Ensemble {
         inherited: Option<Inherited>,
         answer_stream: Option<Deltas>,
     ) -> Invocation {
+        self.run_with(expert, req, inherited, answer_stream, None)
+            .await
+    }
+
+    /// Run `expert` on `req` again as a record says it ran: host calls
+    /// answered by `setup`'s engine and invoker, WASI's clock and random
+    /// from the record, under the recorded limits. Nothing is signed or
+    /// stored.
+    pub(crate) async fn rerun(
+        self: &Arc<Self>,
+        expert: Arc<Expert>,
+        req: Request,
+        setup: Rerun,
+    ) -> Invocation {
+        self.run_with(expert, req, None, None, Some(setup)).await
+    }
+
+    async fn run_with(
+        self: &Arc<Self>,
+        expert: Arc<Expert>,
+        req: Request,
+        inherited: Option<Inherited>,
+        answer_stream: Option<Deltas>,
+        rerun: Option<Rerun>,
+    ) -> Invocation {
         let started = Instant::now();
-        let started_at_unix_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let (mut stack, trace_budget) = match &inherited {
-            Some(i) => (i.stack.clone(), Some(i.trace_budget.clone())),
-            None => (Vec::new(), None),
+        let started_at_unix_ms = match &rerun {
+            Some(r) => r.started_at_unix_ms,
+            None => SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        };
+        let (mut stack, trace_budget) = match (&inherited, &rerun) {
+            (Some(i), _) => (i.stack.clone(), Some(i.trace_budget.clone())),
+            (None, Some(r)) => (Vec::new(), Some(r.trace_budget.clone())),
+            (None, None) => (Vec::new(), None),
         };
         let depth = stack.len() as u32;
-        let mut limits = expert.limits;
+        let mut limits = match &rerun {
+            Some(r) => r.limits,
+            None => expert.limits,
+        };
         let own_deadline = started + limits.deadline();
         let deadline = inherited
             .as_ref()
@@ -140,6 +190,11 @@ impl Ensemble {
             deadline,
             trace_budget,
         );
+        if let Some(r) = &rerun {
+            state.model = ModelCtx::new(r.engine.clone(), expert.manifest.capabilities.model);
+            state.experts.set_invoker(r.invoker.clone());
+            state.wasi_seed = r.wasi_random_seed;
+        }
         state.model.answer_stream = answer_stream;
         state.wall_clock_unix_ms = started_at_unix_ms;
         let wasi_random_seed = state.wasi_seed;
@@ -198,7 +253,8 @@ impl Ensemble {
             },
         };
         let trace = Trace::finish(state.ledger, ran);
-        let receipt = match (&result, self.host_key()) {
+        let key = self.host_key().filter(|_| rerun.is_none());
+        let receipt = match (&result, key) {
             (Ok(response), Some(key)) => Some(self.receipt(&expert, &req, response, &trace, &key)),
             _ => None,
         };
@@ -210,7 +266,7 @@ impl Ensemble {
             request: None,
         };
         // Nested invocations are inside their caller's trace.
-        if inherited.is_none() {
+        if inherited.is_none() && rerun.is_none() {
             invocation.request = Some(RecordedRequest::from(&req));
             self.record(&mut invocation);
         }

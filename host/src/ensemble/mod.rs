@@ -19,7 +19,7 @@ use std::time::Instant;
 pub use answer::{Answer, AnswerError, Ask, Report, Target, UnknownModel};
 pub use error::{InvokeError, InvokeErrorKind};
 pub use index::RoutingIndex;
-pub(crate) use invoke::Inherited;
+pub(crate) use invoke::{Inherited, Rerun};
 pub use invoke::{Invocation, MAX_RESPONSE_METADATA, MAX_RESPONSE_METADATA_BYTES};
 pub use router::{Decision, RouteError, RouterConfig, Strategy};
 

@@ -259,6 +259,23 @@ impl BurnEngine {
         .await
     }
 
+    /// How the model rates `tokens[from..]` after `tokens[..from]`.
+    async fn score_ids(
+        &self,
+        tokens: Vec<u32>,
+        from: usize,
+    ) -> Result<Vec<super::TokenScore>, ModelError> {
+        self.submit(
+            None,
+            JobKind::Score { tokens, from },
+            |output| match output {
+                Output::Score(s) => Some(s),
+                _ => None,
+            },
+        )
+        .await
+    }
+
     /// The prompt ids of a conversation, rendered with the model's chat
     /// template and the assistant's turn opened.
     /// Special tokens typed in the messages are text, never markup.
@@ -459,15 +476,39 @@ impl ModelEngine for BurnEngine {
             return Err(ModelError::InvalidInput("the continuation is empty".into()));
         }
         tokens.extend(rest);
-        self.submit(
-            None,
-            JobKind::Score { tokens, from },
-            |output| match output {
-                Output::Score(s) => Some(s),
-                _ => None,
-            },
-        )
-        .await
+        let scored = self.score_ids(tokens, from).await?;
+        Ok(scored.iter().map(|t| f64::from(t.logprob)).sum())
+    }
+
+    async fn rate(
+        &self,
+        prompt: super::Prompt,
+        continuation: Vec<u32>,
+        adapter: Option<String>,
+    ) -> Result<super::Rated, ModelError> {
+        no_adapter(adapter)?;
+        let vocab = self.tokenizer.vocab_size();
+        if let Some(bad) = continuation.iter().find(|&&id| id as usize >= vocab) {
+            return Err(ModelError::InvalidInput(format!(
+                "token id {bad} is outside the model's vocabulary of {vocab}"
+            )));
+        }
+        if continuation.is_empty() {
+            return Ok(super::Rated::default());
+        }
+        let mut tokens = match prompt {
+            super::Prompt::Chat(messages) => self.chat_ids(messages).await?,
+            super::Prompt::Text(text) => self.raw_prompt(text).await?,
+        }
+        .to_vec();
+        let from = tokens.len();
+        tokens.extend(&continuation);
+        let scores = self.score_ids(tokens, from).await?;
+        let text = self
+            .tokenizer
+            .decode(&continuation, false)
+            .map_err(|e| ModelError::InvalidInput(e.to_string()))?;
+        Ok(super::Rated { scores, text })
     }
 
     fn embedder_name(&self) -> Option<&str> {

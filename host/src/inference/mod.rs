@@ -30,7 +30,7 @@ pub use models::{
     PullEvent, SMOLLM2,
 };
 pub use sampling::{SamplingError, SamplingField};
-pub use scheduler::EngineStats;
+pub use scheduler::{EngineStats, TokenScore};
 pub use tokenizer::{TextTokenizer, TokenizerError};
 pub use weights::LoadError;
 
@@ -125,6 +125,15 @@ pub struct Generation {
     pub token_ids: Vec<u32>,
     /// The sampler's seed: the request's, or the one the engine chose.
     pub seed: u64,
+}
+
+/// How a model rates a continuation: see [`ModelEngine::rate`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Rated {
+    /// One per token.
+    pub scores: Vec<TokenScore>,
+    /// What the tokens decode to.
+    pub text: String,
 }
 
 /// Why a model call failed.
@@ -270,6 +279,23 @@ pub trait ModelEngine: Send + Sync + 'static {
 
     /// One L2-normalised embedding per text.
     async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, ModelError>;
+
+    /// How the model rates each token of `continuation` (ids) after
+    /// `prompt`, rendered as [`generate`](Self::generate) renders it, and
+    /// the text the ids decode to: what a logprob spot-check compares
+    /// with a recorded generation. Engines that cannot say refuse.
+    async fn rate(
+        &self,
+        prompt: Prompt,
+        continuation: Vec<u32>,
+        adapter: Option<String>,
+    ) -> Result<Rated, ModelError> {
+        let _ = (prompt, continuation, adapter);
+        Err(ModelError::Failed(format!(
+            "the engine serving {} cannot rate tokens",
+            self.model_name()
+        )))
+    }
 
     /// The embedding model's name, when one is loaded.
     fn embedder_name(&self) -> Option<&str> {

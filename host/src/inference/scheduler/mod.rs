@@ -91,11 +91,23 @@ pub(super) enum JobKind {
     },
 }
 
+/// How the model rates one token of a scored continuation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TokenScore {
+    /// `log p(token)`.
+    pub logprob: f32,
+    /// The model's most likely token there.
+    pub best: u32,
+    /// Its log-probability.
+    pub best_logprob: f32,
+}
+
 /// A job's answer, by kind.
 #[derive(Debug)]
 pub(super) enum Output {
     Generation(Generation),
-    Score(f64),
+    /// One entry per scored token.
+    Score(Vec<TokenScore>),
     Logits(Vec<f32>),
     Embeddings(Vec<Vec<f32>>),
 }
@@ -106,7 +118,10 @@ pub(super) enum Output {
 #[allow(clippy::large_enum_variant)]
 enum Purpose {
     Generate(Decode),
-    Score { from: usize, total: f64 },
+    Score {
+        from: usize,
+        scored: Vec<TokenScore>,
+    },
     Logits,
 }
 
@@ -440,7 +455,13 @@ impl<M: BatchModel, D: Detokenize> Scheduler<M, D> {
                     let decode = Decode::new(&params, self.seed, prompt.len(), max_tokens, stream);
                     (prompt, Purpose::Generate(decode))
                 }
-                JobKind::Score { tokens, from } => (tokens, Purpose::Score { from, total: 0.0 }),
+                JobKind::Score { tokens, from } => (
+                    tokens,
+                    Purpose::Score {
+                        from,
+                        scored: Vec::new(),
+                    },
+                ),
                 JobKind::Logits { tokens } => (tokens, Purpose::Logits),
                 JobKind::Embed { .. } => unreachable!("embeddings are queued apart"),
             };
@@ -542,16 +563,22 @@ fn advance<C>(
 ) -> Option<Output> {
     let done_feeding = seq.pending() == 0;
     match &mut seq.purpose {
-        Purpose::Score { from, total } => {
+        Purpose::Score { from, scored } => {
             // Row j predicts the token after position fed_from + j.
             let fed_from = seq.fed - rows.len();
             for (j, row) in rows.iter().enumerate() {
                 let next = fed_from + j + 1;
                 if next >= *from && next < seq.tokens.len() {
-                    *total += f64::from(log_softmax_at(row, seq.tokens[next] as usize));
+                    let token = seq.tokens[next];
+                    let best = super::sampler::argmax(row);
+                    scored.push(TokenScore {
+                        logprob: log_softmax_at(row, token as usize),
+                        best,
+                        best_logprob: log_softmax_at(row, best as usize),
+                    });
                 }
             }
-            done_feeding.then_some(Output::Score(*total))
+            done_feeding.then(|| Output::Score(std::mem::take(scored)))
         }
         Purpose::Logits => done_feeding
             .then(|| rows.into_iter().last().map(Output::Logits))

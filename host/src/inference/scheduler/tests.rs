@@ -336,7 +336,7 @@ fn scores_sum_the_log_likelihood_of_the_continuation() {
     );
     let done = bench.drain(vec![likely, unlikely]);
     let score = |i| match &done.iter().find(|(j, _)| *j == i).unwrap().1 {
-        Ok(Output::Score(s)) => *s,
+        Ok(Output::Score(s)) => s.iter().map(|t| f64::from(t.logprob)).sum::<f64>(),
         other => panic!("{other:?}"),
     };
     assert!(score(0) > -0.001, "{}", score(0));

@@ -1,6 +1,9 @@
 //! The smallest useful expert: repeats the last user message. The
 //! benchmarks use it as the trivial expert; a prompt `calls:N` makes it
-//! call the host's `log` N times first (guest-to-host call overhead).
+//! call the host's `log` N times first (guest-to-host call overhead), and
+//! `ask:TEXT` tokenizes TEXT and then asks the model to continue it
+//! (replay tests). `echo-rebuilt` builds this file with the `rebuilt` cfg:
+//! one branch differs, so a replay with it diverges at the second call.
 
 use tessera_sdk::prelude::*;
 
@@ -22,6 +25,22 @@ impl Expert for Echo {
             for _ in 0..n {
                 log::debug("x");
             }
+        }
+        if let Some(question) = text.strip_prefix("ask:") {
+            let ids = model::tokenize(question)?;
+            // The one branch the rebuilt expert takes otherwise.
+            let prompt = if cfg!(rebuilt) {
+                format!("{question}!")
+            } else {
+                question.to_string()
+            };
+            let sampling = Sampling::greedy().max_tokens(8);
+            let completion = model::complete(&prompt, &sampling)?;
+            return Ok(Response::new(format!(
+                "{} tokens: {}",
+                ids.len(),
+                completion.text
+            )));
         }
         Ok(Response::new(text))
     }
