@@ -19,8 +19,17 @@ fn tessera(args: &[&str]) -> Output {
             "TESSERA_CACHE_DIR",
             std::env::temp_dir().join("tessera-cli-test-cache"),
         )
+        // Never the user's own audit store.
+        .env("TESSERA_AUDIT_DB", test_audit_db())
         .output()
         .expect("running tessera")
+}
+
+/// The audit store of commands that do not name one.
+fn test_audit_db() -> PathBuf {
+    std::env::temp_dir()
+        .join(format!("tessera-cli-audit-{}", std::process::id()))
+        .join("audit.sqlite")
 }
 
 fn stdout(o: &Output) -> String {
@@ -50,6 +59,8 @@ fn serve(args: &[&std::ffi::OsStr]) -> Serving {
             "TESSERA_CACHE_DIR",
             std::env::temp_dir().join("tessera-cli-test-cache"),
         )
+        // Never the user's own audit store.
+        .env("TESSERA_AUDIT_DB", test_audit_db())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("starting tessera serve");
@@ -485,11 +496,16 @@ fn serve_does_not_build_plugin_sources() {
 
 /// One HTTP/1.1 request to `address`; the whole response.
 fn http(address: &str, method: &str, path: &str, body: &str) -> String {
+    http_with(address, method, path, "", body)
+}
+
+/// [`http`] with more header lines (each ending in CRLF).
+fn http_with(address: &str, method: &str, path: &str, headers: &str, body: &str) -> String {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(address).unwrap();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -733,8 +749,62 @@ fn keys_pack_sign_inspect_run_and_serve_with_trusted_keys() {
         "/v1/chat/completions",
         r#"{"model": "calculator", "messages": [{"role": "user", "content": "2^10 - 1"}]}"#,
     );
+    let recorded = http_with(
+        &address,
+        "POST",
+        "/v1/chat/completions",
+        "x-tessera-record: true\r\n",
+        r#"{"model": "calculator", "messages": [{"role": "user", "content": "3 * 5"}]}"#,
+    );
     let _ = serving.child.kill();
     let _ = serving.child.wait();
+
+    // The validator saves the answer and replays it from its record.
+    let body = recorded.split("\r\n\r\n").nth(1).unwrap_or_default();
+    std::fs::write(dir.join("answer.json"), body).unwrap();
+    let replayed = tessera(&[
+        "verify",
+        &path("answer.json"),
+        "--replay",
+        "--bundle",
+        &path("served/calc-signed.tessera"),
+    ]);
+    let text = stdout(&replayed);
+    assert!(replayed.status.success(), "{text}{}", stderr(&replayed));
+    assert!(
+        text.contains("the record's request, answer and trace are the ones it vouches for"),
+        "{text}"
+    );
+    assert!(text.contains("OK replay: "), "{text}");
+    // A bare receipt holds digests only: replay says what it needs.
+    let bare = tessera(&["verify", &path("receipt.json"), "--replay"]);
+    assert!(!bare.status.success());
+    assert!(
+        stderr(&bare).contains("x-tessera-record: true"),
+        "{}",
+        stderr(&bare)
+    );
+    // The same record from the audit store.
+    let id = serde_json::from_str::<serde_json::Value>(body).unwrap()["tessera"]["audit_id"]
+        .as_i64()
+        .expect("the answer names its audit record");
+    let shown = tessera(&["audit", "show", &id.to_string(), "--json"]);
+    assert!(shown.status.success(), "{}", stderr(&shown));
+    std::fs::write(dir.join("stored.json"), stdout(&shown)).unwrap();
+    let replayed = tessera(&[
+        "verify",
+        &path("stored.json"),
+        "--replay",
+        "--bundle",
+        &path("served/calc-signed.tessera"),
+    ]);
+    assert!(replayed.status.success(), "{}", stdout(&replayed));
+    let listed = tessera(&["audit", "list", "--expert", "calculator"]);
+    assert!(
+        stdout(&listed).contains("calculator@0.1.0"),
+        "{}",
+        stdout(&listed)
+    );
     assert!(
         log.contains("serving only bundles signed by the 1 keys"),
         "{log}"
@@ -750,5 +820,151 @@ fn keys_pack_sign_inspect_run_and_serve_with_trusted_keys() {
     assert!(
         answer.starts_with("HTTP/1.1 200") && answer.contains("1023"),
         "{answer}"
+    );
+}
+
+/// `kill -9` of a server while it answers (and records) requests from
+/// four clients, then a restart: every answer a client received is in the
+/// store with the receipt it carried, and the store passes SQLite's
+/// integrity check.
+#[test]
+fn kill_9_under_load_loses_no_acknowledged_record() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let built = tessera(&["build", "tests/plugins/echo"]);
+    assert!(built.status.success(), "{}", stderr(&built));
+    let bundle = stdout(&built).trim().to_string();
+    let dir = scratch("kill9");
+    let db = dir.join("audit.sqlite");
+    let serve_args = |db: &Path| -> Vec<std::ffi::OsString> {
+        [
+            "serve",
+            "--no-model",
+            "--listen",
+            "127.0.0.1:0",
+            "--reload-interval-ms",
+            "0",
+            "--audit-db",
+        ]
+        .iter()
+        .map(Into::into)
+        .chain([db.as_os_str().to_owned(), bundle.clone().into()])
+        .collect()
+    };
+    let args = serve_args(&db);
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    let serving = serve(&args);
+    let address = serving.address.clone().expect(&serving.log);
+    let mut child = serving.child;
+
+    // (prompt, receipt signature) of every answer received in full.
+    let acknowledged = Arc::new(Mutex::new(Vec::<(String, String)>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let (address, acknowledged, stop) =
+                (address.clone(), acknowledged.clone(), stop.clone());
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                for i in 0.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let prompt = format!("client {c} request {i}");
+                    let body = format!(
+                        r#"{{"model": "echo", "messages": [{{"role": "user", "content": "{prompt}"}}]}}"#
+                    );
+                    let Ok(mut stream) = std::net::TcpStream::connect(&address) else {
+                        break;
+                    };
+                    let sent = write!(
+                        stream,
+                        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nx-tessera-receipt: true\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let mut response = String::new();
+                    if sent.is_err() || stream.read_to_string(&mut response).is_err() {
+                        break;
+                    }
+                    // Acknowledged: a whole 200 answer with its receipt.
+                    let Some(json) = response.split("\r\n\r\n").nth(1) else {
+                        break;
+                    };
+                    let Ok(answer) = serde_json::from_str::<serde_json::Value>(json) else {
+                        break;
+                    };
+                    if !response.starts_with("HTTP/1.1 200") {
+                        break;
+                    }
+                    let signature = answer["tessera"]["receipt"]["signature"]
+                        .as_str()
+                        .expect("a receipt")
+                        .to_string();
+                    acknowledged.lock().unwrap().push((prompt, signature));
+                }
+            })
+        })
+        .collect();
+    // Let the load run, then kill the server mid-flight.
+    while acknowledged.lock().unwrap().len() < 200 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    let _ = child.wait();
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(acknowledged.len() >= 200);
+
+    // The store opens, passes SQLite's check and holds every one.
+    let db_arg = db.to_string_lossy().into_owned();
+    let check = tessera(&["audit", "check", "--audit-db", &db_arg]);
+    assert!(
+        check.status.success(),
+        "{}{}",
+        stdout(&check),
+        stderr(&check)
+    );
+    assert!(stdout(&check).contains("integrity check passes"));
+    let export = tessera(&["audit", "export", "--audit-db", &db_arg]);
+    assert!(export.status.success(), "{}", stderr(&export));
+    let stored: std::collections::HashMap<String, String> = stdout(&export)
+        .lines()
+        .map(|line| {
+            let record: serde_json::Value = serde_json::from_str(line).unwrap();
+            (
+                record["request"]["messages"][0][1]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+                record["receipt"]["signature"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+            )
+        })
+        .collect();
+    for (prompt, signature) in &acknowledged {
+        assert_eq!(
+            stored.get(prompt),
+            Some(signature),
+            "acknowledged `{prompt}` is not in the store with its receipt ({} acknowledged, {} stored)",
+            acknowledged.len(),
+            stored.len()
+        );
+    }
+
+    // A restarted server opens the same store and keeps appending.
+    let serving = serve(&args);
+    let mut child = serving.child;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        serving.log.contains(&format!("({} records;", stored.len())),
+        "{}",
+        serving.log
     );
 }

@@ -576,8 +576,20 @@ pub fn compare(recorded: &Trace, rerun: &Trace, mode: Mode) -> Option<Divergence
         }
     }
     let general = |what: String| Some(Divergence { call: None, what });
-    if recorded.logs != rerun.logs {
-        return general("the guest logged other lines".into());
+    // Log lines by content: their times are the wall clock's.
+    let lines = |t: &Trace| -> Vec<(String, String, Vec<(String, String)>)> {
+        t.logs
+            .iter()
+            .map(|l| (l.level.clone(), l.message.clone(), l.fields.clone()))
+            .collect()
+    };
+    if lines(recorded) != lines(rerun) || recorded.logs_dropped != rerun.logs_dropped {
+        let at = lines(recorded)
+            .iter()
+            .zip(lines(rerun).iter())
+            .position(|(a, b)| a != b)
+            .unwrap_or(recorded.logs.len().min(rerun.logs.len()));
+        return general(format!("the guest logged other lines, from line {at} on"));
     }
     if (&recorded.stdout, &recorded.stderr) != (&rerun.stdout, &rerun.stderr) {
         return general("the guest wrote other output to stdout or stderr".into());
