@@ -1346,3 +1346,75 @@ async fn receipts_come_signed_when_asked_for() {
         .unwrap_or_else(|| panic!("no chunk carries a receipt:\n{text}"));
     check(&last["tessera"]["receipt"]);
 }
+
+/// A validator's host checks another host's record over HTTP: the honest
+/// record replays; an edited one fails its receipt; a record without the
+/// component loaded here is an error that says which bundle to load.
+#[tokio::test]
+async fn v1_verify_replays_a_record_and_refuses_an_edited_one() {
+    use tessera_host::bundle::sign::SigningKey;
+
+    let state = fake_state(FakeEngine::echo(), ServerOptions::default()).await;
+    state.ensemble().set_host_key(SigningKey::generate("miner"));
+    let post = |path: &str, headers: &[(&str, &str)], body: Value| {
+        let mut request = Request::builder()
+            .method("POST")
+            .uri(path)
+            .header("content-type", "application/json");
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let request = request.body(Body::from(body.to_string())).unwrap();
+        let app = server::app(state.clone());
+        async move {
+            let response = app.oneshot(request).await.unwrap();
+            let status = response.status();
+            let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            (status, serde_json::from_slice::<Value>(&bytes).unwrap())
+        }
+    };
+    let (status, answer) = post(
+        "/v1/chat/completions",
+        &[("x-tessera-record", "true")],
+        chat("echo", "ask:The capital of France is"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert!(answer["tessera"]["record"]["trace"].is_object(), "{answer}");
+
+    let replay_only = json!({"replay": true, "logprobs": false});
+    let (status, verdict) = post(
+        "/v1/verify",
+        &[],
+        json!({"record": answer.clone(), "checks": replay_only}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{verdict}");
+    assert_eq!(verdict["pass"], true, "{verdict}");
+    assert_eq!(verdict["replay"]["recorded_calls"], 2, "{verdict}");
+    assert!(verdict["replay"]["divergence"].is_null(), "{verdict}");
+
+    // The fake model cannot rate tokens: the spot-check says so.
+    let (_, verdict) = post("/v1/verify", &[], json!({"record": answer.clone()})).await;
+    assert_eq!(verdict["pass"], false, "{verdict}");
+    let calls = verdict["logprobs"]["calls"].to_string();
+    assert!(calls.contains("cannot rate tokens"), "{verdict}");
+
+    let mut edited = answer["tessera"]["record"].clone();
+    edited["response"]["content"] = "something else".into();
+    let (_, verdict) = post(
+        "/v1/verify",
+        &[],
+        json!({"record": edited, "checks": replay_only}),
+    )
+    .await;
+    assert_eq!(verdict["pass"], false);
+    let error = verdict["signature_error"].as_str().unwrap();
+    assert!(error.contains("response"), "{verdict}");
+
+    let (status, body) = post("/v1/verify", &[], json!({"record": {"not": "a record"}})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.to_string().contains("x-tessera-record"), "{body}");
+}

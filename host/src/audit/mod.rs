@@ -11,6 +11,7 @@ pub mod replay;
 pub mod spotcheck;
 pub mod store;
 mod trace;
+pub mod verdict;
 
 pub use digest::Digest;
 pub use ledger::MAX_TRACE_ERROR_BYTES;

@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use tessera_host::audit::replay::{self, Mode, RerunReport};
-use tessera_host::audit::spotcheck::{self, DEFAULT_LOGPROB_TOLERANCE};
+use tessera_host::audit::replay::{Mode, RerunReport};
+use tessera_host::audit::spotcheck::DEFAULT_LOGPROB_TOLERANCE;
+use tessera_host::audit::verdict::{Checks, verify_record};
 use tessera_host::audit::{Receipt, Record};
 use tessera_host::bundle::Bundle;
 use tessera_host::ensemble::Ensemble;
@@ -217,25 +218,24 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     }
 
-    let mut replayed = None;
-    if args.replay || args.logprobs {
-        let report = replay::rerun(&ensemble, record, Mode::Replay, None).await?;
-        pass &= report.matches();
-        if args.replay {
-            describe(&mut out, &report)?;
-            json.insert("replay".into(), serde_json::to_value(&report)?);
-        }
-        replayed = Some(report);
+    let checks = Checks {
+        replay: args.replay,
+        recompute: args.recompute,
+        logprobs: args.logprobs,
+        tolerance: args.tolerance,
+    };
+    let verdict = verify_record(&ensemble, record, model, checks).await;
+    pass &= verdict.pass;
+    for e in &verdict.errors {
+        writeln!(out, "FAIL {e}")?;
     }
-    if args.recompute {
-        let report = replay::rerun(&ensemble, record, Mode::Recompute, model.clone()).await?;
-        pass &= report.matches();
-        describe(&mut out, &report)?;
-        json.insert("recompute".into(), serde_json::to_value(&report)?);
+    if let (true, Some(report)) = (args.replay, &verdict.replay) {
+        describe(&mut out, report)?;
     }
-    if let (true, Some(replayed), Some(model)) = (args.logprobs, &replayed, &model) {
-        let check = spotcheck::spot_check(replayed, model.as_ref(), args.tolerance).await;
-        pass &= check.pass();
+    if let Some(report) = &verdict.recompute {
+        describe(&mut out, report)?;
+    }
+    if let Some(check) = &verdict.logprobs {
         let tokens: usize = check.calls.iter().map(|c| c.tokens).sum();
         let worst = check
             .calls
@@ -264,15 +264,17 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
                     .unwrap_or_default()
             )?;
         }
-        if !args.replay && !replayed.matches() {
+        if let (false, Some(replayed)) = (args.replay, &verdict.replay)
+            && !replayed.matches()
+        {
             writeln!(
                 out,
                 "  (the replay that gave back the prompts diverged: {}; run --replay for details)",
                 replayed.divergence.as_ref().map_or("", |d| d.what.as_str())
             )?;
         }
-        json.insert("logprobs".into(), serde_json::to_value(&check)?);
     }
+    json.insert("verdict".into(), serde_json::to_value(&verdict)?);
     finish(&args, out, json, pass)
 }
 

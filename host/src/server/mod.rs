@@ -20,6 +20,7 @@ pub mod reload;
 mod render;
 mod stream;
 mod track;
+mod verify;
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -216,6 +217,7 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/route", post(chat::route))
+        .route("/v1/verify", post(verify::verify))
         .route("/v1/models", get(info::list_models))
         .route("/v1/models/{*id}", get(info::get_model))
         .route("/healthz", get(info::healthz))
