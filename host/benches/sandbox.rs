@@ -3,6 +3,9 @@
 //! - `invoke/echo`: a full invocation of a trivial expert through
 //!   [`Ensemble::invoke`]: fresh store with limits, fuel, epoch deadline and
 //!   trace, instantiate, `handle`, trace closed.
+//! - `invoke/echo-with-receipt` and `echo-with-receipt-and-audit`: the
+//!   same, with a signed receipt, and also recorded in the audit store
+//!   (issue 12's cost target, side by side in one run).
 //! - `invoke/bare-wasmtime`: the same component on a bare wasmtime engine
 //!   with the pooling allocator: fresh `Store<()>`, `InstancePre`
 //!   instantiate, `handle`. The reference for the ≤ 1.2× target.
@@ -16,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use tessera_host::audit::store::{AuditStore, Durability};
 use tessera_host::bindings::agent::AgentPre;
 use tessera_host::build::{BuildOptions, build_plugin};
 use tessera_host::bundle::{Bundle, MANIFEST_FILE, sha256_hex};
@@ -91,6 +95,24 @@ fn invoke(c: &mut Criterion) {
         b.to_async(&rt).iter(|| async {
             let inv = signing.invoke("echo", Request::from_prompt("hello")).await;
             assert!(inv.receipt.is_some());
+        })
+    });
+    // ... and recorded in the audit store before it returns.
+    let audit_dir = tempfile::tempdir().unwrap();
+    let auditing = Ensemble::new(
+        Sandbox::new(HostPolicy::default(), None).unwrap(),
+        Arc::new(NoModel),
+    );
+    auditing.set_host_key(tessera_host::bundle::sign::SigningKey::generate("bench"));
+    auditing.set_audit_store(Arc::new(
+        AuditStore::open(&audit_dir.path().join("audit.sqlite"), Durability::Process).unwrap(),
+    ));
+    rt.block_on(auditing.add(Bundle::open(&echo_bundle()).unwrap()))
+        .unwrap();
+    group.bench_function("echo-with-receipt-and-audit", |b| {
+        b.to_async(&rt).iter(|| async {
+            let inv = auditing.invoke("echo", Request::from_prompt("hello")).await;
+            assert!(inv.audit_id.is_some());
         })
     });
     group.bench_function("bare-wasmtime", |b| {

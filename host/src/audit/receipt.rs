@@ -147,8 +147,12 @@ pub fn response_sha256(resp: &Response) -> String {
 
 /// sha256 of a trace as compact JSON.
 pub fn trace_sha256(trace: &Trace) -> String {
-    let bytes = serde_json::to_vec(trace).expect("a trace serializes");
-    Digest::new("tessera.trace").bytes(&bytes).finish()
+    trace_json_sha256(&serde_json::to_string(trace).expect("a trace serializes"))
+}
+
+/// [`trace_sha256`] of a trace already serialized as compact JSON.
+pub fn trace_json_sha256(json: &str) -> String {
+    Digest::new("tessera.trace").bytes(json.as_bytes()).finish()
 }
 
 /// The sampling of every generation in `trace`, in order (nested calls

@@ -247,8 +247,8 @@ impl AuditStore {
                  receipt INTEGER NOT NULL,
                  record TEXT NOT NULL
              );
-             CREATE INDEX IF NOT EXISTS invocations_at ON invocations(at_ms);
-             CREATE INDEX IF NOT EXISTS invocations_expert ON invocations(expert, id);",
+
+",
         )?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         Ok(AuditStore {
@@ -272,17 +272,20 @@ impl AuditStore {
             &record.request,
             record.response.clone(),
             &record.trace,
+            serde_json::to_string(&record.trace).expect("a trace serializes"),
             record.receipt.as_ref(),
         )
     }
 
-    /// Append the record of an invocation from its parts (no copy of the
-    /// trace), committed when this returns; its id.
+    /// Append the record of an invocation from its parts, its trace
+    /// already serialized as `trace_json` (the receipt's digest is of the
+    /// same bytes), committed when this returns; its id.
     pub fn append_parts(
         &self,
         request: &RecordedRequest,
         response: Option<RecordedResponse>,
         trace: &Trace,
+        trace_json: String,
         receipt: Option<&Receipt>,
     ) -> Result<i64, StoreError> {
         // The same fields as `Record`, borrowed.
@@ -290,14 +293,16 @@ impl AuditStore {
         struct Parts<'a> {
             request: &'a RecordedRequest,
             response: Option<RecordedResponse>,
-            trace: &'a Trace,
+            trace: &'a serde_json::value::RawValue,
             receipt: Option<&'a Receipt>,
         }
+        let raw = serde_json::value::RawValue::from_string(trace_json)
+            .expect("a serialized trace is JSON");
         let has_receipt = receipt.is_some();
         let json = serde_json::to_string(&Parts {
             request,
             response,
-            trace,
+            trace: &raw,
             receipt,
         })
         .expect("a record serializes");
@@ -373,11 +378,12 @@ impl AuditStore {
         let conn = self.conn();
         let mut pruned = Pruned::default();
         if let Some(age) = retention.max_age {
-            let cutoff = now_unix_ms.saturating_sub(age.as_millis() as u64);
-            pruned.by_age = conn.execute(
-                "DELETE FROM invocations WHERE at_ms < ?1",
-                params![cutoff as i64],
-            )? as u64;
+            let cutoff = now_unix_ms.saturating_sub(age.as_millis() as u64) as i64;
+            if let Some(last_old) = last_id_before(&conn, cutoff)? {
+                pruned.by_age = conn
+                    .execute("DELETE FROM invocations WHERE id <= ?1", params![last_old])?
+                    as u64;
+            }
         }
         if let Some(max) = retention.max_bytes {
             while used_bytes(&conn)? > max {
@@ -417,6 +423,40 @@ impl AuditStore {
             .collect::<Result<_, _>>()?;
         Ok(if lines == ["ok"] { Ok(()) } else { Err(lines) })
     }
+}
+
+/// The last id of a record started before `cutoff_ms`. Records are
+/// appended as invocations end, so start times grow with ids (up to one
+/// invocation's length, which retention can ignore): a binary search over
+/// ids finds it without an index on time, which would cost every append
+/// another page write.
+fn last_id_before(conn: &Connection, cutoff_ms: i64) -> Result<Option<i64>, rusqlite::Error> {
+    // The first record at or after `id`: (its id, its start).
+    let at_or_after = |id: i64| -> Result<Option<(i64, i64)>, rusqlite::Error> {
+        conn.query_row(
+            "SELECT id, at_ms FROM invocations WHERE id >= ?1 ORDER BY id LIMIT 1",
+            params![id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+    };
+    let Some((first, first_at)) = at_or_after(i64::MIN)? else {
+        return Ok(None);
+    };
+    if first_at >= cutoff_ms {
+        return Ok(None);
+    }
+    let last: i64 = conn.query_row("SELECT max(id) FROM invocations", [], |r| r.get(0))?;
+    // Invariant: `lo` started before the cutoff; everything past `hi` did not.
+    let (mut lo, mut hi) = (first, last);
+    while lo < hi {
+        let mid = lo + (hi - lo + 1) / 2;
+        match at_or_after(mid)? {
+            Some((id, at)) if at < cutoff_ms && id <= hi => lo = id,
+            _ => hi = mid - 1,
+        }
+    }
+    Ok(Some(lo))
 }
 
 fn used_bytes(conn: &Connection) -> Result<u64, rusqlite::Error> {

@@ -6,7 +6,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::{Ensemble, Expert, InvokeError, InvokeErrorKind};
 use crate::audit::receipt::{self, ReceiptExpert, ReceiptModel};
-use crate::audit::{Outcome, Ran, Receipt, ReceiptBody, RecordedRequest, Trace};
+use crate::audit::{AuditStore, Outcome, Ran, Receipt, ReceiptBody, RecordedRequest, Trace};
 use crate::bindings::types::{Request, Response};
 use crate::bundle::sign::SigningKey;
 use crate::caps::{Invoker, ModelCtx, Nested};
@@ -254,8 +254,16 @@ impl Ensemble {
         };
         let trace = Trace::finish(state.ledger, ran);
         let key = self.host_key().filter(|_| rerun.is_none());
-        let receipt = match (&result, key) {
-            (Ok(response), Some(key)) => Some(self.receipt(&expert, &req, response, &trace, &key)),
+        let store = self
+            .audit_store()
+            .filter(|_| inherited.is_none() && rerun.is_none());
+        // The trace's JSON, made once for the receipt's digest and the record.
+        let trace_json = (key.is_some() || store.is_some())
+            .then(|| serde_json::to_string(&trace).expect("a trace serializes"));
+        let receipt = match (&result, key, &trace_json) {
+            (Ok(response), Some(key), Some(json)) => {
+                Some(self.receipt(&expert, &req, response, &trace, json, &key))
+            }
             _ => None,
         };
         let mut invocation = Invocation {
@@ -268,37 +276,11 @@ impl Ensemble {
         // Nested invocations are inside their caller's trace.
         if inherited.is_none() && rerun.is_none() {
             invocation.request = Some(RecordedRequest::from(&req));
-            self.record(&mut invocation);
-        }
-        invocation
-    }
-
-    /// Append an outermost invocation to the audit store, if there is
-    /// one. An answer that cannot be recorded is withheld: the host
-    /// acknowledges nothing it has not recorded.
-    fn record(&self, invocation: &mut Invocation) {
-        let (Some(store), Some(request)) = (self.audit_store(), &invocation.request) else {
-            return;
-        };
-        let appended = store.append_parts(
-            request,
-            invocation.result.as_ref().ok().map(Into::into),
-            &invocation.trace,
-            invocation.receipt.as_ref(),
-        );
-        match appended {
-            Ok(id) => invocation.audit_id = Some(id),
-            Err(e) => {
-                tracing::error!(error = %e, "the audit store failed; withholding the answer");
-                invocation.receipt = None;
-                invocation.result = Err(InvokeError::new(
-                    InvokeErrorKind::Unrecorded,
-                    format!(
-                        "the host could not record this answer in its audit store, so it is withheld: {e}"
-                    ),
-                ));
+            if let (Some(store), Some(json)) = (store, trace_json) {
+                record(&store, &mut invocation, json);
             }
         }
+        invocation
     }
 
     /// The signed receipt of `expert`'s `response` to `req`.
@@ -308,6 +290,7 @@ impl Ensemble {
         req: &Request,
         response: &Response,
         trace: &Trace,
+        trace_json: &str,
         key: &SigningKey,
     ) -> Receipt {
         let model = self.model();
@@ -326,7 +309,7 @@ impl Ensemble {
                 weights_sha256: model.weights_sha256().map(str::to_string),
             },
             sampling: receipt::sampling_of(trace),
-            trace_sha256: receipt::trace_sha256(trace),
+            trace_sha256: receipt::trace_json_sha256(trace_json),
             started_at_unix_ms: trace.started_at_unix_ms,
             duration_us: trace.duration_us,
             host_key: key.public_line(),
@@ -343,6 +326,35 @@ impl Invoker for Ensemble {
             };
             self.run(expert, req, Some(from), None).await
         })
+    }
+}
+
+/// Append an outermost invocation (its trace as `trace_json`) to the audit
+/// store. An answer that cannot be recorded is withheld: the host
+/// acknowledges nothing it has not recorded.
+fn record(store: &AuditStore, invocation: &mut Invocation, trace_json: String) {
+    let Some(request) = &invocation.request else {
+        return;
+    };
+    let appended = store.append_parts(
+        request,
+        invocation.result.as_ref().ok().map(Into::into),
+        &invocation.trace,
+        trace_json,
+        invocation.receipt.as_ref(),
+    );
+    match appended {
+        Ok(id) => invocation.audit_id = Some(id),
+        Err(e) => {
+            tracing::error!(error = %e, "the audit store failed; withholding the answer");
+            invocation.receipt = None;
+            invocation.result = Err(InvokeError::new(
+                InvokeErrorKind::Unrecorded,
+                format!(
+                    "the host could not record this answer in its audit store, so it is withheld: {e}"
+                ),
+            ));
+        }
     }
 }
 
