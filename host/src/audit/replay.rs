@@ -453,7 +453,7 @@ pub async fn rerun(
         .result
         .as_ref()
         .ok()
-        .map(|r| super::receipt::response_sha256(r));
+        .map(super::receipt::response_sha256);
     let recorded_answer = record
         .response
         .as_ref()
@@ -577,18 +577,19 @@ pub fn compare(recorded: &Trace, rerun: &Trace, mode: Mode) -> Option<Divergence
     }
     let general = |what: String| Some(Divergence { call: None, what });
     // Log lines by content: their times are the wall clock's.
-    let lines = |t: &Trace| -> Vec<(String, String, Vec<(String, String)>)> {
-        t.logs
-            .iter()
-            .map(|l| (l.level.clone(), l.message.clone(), l.fields.clone()))
-            .collect()
+    let same = |a: &super::LogLine, b: &super::LogLine| {
+        (&a.level, &a.message, &a.fields) == (&b.level, &b.message, &b.fields)
     };
-    if lines(recorded) != lines(rerun) || recorded.logs_dropped != rerun.logs_dropped {
-        let at = lines(recorded)
-            .iter()
-            .zip(lines(rerun).iter())
-            .position(|(a, b)| a != b)
-            .unwrap_or(recorded.logs.len().min(rerun.logs.len()));
+    let first_other = recorded
+        .logs
+        .iter()
+        .zip(&rerun.logs)
+        .position(|(a, b)| !same(a, b));
+    if first_other.is_some()
+        || recorded.logs.len() != rerun.logs.len()
+        || recorded.logs_dropped != rerun.logs_dropped
+    {
+        let at = first_other.unwrap_or(recorded.logs.len().min(rerun.logs.len()));
         return general(format!("the guest logged other lines, from line {at} on"));
     }
     if (&recorded.stdout, &recorded.stderr) != (&rerun.stdout, &rerun.stderr) {

@@ -111,6 +111,7 @@ pub fn pack(path: &Path, key: Option<&SigningKey>, out: &Path) -> Result<Packed,
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| write_err(&e))?;
     let tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| write_err(&e))?;
     let mut zip = zip::ZipWriter::new(tmp);
     let options = zip::write::SimpleFileOptions::default()

@@ -70,7 +70,7 @@ pub struct VerifyArgs {
 
 /// What the file held.
 enum Input {
-    Receipt(Receipt),
+    Receipt(Box<Receipt>),
     Record(Box<Record>),
 }
 
@@ -93,7 +93,7 @@ fn parse(text: &str) -> Result<Input, String> {
     } else {
         let receipt: Receipt =
             serde_json::from_value(value).map_err(|e| format!("receipt: {e}"))?;
-        Ok(Input::Receipt(receipt))
+        Ok(Input::Receipt(Box::new(receipt)))
     }
 }
 
@@ -119,7 +119,7 @@ pub async fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
 
     // The signature, and for a record that its parts are the receipt's.
     let (receipt, record) = match &input {
-        Input::Receipt(r) => (r, None),
+        Input::Receipt(r) => (&**r, None),
         Input::Record(rec) => match &rec.receipt {
             Some(r) => (r, Some(&**rec)),
             None => anyhow::bail!(
