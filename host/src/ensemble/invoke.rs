@@ -12,6 +12,10 @@ use crate::bundle::sign::SigningKey;
 use crate::caps::{Invoker, ModelCtx, Nested};
 use crate::inference::Deltas;
 
+/// The least time a rerun (replay, recompute) gets, whatever the recorded
+/// deadline.
+pub const RERUN_MIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Most metadata pairs an answer may carry.
 pub const MAX_RESPONSE_METADATA: usize = 64;
 /// Most bytes of an answer's metadata, keys and values together.
@@ -154,7 +158,13 @@ impl Ensemble {
             Some(r) => r.limits,
             None => expert.limits,
         };
-        let own_deadline = started + limits.deadline();
+        // A rerun may be slower than the original (a validator's machine,
+        // a cold model): the deadline is the one limit it does not keep,
+        // and the guest cannot observe it.
+        let own_deadline = match &rerun {
+            Some(_) => started + limits.deadline().max(RERUN_MIN_DEADLINE),
+            None => started + limits.deadline(),
+        };
         let deadline = inherited
             .as_ref()
             .map_or(own_deadline, |i| i.deadline.min(own_deadline));

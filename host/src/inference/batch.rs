@@ -28,6 +28,8 @@ pub struct StepInput<'a, C> {
     pub cache: &'a mut C,
     /// Return logits for every new token (scoring) instead of the last only.
     pub all_logits: bool,
+    /// The LoRA adapter this sequence runs with (`None`: the base model).
+    pub adapter: Option<&'a super::lora::LoraAdapter>,
 }
 
 /// A model the continuous-batching scheduler can run.

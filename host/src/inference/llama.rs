@@ -19,6 +19,7 @@ use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::batch::{BatchModel, ModelShape, StepInput};
+use super::lora::{LoraAdapter, Target};
 use super::weights::{LoadError, WeightSource};
 
 /// How a checkpoint pairs the dimensions that RoPE rotates.
@@ -296,12 +297,18 @@ impl Llama {
             .iter()
             .map(|i| self.causal_mask(i.tokens.len(), i.cache.len))
             .collect();
+        let runs = adapter_runs(inputs);
+        // Each projection: the base matmul once for every row, then each
+        // run of rows adds its own adapter's low-rank delta.
+        let project = |x: &Tensor<2>, w: &Tensor<2>, b: Option<&Tensor<2>>, li, t| {
+            adapt(linear(x.clone(), w, b), x, &runs, li, t)
+        };
 
         for (li, layer) in self.layers.iter().enumerate() {
             let normed = rms_norm(x.clone(), &layer.attn_norm, cfg.rms_eps);
-            let q = linear(normed.clone(), &layer.wq, layer.bq.as_ref());
-            let k = linear(normed.clone(), &layer.wk, layer.bk.as_ref());
-            let v = linear(normed, &layer.wv, layer.bv.as_ref());
+            let q = project(&normed, &layer.wq, layer.bq.as_ref(), li, Target::Q);
+            let k = project(&normed, &layer.wk, layer.bk.as_ref(), li, Target::K);
+            let v = project(&normed, &layer.wv, layer.bv.as_ref(), li, Target::V);
             let q = rope(q.reshape([rows, cfg.heads, hd]), &cos, &sin);
             let k = rope(k.reshape([rows, cfg.kv_heads, hd]), &cos, &sin);
             let v = v.reshape([rows, cfg.kv_heads, hd]);
@@ -326,12 +333,12 @@ impl Llama {
             } else {
                 Tensor::cat(outputs, 0)
             };
-            x = x + attn.matmul(layer.wo.clone());
+            x = x + project(&attn, &layer.wo, None, li, Target::O);
 
             let normed = rms_norm(x.clone(), &layer.ffn_norm, cfg.rms_eps);
-            let gate = silu(normed.clone().matmul(layer.w_gate.clone()));
-            let up = normed.matmul(layer.w_up.clone());
-            x = x + (gate * up).matmul(layer.w_down.clone());
+            let gate = silu(project(&normed, &layer.w_gate, None, li, Target::Gate));
+            let up = project(&normed, &layer.w_up, None, li, Target::Up);
+            x = x + project(&(gate * up), &layer.w_down, None, li, Target::Down);
         }
         for input in inputs.iter_mut() {
             input.cache.len += input.tokens.len();
@@ -420,6 +427,61 @@ impl Llama {
             &self.device,
         ))
     }
+}
+
+/// Consecutive rows that run with the same adapter: `(first row, rows,
+/// adapter)`; empty when no input has one.
+type Runs<'a> = Vec<(usize, usize, Option<&'a LoraAdapter>)>;
+
+fn adapter_runs<'a>(inputs: &[StepInput<'a, KvCache>]) -> Runs<'a> {
+    if inputs.iter().all(|i| i.adapter.is_none()) {
+        return Vec::new();
+    }
+    let same = |a: Option<&LoraAdapter>, b: Option<&LoraAdapter>| match (a, b) {
+        (Some(a), Some(b)) => std::ptr::eq(a, b),
+        (None, None) => true,
+        _ => false,
+    };
+    let mut runs: Runs<'a> = Vec::new();
+    let mut row = 0;
+    for input in inputs {
+        let n = input.tokens.len();
+        match runs.last_mut() {
+            Some(last) if same(last.2, input.adapter) => last.1 += n,
+            _ => runs.push((row, n, input.adapter)),
+        }
+        row += n;
+    }
+    runs
+}
+
+/// `y` (the projection of `x`) plus, for each run of rows, its adapter's
+/// delta for `target` in layer `layer` (gathered per run, as Punica's
+/// SGMV does; base rows and adapters that leave `target` alone add
+/// nothing).
+fn adapt(y: Tensor<2>, x: &Tensor<2>, runs: &Runs<'_>, layer: usize, target: Target) -> Tensor<2> {
+    let deltas: Vec<Option<Tensor<2>>> = runs
+        .iter()
+        .map(|&(start, n, adapter)| {
+            adapter.and_then(|a| a.delta(layer, target, x.clone().narrow(0, start, n)))
+        })
+        .collect();
+    if deltas.iter().all(Option::is_none) {
+        return y;
+    }
+    let out = y.dims()[1];
+    let device = y.device();
+    let parts: Vec<Tensor<2>> = runs
+        .iter()
+        .zip(deltas)
+        .map(|(&(_, n, _), d)| d.unwrap_or_else(|| Tensor::<2>::zeros([n, out], &device)))
+        .collect();
+    let delta = if parts.len() == 1 {
+        parts.into_iter().next().expect("one part")
+    } else {
+        Tensor::cat(parts, 0)
+    };
+    y + delta
 }
 
 fn linear(x: Tensor<2>, w: &Tensor<2>, bias: Option<&Tensor<2>>) -> Tensor<2> {

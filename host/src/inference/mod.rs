@@ -12,6 +12,7 @@ mod device;
 mod engine;
 pub mod gguf;
 pub mod llama;
+pub mod lora;
 mod models;
 pub mod quant;
 pub mod sampler;

@@ -295,29 +295,28 @@ impl HfWeights {
                 view.shape()
             )));
         }
-        let data = view.data();
-        use safetensors::Dtype;
-        let values = match view.dtype() {
-            Dtype::F32 => data
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::F16 => data
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => data
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            other => {
-                return Err(self.error(format!(
-                    "tensor `{hf}` has dtype {other:?}; supported: F32, F16, BF16"
-                )));
-            }
-        };
-        Ok(values)
+        to_f32(view.dtype(), view.data()).map_err(|e| self.error(format!("tensor `{hf}`: {e}")))
     }
+}
+
+/// A safetensors tensor's bytes as f32: F32, F16 or BF16.
+pub(crate) fn to_f32(dtype: safetensors::Dtype, data: &[u8]) -> Result<Vec<f32>, String> {
+    use safetensors::Dtype;
+    Ok(match dtype {
+        Dtype::F32 => data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Dtype::F16 => data
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => data
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        other => return Err(format!("dtype {other:?}; supported: F32, F16, BF16")),
+    })
 }
 
 /// The Hugging Face name of a llama.cpp tensor name.

@@ -509,6 +509,7 @@ impl<M: BatchModel, D: Detokenize> Scheduler<M, D> {
                     tokens: &s.tokens[s.fed..s.fed + n],
                     cache: &mut s.cache,
                     all_logits: matches!(s.purpose, Purpose::Score { .. }),
+                    adapter: None,
                 })
                 .collect();
             self.model.step(&mut inputs)
