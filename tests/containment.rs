@@ -168,6 +168,34 @@ async fn model_use_without_grant_is_denied() {
     assert!(inv.result.unwrap_err().message.contains("model = true"));
 }
 
+/// An adapter is the operator's fine-tune: an expert runs the model with
+/// one only when its manifest grants that adapter.
+#[tokio::test]
+async fn adapter_use_without_grant_is_denied() {
+    let host = model_host(tessera_tests::FakeEngine::echo()).await;
+    load(&host, ECHO).await;
+    load_as(&host, ECHO, |m| {
+        m.name = "tuned-echo".into();
+        m.capabilities.adapters = vec!["tuned".into()];
+    })
+    .await;
+    let ask = |expert: &'static str, prompt: &'static str| {
+        let host = host.clone();
+        async move { host.invoke(expert, Request::from_prompt(prompt)).await }
+    };
+    let denied = ask("echo", "adapter:tuned:hello").await;
+    assert_eq!(error_kind(&denied), InvokeErrorKind::Denied);
+    let message = denied.result.unwrap_err().message;
+    assert!(
+        message.contains("adapter `tuned`") && message.contains("`adapters` under [capabilities]"),
+        "{message}"
+    );
+    let granted = ask("tuned-echo", "adapter:tuned:hello").await;
+    assert!(granted.result.is_ok(), "{:?}", granted.result);
+    let other = ask("tuned-echo", "adapter:other:hello").await;
+    assert_eq!(error_kind(&other), InvokeErrorKind::Denied);
+}
+
 #[tokio::test]
 async fn call_depth_is_limited() {
     let host = host();

@@ -183,9 +183,18 @@ pub struct Capabilities {
     /// Experts it may call through `experts.call`; `"*"` grants all.
     #[serde(default)]
     pub experts: Vec<String>,
+    /// LoRA adapters it may run the model with (`adapter` in model
+    /// calls); `"*"` grants all.
+    #[serde(default)]
+    pub adapters: Vec<String>,
 }
 
 impl Capabilities {
+    /// Whether running the model with adapter `name` is granted.
+    pub fn may_use_adapter(&self, name: &str) -> bool {
+        self.adapters.iter().any(|a| a == "*" || a == name)
+    }
+
     /// Whether calling expert `name` is granted.
     pub fn may_call(&self, name: &str) -> bool {
         self.experts.iter().any(|e| e == "*" || e == name)
@@ -277,7 +286,7 @@ impl Manifest {
             sha256: None,
             capabilities: Capabilities {
                 model: true,
-                experts: Vec::new(),
+                ..Capabilities::default()
             },
             limits: LimitsSpec::default(),
             routing: RoutingSpec::default(),

@@ -8,6 +8,7 @@ use crate::bindings::model::Host;
 use crate::bindings::types::{
     Completion, Error, FinishReason, Message, Sampling, TokenLogprob, Usage,
 };
+use crate::bundle::Capabilities;
 use crate::inference::{
     ChatMessage, Deltas, Finish, GenerateRequest, Generation, ModelEngine, ModelError, Prompt,
     SamplingParams,
@@ -24,6 +25,8 @@ pub(crate) struct ModelCtx {
     engine: Arc<dyn ModelEngine>,
     /// The bundle's `model` capability.
     granted: bool,
+    /// Its capabilities, for the adapter grant.
+    grants: Capabilities,
     /// `false` while `describe` runs: describing an expert never costs
     /// model time.
     pub(crate) allowed: bool,
@@ -33,10 +36,11 @@ pub(crate) struct ModelCtx {
 }
 
 impl ModelCtx {
-    pub(crate) fn new(engine: Arc<dyn ModelEngine>, granted: bool) -> ModelCtx {
+    pub(crate) fn new(engine: Arc<dyn ModelEngine>, capabilities: &Capabilities) -> ModelCtx {
         ModelCtx {
             engine,
-            granted,
+            granted: capabilities.model,
+            grants: capabilities.clone(),
             allowed: true,
             answer_stream: None,
         }
@@ -44,6 +48,24 @@ impl ModelCtx {
 }
 
 impl View<'_, ModelCtx> {
+    /// The adapter grant, checked before a call that names one.
+    fn check_adapter(&self, adapter: Option<&str>) -> Result<(), Error> {
+        let Some(name) = adapter else { return Ok(()) };
+        if self.ctx.grants.may_use_adapter(name) {
+            return Ok(());
+        }
+        // The name is the guest's: quoted only when it is a plausible one.
+        let shown = if crate::bundle::is_valid_name(name) {
+            format!("`{name}`")
+        } else {
+            format!("a {}-byte name", name.len())
+        };
+        Err(Error::Denied(format!(
+            "expert `{}` may not use adapter {shown}: add it to `adapters` under [capabilities] in its tessera.toml",
+            self.ledger.expert
+        )))
+    }
+
     /// Grants and budgets, checked before every model call.
     fn check_model_access(&mut self, generates: bool) -> Result<(), Error> {
         if !self.ctx.allowed {
@@ -238,7 +260,10 @@ impl View<'_, ModelCtx> {
         let input = prompt_digest(function, &prompt, &sampling, adapter.as_deref());
         let record = self.ledger.begin_call(INTERFACE, function, bytes_in, input);
         let mut used = None;
-        let result = match self.prepare_generation(sampling) {
+        let prepared = self
+            .check_adapter(adapter.as_deref())
+            .and_then(|()| self.prepare_generation(sampling));
+        let result = match prepared {
             Ok(params) => {
                 used = Some(params.clone());
                 let request = GenerateRequest {
@@ -346,7 +371,10 @@ impl Host for View<'_, ModelCtx> {
             (prompt.len() + continuation.len()) as u64,
             input,
         );
-        let result = match self.check_model_access(false) {
+        let access = self
+            .check_adapter(adapter.as_deref())
+            .and_then(|()| self.check_model_access(false));
+        let result = match access {
             Ok(()) => {
                 let engine = self.ctx.engine.clone();
                 engine

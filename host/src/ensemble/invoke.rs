@@ -201,7 +201,7 @@ impl Ensemble {
             trace_budget,
         );
         if let Some(r) = &rerun {
-            state.model = ModelCtx::new(r.engine.clone(), expert.manifest.capabilities.model);
+            state.model = ModelCtx::new(r.engine.clone(), &expert.manifest.capabilities);
             state.experts.set_invoker(r.invoker.clone());
             state.wasi_seed = r.wasi_random_seed;
         }

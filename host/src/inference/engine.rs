@@ -13,9 +13,11 @@ use std::sync::{Arc, Mutex, mpsc};
 use async_trait::async_trait;
 use tokio::sync::oneshot;
 
+use super::adapters::{AdapterInfo, AdapterSet};
 use super::batch::{BatchModel, Embed};
 use super::device::DeviceChoice;
 use super::llama::Llama;
+use super::lora::LoraAdapter;
 use super::scheduler::{Counters, EngineStats, Job, JobKind, Limits, Output, Scheduler};
 use super::weights::{GgufWeights, HfWeights, LoadError, WeightSource};
 use super::{
@@ -36,6 +38,9 @@ pub struct EngineOptions {
     /// Memory for KV caches, in bytes. A job reserves its prompt plus its
     /// `max_tokens` when admitted.
     pub kv_budget_bytes: usize,
+    /// Memory for loaded LoRA adapters, in bytes; least recently used ones
+    /// are evicted past it (and loaded again when asked for).
+    pub adapter_budget_bytes: usize,
 }
 
 impl Default for EngineOptions {
@@ -45,6 +50,7 @@ impl Default for EngineOptions {
             max_batch: 32,
             prefill_chunk: 256,
             kv_budget_bytes: 2 << 30,
+            adapter_budget_bytes: super::DEFAULT_ADAPTER_BUDGET_BYTES,
         }
     }
 }
@@ -63,6 +69,7 @@ pub struct BurnEngine {
     /// sha256 of the weights, when loaded from files.
     weights_sha256: Option<String>,
     stats: Arc<Counters>,
+    adapters: AdapterSet,
 }
 
 impl std::fmt::Debug for BurnEngine {
@@ -128,6 +135,12 @@ impl BurnEngine {
         let name = name.split('.').next().unwrap_or(&name).to_string();
         let llama = Llama::load(weights.as_ref(), &device).map_err(failed)?;
         drop(weights);
+        let adapters = AdapterSet::for_llama(
+            llama.config().clone(),
+            device.clone(),
+            name.clone(),
+            options.adapter_budget_bytes,
+        );
         let embedder_name = embedder.and_then(|dir| {
             dir.file_name().map(|n| {
                 n.to_string_lossy()
@@ -143,6 +156,7 @@ impl BurnEngine {
             .map_err(failed)?;
         let embedder = embedder_name.zip(embedder);
         let mut engine = Self::start(name, llama, tokenizer, embedder, &options)?;
+        engine.adapters = adapters;
         engine.weights_sha256 =
             Some(weights_digest(model).map_err(|e| {
                 ModelError::NotLoaded(format!("cannot read {}: {e}", model.display()))
@@ -189,6 +203,7 @@ impl BurnEngine {
             context,
             weights_sha256: None,
             stats,
+            adapters: AdapterSet::none(),
         })
     }
 
@@ -212,6 +227,31 @@ impl BurnEngine {
         self.context
     }
 
+    /// Register the PEFT LoRA adapter in `dir` as `name`: read and
+    /// checked against the model now; from then on `adapter: name` in a
+    /// generation, a score or a rating runs with it.
+    pub fn register_adapter(&self, name: &str, dir: &Path) -> Result<AdapterInfo, ModelError> {
+        self.adapters.register(name, dir)
+    }
+
+    /// Forget adapter `name`; whether it was registered.
+    pub fn unregister_adapter(&self, name: &str) -> bool {
+        self.adapters.unregister(name)
+    }
+
+    /// Adapters read from disk so far, and bytes of them in memory now.
+    pub fn adapter_memory(&self) -> (u64, usize) {
+        (self.adapters.loads(), self.adapters.loaded_bytes())
+    }
+
+    /// The adapter a call names, loaded.
+    async fn adapter(&self, name: Option<String>) -> Result<Option<Arc<LoraAdapter>>, ModelError> {
+        match name {
+            Some(name) => Ok(Some(self.adapters.get(&name).await?)),
+            None => Ok(None),
+        }
+    }
+
     /// Send a job to the scheduler and wait for its answer, which `take`
     /// unwraps.
     async fn submit<T>(
@@ -220,12 +260,24 @@ impl BurnEngine {
         kind: JobKind,
         take: impl FnOnce(Output) -> Option<T>,
     ) -> Result<T, ModelError> {
+        self.submit_with(owner, kind, None, take).await
+    }
+
+    /// [`submit`](Self::submit), running with `adapter`.
+    async fn submit_with<T>(
+        &self,
+        owner: Option<String>,
+        kind: JobKind,
+        adapter: Option<Arc<LoraAdapter>>,
+        take: impl FnOnce(Output) -> Option<T>,
+    ) -> Result<T, ModelError> {
         let (reply, rx) = oneshot::channel();
         self.jobs
             .send(Job {
                 owner: owner.unwrap_or_default(),
                 kind,
                 reply,
+                adapter,
             })
             .map_err(|_| ModelError::Failed("the engine thread has stopped".into()))?;
         let output = rx.await.map_err(|_| {
@@ -246,33 +298,43 @@ impl BurnEngine {
         params: SamplingParams,
         deltas: Option<Deltas>,
     ) -> Result<Generation, ModelError> {
+        self.generate_ids_with(prompt, params, deltas, None).await
+    }
+
+    /// [`generate_ids`](Self::generate_ids) with `adapter`.
+    async fn generate_ids_with(
+        &self,
+        prompt: Vec<u32>,
+        params: SamplingParams,
+        deltas: Option<Deltas>,
+        adapter: Option<Arc<LoraAdapter>>,
+    ) -> Result<Generation, ModelError> {
         let owner = params.owner.clone();
         let job = JobKind::Generate {
             prompt,
             params,
             stream: deltas,
         };
-        self.submit(owner, job, |output| match output {
+        self.submit_with(owner, job, adapter, |output| match output {
             Output::Generation(g) => Some(g),
             _ => None,
         })
         .await
     }
 
-    /// How the model rates `tokens[from..]` after `tokens[..from]`.
+    /// How the model rates `tokens[from..]` after `tokens[..from]`, with
+    /// `adapter`.
     async fn score_ids(
         &self,
         tokens: Vec<u32>,
         from: usize,
+        adapter: Option<Arc<LoraAdapter>>,
     ) -> Result<Vec<super::TokenScore>, ModelError> {
-        self.submit(
-            None,
-            JobKind::Score { tokens, from },
-            |output| match output {
-                Output::Score(s) => Some(s),
-                _ => None,
-            },
-        )
+        let job = JobKind::Score { tokens, from };
+        self.submit_with(None, job, adapter, |output| match output {
+            Output::Score(s) => Some(s),
+            _ => None,
+        })
         .await
     }
 
@@ -443,12 +505,12 @@ impl ModelEngine for BurnEngine {
         request: super::GenerateRequest,
         deltas: Option<super::Deltas>,
     ) -> Result<Generation, ModelError> {
-        no_adapter(request.adapter)?;
+        let adapter = self.adapter(request.adapter).await?;
         let prompt = match request.prompt {
             super::Prompt::Chat(messages) => self.chat_ids(messages).await?,
             super::Prompt::Text(text) => self.raw_prompt(text).await?,
         };
-        self.generate_ids(prompt.to_vec(), request.params, deltas)
+        self.generate_ids_with(prompt.to_vec(), request.params, deltas, adapter)
             .await
     }
 
@@ -467,7 +529,7 @@ impl ModelEngine for BurnEngine {
         continuation: String,
         adapter: Option<String>,
     ) -> Result<f64, ModelError> {
-        no_adapter(adapter)?;
+        let adapter = self.adapter(adapter).await?;
         self.check_prompt_bytes(prompt.len() + continuation.len())?;
         let mut tokens = self.raw_prompt(prompt).await?.to_vec();
         let from = tokens.len();
@@ -476,7 +538,7 @@ impl ModelEngine for BurnEngine {
             return Err(ModelError::InvalidInput("the continuation is empty".into()));
         }
         tokens.extend(rest);
-        let scored = self.score_ids(tokens, from).await?;
+        let scored = self.score_ids(tokens, from, adapter).await?;
         Ok(scored.iter().map(|t| f64::from(t.logprob)).sum())
     }
 
@@ -486,7 +548,7 @@ impl ModelEngine for BurnEngine {
         continuation: Vec<u32>,
         adapter: Option<String>,
     ) -> Result<super::Rated, ModelError> {
-        no_adapter(adapter)?;
+        let adapter = self.adapter(adapter).await?;
         let vocab = self.tokenizer.vocab_size();
         if let Some(bad) = continuation.iter().find(|&&id| id as usize >= vocab) {
             return Err(ModelError::InvalidInput(format!(
@@ -503,7 +565,7 @@ impl ModelEngine for BurnEngine {
         .to_vec();
         let from = tokens.len();
         tokens.extend(&continuation);
-        let scores = self.score_ids(tokens, from).await?;
+        let scores = self.score_ids(tokens, from, adapter).await?;
         let text = self
             .tokenizer
             .decode(&continuation, false)
@@ -513,6 +575,10 @@ impl ModelEngine for BurnEngine {
 
     fn embedder_name(&self) -> Option<&str> {
         self.embedder_name.as_deref()
+    }
+
+    fn adapters(&self) -> Vec<AdapterInfo> {
+        self.adapters.list()
     }
 
     fn weights_sha256(&self) -> Option<&str> {
@@ -536,12 +602,5 @@ impl ModelEngine for BurnEngine {
             _ => None,
         })
         .await
-    }
-}
-
-fn no_adapter(adapter: Option<String>) -> Result<(), ModelError> {
-    match adapter {
-        Some(name) => Err(ModelError::UnknownAdapter(name)),
-        None => Ok(()),
     }
 }

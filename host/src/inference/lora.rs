@@ -539,7 +539,7 @@ fn read_tensor(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::HashMap;
 
     use rand_chacha::ChaCha8Rng;
@@ -653,7 +653,13 @@ mod tests {
     }
 
     /// Write a random PEFT adapter of rank `r` on `targets` to `dir`.
-    fn write_adapter(dir: &Path, cfg: &LlamaConfig, r: usize, targets: &[Target], seed: u64) {
+    pub(crate) fn write_adapter(
+        dir: &Path,
+        cfg: &LlamaConfig,
+        r: usize,
+        targets: &[Target],
+        seed: u64,
+    ) {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut uniform = |n: usize, amp: f32| -> Vec<u8> {
             (0..n)

@@ -6,6 +6,7 @@
 //! [`NoModel`] for a host started with `--no-model`, which says plainly that
 //! no model is loaded.
 
+mod adapters;
 pub mod batch;
 mod decode;
 mod device;
@@ -23,6 +24,7 @@ pub mod weights;
 
 use async_trait::async_trait;
 
+pub use adapters::{AdapterInfo, DEFAULT_ADAPTER_BUDGET_BYTES};
 pub use device::DeviceChoice;
 pub use engine::{BurnEngine, EngineOptions, open_weights};
 pub(crate) use llama::transpose;
@@ -301,6 +303,11 @@ pub trait ModelEngine: Send + Sync + 'static {
     /// The embedding model's name, when one is loaded.
     fn embedder_name(&self) -> Option<&str> {
         None
+    }
+
+    /// The LoRA adapters registered with the engine.
+    fn adapters(&self) -> Vec<AdapterInfo> {
+        Vec::new()
     }
 
     /// sha256 of the language model's weights file(s), for receipts.

@@ -27,6 +27,7 @@ use tokio::sync::oneshot;
 
 use super::batch::{BatchModel, Detokenize, Embed, ModelShape, StepInput};
 use super::decode::Decode;
+use super::lora::LoraAdapter;
 use super::sampler::log_softmax_at;
 use super::{Deltas, Finish, Generation, ModelError, SamplingParams};
 
@@ -66,6 +67,8 @@ pub(super) struct Job {
     pub owner: String,
     pub kind: JobKind,
     pub reply: Reply,
+    /// The LoRA adapter the job runs with (generation and scoring).
+    pub adapter: Option<Arc<LoraAdapter>>,
 }
 
 pub(super) type Reply = oneshot::Sender<Result<Output, ModelError>>;
@@ -141,6 +144,10 @@ struct Sequence<C> {
     /// KV tokens reserved against the budget.
     reserved: usize,
     purpose: Purpose,
+    /// Its adapter; the scheduler holds it until the sequence ends, so
+    /// evicting it from the engine's set never pulls it from under a
+    /// running sequence.
+    adapter: Option<Arc<LoraAdapter>>,
 }
 
 impl<C> Sequence<C> {
@@ -473,6 +480,7 @@ impl<M: BatchModel, D: Detokenize> Scheduler<M, D> {
                 fed: 0,
                 reserved: need,
                 purpose,
+                adapter: job.adapter,
             });
         }
     }
@@ -509,7 +517,7 @@ impl<M: BatchModel, D: Detokenize> Scheduler<M, D> {
                     tokens: &s.tokens[s.fed..s.fed + n],
                     cache: &mut s.cache,
                     all_logits: matches!(s.purpose, Purpose::Score { .. }),
-                    adapter: None,
+                    adapter: s.adapter.as_deref(),
                 })
                 .collect();
             self.model.step(&mut inputs)

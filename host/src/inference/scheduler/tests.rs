@@ -134,6 +134,7 @@ impl Bench {
             owner: owner.into(),
             kind,
             reply,
+            adapter: None,
         });
         answer
     }
@@ -391,6 +392,7 @@ fn a_panicking_round_of_the_real_model_fails_its_jobs_and_the_engine_goes_on() {
         fed: 0,
         reserved: 1,
         purpose: Purpose::Logits,
+        adapter: None,
     });
     scheduler.reserved_tokens = 1;
     scheduler.round();
@@ -409,6 +411,7 @@ fn a_panicking_round_of_the_real_model_fails_its_jobs_and_the_engine_goes_on() {
         owner: String::new(),
         kind: JobKind::Logits { tokens },
         reply,
+        adapter: None,
     });
     let logits = loop {
         scheduler.round();

@@ -2,7 +2,8 @@
 //! benchmarks use it as the trivial expert; a prompt `calls:N` makes it
 //! call the host's `log` N times first (guest-to-host call overhead), and
 //! `ask:TEXT` tokenizes TEXT and then asks the model to continue it
-//! (replay tests). `echo-rebuilt` builds this file with the `rebuilt` cfg:
+//! (replay tests); `adapter:NAME:TEXT` asks through adapter NAME (grant
+//! tests). `echo-rebuilt` builds this file with the `rebuilt` cfg:
 //! one branch differs, so a replay with it diverges at the second call.
 
 use tessera_sdk::prelude::*;
@@ -25,6 +26,13 @@ impl Expert for Echo {
             for _ in 0..n {
                 log::debug("x");
             }
+        }
+        if let Some(rest) = text.strip_prefix("adapter:") {
+            let (adapter, question) = rest.split_once(':').unwrap_or((rest, "hello"));
+            let sampling = Sampling::greedy().max_tokens(4);
+            let completion =
+                model::chat_with_adapter(&[Message::user(question)], &sampling, adapter)?;
+            return Ok(Response::new(completion.text));
         }
         if let Some(question) = text.strip_prefix("ask:") {
             let ids = model::tokenize(question)?;
