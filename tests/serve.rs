@@ -1418,3 +1418,83 @@ async fn v1_verify_replays_a_record_and_refuses_an_edited_one() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(body.to_string().contains("x-tessera-record"), "{body}");
 }
+
+/// A LoRA adapter registered with the engine is a model: `/v1/models`
+/// lists it with the base model as its parent, and a chat naming it runs
+/// the base model with the adapter.
+#[tokio::test]
+async fn an_adapter_is_a_model_with_the_base_as_parent() {
+    use tessera_host::inference::lora::{Target, write_random_peft};
+    use tessera_host::inference::{ModelEngine, SMOLLM2, open_weights};
+
+    let engine = engine();
+    let gguf = tessera_tests::model_store()
+        .require(&SMOLLM2, SMOLLM2.files[0].name)
+        .unwrap();
+    let (weights, _) = open_weights(&gguf).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write_random_peft(
+        dir.path(),
+        weights.config(),
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+        4,
+        &[Target::Q, Target::V, Target::Down],
+        5,
+    )
+    .unwrap();
+    let info = engine
+        .register_adapter("serve-test-tuned", dir.path())
+        .unwrap();
+    assert_eq!(info.targets, ["q_proj", "v_proj", "down_proj"]);
+    let state = AppState::new(
+        host_with(test_policy(), engine.clone()),
+        ServerOptions::default(),
+    );
+
+    let (status, models) = call(&state, "GET", "/v1/models", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let entry = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "serve-test-tuned")
+        .unwrap_or_else(|| panic!("{models}"))
+        .clone();
+    assert_eq!(entry["parent"], engine.model_name(), "{entry}");
+    assert_eq!(entry["tessera"]["kind"], "adapter");
+    assert_eq!(entry["tessera"]["rank"], 4);
+
+    let ask = |model: &str| {
+        let mut req = chat(model, "The capital of France is");
+        req["temperature"] = json!(0);
+        req["max_tokens"] = json!(4);
+        req["logprobs"] = json!(true);
+        req
+    };
+    let (status, tuned) = call(
+        &state,
+        "POST",
+        "/v1/chat/completions",
+        Some(ask("serve-test-tuned")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{tuned}");
+    assert_eq!(tuned["model"], "serve-test-tuned");
+    let (_, base) = call(
+        &state,
+        "POST",
+        "/v1/chat/completions",
+        Some(ask(engine.model_name())),
+    )
+    .await;
+    let first = |b: &Value| {
+        b["choices"][0]["logprobs"]["content"][0]["logprob"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!(
+        (first(&tuned) - first(&base)).abs() > 1e-3
+            || tuned["choices"][0]["message"] != base["choices"][0]["message"],
+        "the adapter changes nothing:\n{tuned}\n{base}"
+    );
+}

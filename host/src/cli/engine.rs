@@ -33,6 +33,11 @@ pub struct EngineArgs {
     /// Most sequences decoded together in one forward pass [default: 32].
     #[arg(long, value_name = "N")]
     pub max_batch: Option<usize>,
+
+    /// Memory for loaded LoRA adapters, in MiB; the least recently used
+    /// are evicted past it and loaded again when asked for [default: 1024].
+    #[arg(long, value_name = "MIB")]
+    pub adapter_budget_mib: Option<usize>,
 }
 
 /// Default of `--kv-budget-mib`.
@@ -61,6 +66,11 @@ impl EngineArgs {
             device: self.device(),
             max_batch: self.max_batch.unwrap_or(DEFAULT_MAX_BATCH).max(1),
             kv_budget_bytes: self.kv_budget_mib.unwrap_or(DEFAULT_KV_BUDGET_MIB) << 20,
+            adapter_budget_bytes: self
+                .adapter_budget_mib
+                .map_or(tessera_host::inference::DEFAULT_ADAPTER_BUDGET_BYTES, |m| {
+                    m << 20
+                }),
             ..EngineOptions::default()
         }
     }

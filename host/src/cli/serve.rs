@@ -143,6 +143,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "P")]
     cascade_threshold: Option<f32>,
 
+    /// Serve the Hugging Face PEFT LoRA adapter in DIR as model NAME, a
+    /// fine-tune of the base model (repeatable).
+    #[arg(long = "adapter", value_name = "NAME=DIR")]
+    adapters: Vec<String>,
+
     #[command(flatten)]
     audit: super::records::StoreArgs,
 
@@ -185,6 +190,9 @@ struct ConfigFile {
     device: Option<String>,
     kv_budget_mib: Option<usize>,
     max_batch: Option<usize>,
+    adapter_budget_mib: Option<usize>,
+    /// Adapter name → PEFT directory.
+    adapters: Option<std::collections::BTreeMap<String, PathBuf>>,
 }
 
 impl ConfigFile {
@@ -207,6 +215,11 @@ impl ConfigFile {
         config.trusted_keys.iter_mut().for_each(rebase);
         config.host_key.iter_mut().for_each(rebase);
         config.audit_db.iter_mut().for_each(rebase);
+        config
+            .adapters
+            .iter_mut()
+            .flatten()
+            .for_each(|(_, p)| rebase(p));
         Ok(config)
     }
 }
@@ -270,6 +283,15 @@ impl ServeArgs {
         }
         e.kv_budget_mib = e.kv_budget_mib.or(c.kv_budget_mib);
         e.max_batch = e.max_batch.or(c.max_batch);
+        e.adapter_budget_mib = e.adapter_budget_mib.or(c.adapter_budget_mib);
+        if self.adapters.is_empty() {
+            self.adapters = c
+                .adapters
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(name, dir)| format!("{name}={}", dir.display()))
+                .collect();
+        }
         Ok(self)
     }
 
@@ -410,6 +432,26 @@ pub async fn run(args: ServeArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<
         }
         args.engine.load()?
     };
+    for spec in &args.adapters {
+        let Some((name, dir)) = spec.split_once('=') else {
+            anyhow::bail!(
+                "--adapter {spec}: write NAME=DIR, for example --adapter support-bot=adapters/support-bot"
+            );
+        };
+        if !tessera_host::bundle::is_valid_name(name) {
+            anyhow::bail!(
+                "--adapter {spec}: `{name}` is not a model name (1 to 64 lowercase letters, digits and dashes)"
+            );
+        }
+        let info = engine
+            .register_adapter(name, Path::new(dir))
+            .map_err(|e| anyhow::anyhow!("--adapter {spec}: {e}"))?;
+        eprintln!(
+            "serving adapter `{name}` (rank {}, {}) from {dir}",
+            info.rank,
+            info.targets.join(", ")
+        );
+    }
     let sandbox = Sandbox::new(HostPolicy::default(), cache_dir.as_deref())?;
     let ensemble = Ensemble::new(sandbox, engine);
     ensemble.set_router_config(router_config.clone());

@@ -29,6 +29,8 @@ pub enum Target {
     Expert(Arc<Expert>),
     /// The router decides, then the strategy runs.
     Auto(Strategy),
+    /// The base model with a LoRA adapter registered with the engine.
+    Adapter(String),
 }
 
 /// A model name nothing on this host answers to.
@@ -335,6 +337,13 @@ impl Ensemble {
         {
             return Ok(Target::Base);
         }
+        if let Some(adapter) = engine
+            .adapters()
+            .into_iter()
+            .find(|a| a.name.eq_ignore_ascii_case(model))
+        {
+            return Ok(Target::Adapter(adapter.name));
+        }
         if engine
             .embedder_name()
             .is_some_and(|e| e.eq_ignore_ascii_case(model))
@@ -360,6 +369,7 @@ impl Ensemble {
         if engine.model_name() != NoModel.model_name() {
             names.push(engine.model_name().to_string());
         }
+        names.extend(engine.adapters().into_iter().map(|a| a.name));
         if let Some(name) = engine.embedder_name() {
             names.push(name.to_string());
             names.extend(Strategy::ALL.iter().map(|s| s.model_id().to_string()));
@@ -376,13 +386,14 @@ impl Ensemble {
             Target::Embedder => engine.embedder_name().unwrap_or("-").to_string(),
             Target::Expert(e) => e.name().to_string(),
             Target::Auto(strategy) => strategy.model_id().to_string(),
+            Target::Adapter(name) => name.clone(),
         }
     }
 
     /// The sandbox instances one choice for `target` may hold at once.
     pub fn slots_per_choice(&self, target: &Target, decision: Option<&Decision>) -> u32 {
         match target {
-            Target::Base | Target::Embedder => 0,
+            Target::Base | Target::Embedder | Target::Adapter(_) => 0,
             Target::Expert(e) => self.slots_for(e),
             Target::Auto(_) => decision.map_or(0, |d| strategy::slots(self, d)),
         }
@@ -400,7 +411,15 @@ impl Ensemble {
         deltas: Option<Deltas>,
     ) -> Outcome {
         match target {
-            Target::Base => Outcome::of(self.answer_base(ask, choice, deltas).await, Vec::new()),
+            Target::Base => Outcome::of(
+                self.answer_base(ask, choice, deltas, None).await,
+                Vec::new(),
+            ),
+            Target::Adapter(name) => Outcome::of(
+                self.answer_base(ask, choice, deltas, Some(name.clone()))
+                    .await,
+                Vec::new(),
+            ),
             Target::Expert(expert) => {
                 let invocation = self
                     .invoke_with(expert.name(), ask.expert_request(choice), deltas)
@@ -427,19 +446,20 @@ impl Ensemble {
         }
     }
 
-    /// The base model's answer.
+    /// The base model's answer (with `adapter`, when given).
     pub(crate) async fn answer_base(
         &self,
         ask: &Ask,
         choice: u32,
         deltas: Option<Deltas>,
+        adapter: Option<String>,
     ) -> Result<Answer, AnswerError> {
         let engine = self.model().clone();
         let params = ask.params(choice);
         let request = GenerateRequest {
             prompt: ask.input.clone(),
             params,
-            adapter: None,
+            adapter,
         };
         let call = engine.generate(request, deltas);
         let generation = tokio::time::timeout(ask.model_timeout, call)

@@ -225,8 +225,7 @@ fn adapter_error(e: AdapterError) -> ModelError {
 
 #[cfg(test)]
 mod tests {
-    use crate::inference::lora::Target;
-    use crate::inference::lora::tests::write_adapter;
+    use crate::inference::lora::{Target, write_random_peft};
     use crate::inference::{
         BurnEngine, EngineOptions, GenerateRequest, ModelEngine, ModelError, Prompt,
         SamplingParams, open_weights, test_smollm2,
@@ -271,7 +270,15 @@ mod tests {
         .unwrap();
         let dir = tempfile::tempdir().unwrap();
         for (name, seed) in [("a", 11), ("b", 12)] {
-            write_adapter(&dir.path().join(name), &cfg, 4, &Target::ALL, seed);
+            write_random_peft(
+                &dir.path().join(name),
+                &cfg,
+                "SmolLM2-135M-Instruct",
+                4,
+                &Target::ALL,
+                seed,
+            )
+            .unwrap();
             let info = engine
                 .register_adapter(name, &dir.path().join(name))
                 .unwrap();

@@ -227,13 +227,6 @@ impl BurnEngine {
         self.context
     }
 
-    /// Register the PEFT LoRA adapter in `dir` as `name`: read and
-    /// checked against the model now; from then on `adapter: name` in a
-    /// generation, a score or a rating runs with it.
-    pub fn register_adapter(&self, name: &str, dir: &Path) -> Result<AdapterInfo, ModelError> {
-        self.adapters.register(name, dir)
-    }
-
     /// Forget adapter `name`; whether it was registered.
     pub fn unregister_adapter(&self, name: &str) -> bool {
         self.adapters.unregister(name)
@@ -579,6 +572,10 @@ impl ModelEngine for BurnEngine {
 
     fn adapters(&self) -> Vec<AdapterInfo> {
         self.adapters.list()
+    }
+
+    fn register_adapter(&self, name: &str, dir: &Path) -> Result<AdapterInfo, ModelError> {
+        self.adapters.register(name, dir)
     }
 
     fn weights_sha256(&self) -> Option<&str> {

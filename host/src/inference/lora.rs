@@ -538,12 +538,69 @@ fn read_tensor(
     Ok((values, view.shape().to_vec()))
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
-    use std::collections::HashMap;
-
+/// Write a random PEFT adapter of rank `r` on `targets` for a base of
+/// shape `cfg` to `dir` (entries uniform in ±0.05, from `seed`): for tests
+/// and benches, which make their adapters rather than check any in.
+pub fn write_random_peft(
+    dir: &Path,
+    cfg: &LlamaConfig,
+    base_model: &str,
+    r: usize,
+    targets: &[Target],
+    seed: u64,
+) -> std::io::Result<()> {
     use rand_chacha::ChaCha8Rng;
     use rand_chacha::rand_core::{RngCore, SeedableRng};
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut uniform = |n: usize, amp: f32| -> Vec<u8> {
+        (0..n)
+            .flat_map(|_| {
+                let u = (rng.next_u32() as f32 / u32::MAX as f32) * 2.0 - 1.0;
+                (u * amp).to_le_bytes()
+            })
+            .collect()
+    };
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for layer in 0..cfg.layers {
+        for &t in targets {
+            let (out, inp) = t.shape(cfg);
+            tensors.push((
+                t.tensor_name(layer, 'A'),
+                vec![r, inp],
+                uniform(r * inp, 0.05),
+            ));
+            tensors.push((
+                t.tensor_name(layer, 'B'),
+                vec![out, r],
+                uniform(out * r, 0.05),
+            ));
+        }
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(name, shape, data)| {
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
+                    .expect("shape and bytes agree");
+            (name.clone(), view)
+        })
+        .collect();
+    std::fs::create_dir_all(dir)?;
+    safetensors::serialize_to_file(views, None, &dir.join(ADAPTER_WEIGHTS))
+        .map_err(std::io::Error::other)?;
+    let names: Vec<&str> = targets.iter().map(|t| t.peft_name()).collect();
+    let config = serde_json::json!({
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": 2 * r,
+        "lora_dropout": 0.05, "target_modules": names, "bias": "none",
+        "base_model_name_or_path": base_model, "use_dora": false, "use_rslora": false,
+        "modules_to_save": null, "fan_in_fan_out": false, "inference_mode": true
+    });
+    std::fs::write(dir.join(ADAPTER_CONFIG), config.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
 
     use super::*;
     use crate::inference::batch::StepInput;
@@ -652,63 +709,6 @@ pub(crate) mod tests {
         }
     }
 
-    /// Write a random PEFT adapter of rank `r` on `targets` to `dir`.
-    pub(crate) fn write_adapter(
-        dir: &Path,
-        cfg: &LlamaConfig,
-        r: usize,
-        targets: &[Target],
-        seed: u64,
-    ) {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let mut uniform = |n: usize, amp: f32| -> Vec<u8> {
-            (0..n)
-                .flat_map(|_| {
-                    let u = (rng.next_u32() as f32 / u32::MAX as f32) * 2.0 - 1.0;
-                    (u * amp).to_le_bytes()
-                })
-                .collect()
-        };
-        let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-        for layer in 0..cfg.layers {
-            for &t in targets {
-                let (out, inp) = t.shape(cfg);
-                tensors.push((
-                    t.tensor_name(layer, 'A'),
-                    vec![r, inp],
-                    uniform(r * inp, 0.05),
-                ));
-                tensors.push((
-                    t.tensor_name(layer, 'B'),
-                    vec![out, r],
-                    uniform(out * r, 0.05),
-                ));
-            }
-        }
-        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
-            .iter()
-            .map(|(name, shape, data)| {
-                let view = safetensors::tensor::TensorView::new(
-                    safetensors::Dtype::F32,
-                    shape.clone(),
-                    data,
-                )
-                .unwrap();
-                (name.clone(), view)
-            })
-            .collect();
-        std::fs::create_dir_all(dir).unwrap();
-        safetensors::serialize_to_file(views, None, &dir.join(ADAPTER_WEIGHTS)).unwrap();
-        let names: Vec<&str> = targets.iter().map(|t| t.peft_name()).collect();
-        let config = serde_json::json!({
-            "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": 2 * r,
-            "lora_dropout": 0.05, "target_modules": names, "bias": "none",
-            "base_model_name_or_path": BASE, "use_dora": false, "use_rslora": false,
-            "modules_to_save": null, "fan_in_fan_out": false, "inference_mode": true
-        });
-        std::fs::write(dir.join(ADAPTER_CONFIG), config.to_string()).unwrap();
-    }
-
     /// Last-token logits of `tokens` run alone through `model`, with
     /// `adapter`.
     fn logits(model: &Llama, tokens: &[u32], adapter: Option<&LoraAdapter>) -> Vec<f32> {
@@ -744,7 +744,7 @@ pub(crate) mod tests {
             let cfg = source.config().clone();
             let base = Llama::load(&source, &device).unwrap();
             let path = dir.path().join(format!("all-{layout:?}"));
-            write_adapter(&path, &cfg, 4, &Target::ALL, 7);
+            write_random_peft(&path, &cfg, BASE, 4, &Target::ALL, 7).unwrap();
             let adapter = LoraAdapter::load(&path, &cfg, "SmolLM2-135M-Instruct", &device).unwrap();
             assert_eq!(adapter.targets, Target::ALL);
             assert_eq!(adapter.scale, 2.0);
@@ -778,7 +778,7 @@ pub(crate) mod tests {
         .iter()
         .map(|(targets, seed)| {
             let path = dir.path().join(format!("mix-{seed}"));
-            write_adapter(&path, &cfg, 8, targets, *seed);
+            write_random_peft(&path, &cfg, BASE, 8, targets, *seed).unwrap();
             LoraAdapter::load(&path, &cfg, BASE, &device).unwrap()
         })
         .collect();
@@ -821,7 +821,7 @@ pub(crate) mod tests {
         let cfg = gguf.config().clone();
         let device = DeviceChoice::Cpu.device().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        write_adapter(dir.path(), &cfg, 2, &[Target::Q], 1);
+        write_random_peft(dir.path(), &cfg, BASE, 2, &[Target::Q], 1).unwrap();
         let config_path = dir.path().join(ADAPTER_CONFIG);
         let original: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();

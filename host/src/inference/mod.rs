@@ -310,6 +310,20 @@ pub trait ModelEngine: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// Register the PEFT LoRA adapter in `dir` as `name` (a model name
+    /// from then on). Engines that take no adapters refuse.
+    fn register_adapter(
+        &self,
+        name: &str,
+        dir: &std::path::Path,
+    ) -> Result<AdapterInfo, ModelError> {
+        let _ = dir;
+        Err(ModelError::InvalidInput(format!(
+            "adapter `{name}`: the engine serving {} takes no LoRA adapters",
+            self.model_name()
+        )))
+    }
+
     /// sha256 of the language model's weights file(s), for receipts.
     fn weights_sha256(&self) -> Option<&str> {
         None
@@ -366,6 +380,12 @@ impl NoModel {
 impl ModelEngine for NoModel {
     fn model_name(&self) -> &str {
         "none"
+    }
+
+    fn register_adapter(&self, name: &str, _: &std::path::Path) -> Result<AdapterInfo, ModelError> {
+        Err(ModelError::NotLoaded(format!(
+            "adapter `{name}`: no model is loaded (--no-model), and an adapter is a fine-tune of the model"
+        )))
     }
 
     async fn generate(

@@ -15,6 +15,8 @@ struct CatalogEntry {
     id: String,
     kind: &'static str,
     detail: serde_json::Value,
+    /// The model it is a fine-tune of (vLLM's lineage field).
+    parent: Option<String>,
 }
 
 impl CatalogEntry {
@@ -30,6 +32,7 @@ impl CatalogEntry {
                 "sha256": e.component.sha256,
                 "signer": e.signer,
             }),
+            parent: None,
         }
     }
 
@@ -38,6 +41,7 @@ impl CatalogEntry {
             id: id.to_string(),
             kind,
             detail: json!({}),
+            parent: None,
         }
     }
 
@@ -46,13 +50,18 @@ impl CatalogEntry {
         if let (Some(t), Some(d)) = (tessera.as_object_mut(), self.detail.as_object()) {
             t.extend(d.clone());
         }
-        json!({
+        let mut model = json!({
             "id": self.id,
             "object": "model",
             "created": created,
             "owned_by": "tessera",
             "tessera": tessera,
-        })
+        });
+        if let Some(parent) = &self.parent {
+            model["parent"] = parent.as_str().into();
+            model["root"] = parent.as_str().into();
+        }
+        model
     }
 }
 
@@ -69,6 +78,18 @@ fn catalog(state: &AppState) -> Vec<CatalogEntry> {
     if engine.model_name() != crate::inference::NoModel.model_name() {
         entries.push(CatalogEntry::model(engine.model_name(), "language-model"));
     }
+    for adapter in engine.adapters() {
+        entries.push(CatalogEntry {
+            id: adapter.name.clone(),
+            kind: "adapter",
+            detail: json!({
+                "rank": adapter.rank,
+                "targets": adapter.targets,
+                "base_model": adapter.base_model,
+            }),
+            parent: Some(engine.model_name().to_string()),
+        });
+    }
     if let Some(name) = engine.embedder_name() {
         entries.push(CatalogEntry::model(name, "embedding-model"));
         let config = state.ensemble().router_config();
@@ -81,6 +102,7 @@ fn catalog(state: &AppState) -> Vec<CatalogEntry> {
                     "router": config.plugin.as_deref().unwrap_or("default"),
                     "routable_experts": state.ensemble().routing_index().len(),
                 }),
+                parent: None,
             });
         }
     }

@@ -81,7 +81,9 @@ pub(super) struct Job<'a> {
 pub(super) async fn answer(job: Job<'_>, deltas: Option<Deltas>) -> Outcome {
     let ensemble = job.ensemble;
     let mut outcome = if job.decision.choices.is_empty() {
-        let answer = ensemble.answer_base(job.ask, job.choice, deltas).await;
+        let answer = ensemble
+            .answer_base(job.ask, job.choice, deltas, None)
+            .await;
         Outcome::of(answer, Vec::new())
     } else {
         match job.decision.strategy {
