@@ -1498,3 +1498,51 @@ async fn an_adapter_is_a_model_with_the_base_as_parent() {
         "the adapter changes nothing:\n{tuned}\n{base}"
     );
 }
+
+/// A plain PEFT directory among the bundle roots is served as a model
+/// named after the directory, and goes when the directory goes; a
+/// directory whose name is not a model name is reported with the fix.
+#[tokio::test]
+async fn peft_directories_among_the_bundles_come_and_go_with_hot_reload() {
+    use tessera_host::inference::lora::{Target, write_random_peft};
+    use tessera_host::inference::{ModelEngine, SMOLLM2, open_weights};
+
+    let engine = engine();
+    let gguf = tessera_tests::model_store()
+        .require(&SMOLLM2, SMOLLM2.files[0].name)
+        .unwrap();
+    let (weights, _) = open_weights(&gguf).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let write = |name: &str| {
+        write_random_peft(
+            &root.path().join(name),
+            weights.config(),
+            "HuggingFaceTB/SmolLM2-135M-Instruct",
+            2,
+            &[Target::Q, Target::V],
+            9,
+        )
+        .unwrap()
+    };
+    write("hot-peft");
+    write("Not_A_Name");
+    let ensemble = host_with(test_policy(), engine.clone());
+    let mut watcher = BundleWatcher::new(vec![root.path().to_path_buf()]);
+    let report = watcher.scan(&ensemble).await;
+    assert_eq!(report.added, ["hot-peft"], "{report:?}");
+    assert_eq!(report.failed.len(), 1, "{report:?}");
+    assert!(
+        report.failed[0].1.contains("rename the directory"),
+        "{report:?}"
+    );
+    let served = |e: &Arc<dyn ModelEngine>| e.adapters().iter().any(|a| a.name == "hot-peft");
+    let dyn_engine: Arc<dyn ModelEngine> = engine.clone();
+    assert!(served(&dyn_engine));
+    assert!(ensemble.resolve("hot-peft").is_ok());
+
+    std::fs::remove_dir_all(root.path().join("hot-peft")).unwrap();
+    let report = watcher.scan(&ensemble).await;
+    assert_eq!(report.removed, ["hot-peft"], "{report:?}");
+    assert!(!served(&dyn_engine));
+    assert!(ensemble.resolve("hot-peft").is_err());
+}

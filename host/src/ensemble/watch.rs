@@ -8,6 +8,10 @@
 //! replaces the old version, so a broken one is reported and the old one
 //! keeps serving; in-flight requests hold the version they started with.
 //! For a plugin crate the files compared are those `tessera build` writes.
+//!
+//! A plain Hugging Face PEFT LoRA directory (`adapter_config.json`, no
+//! manifest) is served too: as a model named after its directory, a
+//! fine-tune of the base model (see [`crate::inference::lora`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -51,6 +55,8 @@ struct Loaded {
     fingerprint: Fingerprint,
     name: String,
     sha256: String,
+    /// A PEFT directory served as an adapter, not an expert.
+    adapter: bool,
 }
 
 /// The bundle directories of a host and what was loaded from each.
@@ -157,6 +163,9 @@ impl BundleWatcher {
         dir: &Path,
         fingerprint: &Fingerprint,
     ) -> Result<Change, String> {
+        if is_peft(dir) {
+            return self.load_adapter(ensemble, dir, fingerprint).await;
+        }
         let path = dir.to_path_buf();
         let bundle = tokio::task::spawn_blocking(move || Bundle::open(&path))
             .await
@@ -192,6 +201,7 @@ impl BundleWatcher {
                 fingerprint: fingerprint.clone(),
                 name: name.clone(),
                 sha256,
+                adapter: false,
             },
         );
         match previous {
@@ -205,7 +215,59 @@ impl BundleWatcher {
         }
     }
 
+    /// Serve the PEFT directory `dir` as the adapter named after it.
+    async fn load_adapter(
+        &mut self,
+        ensemble: &Arc<Ensemble>,
+        dir: &Path,
+        fingerprint: &Fingerprint,
+    ) -> Result<Change, String> {
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if !crate::bundle::is_valid_name(&name) {
+            return Err(format!(
+                "a PEFT adapter is served under its directory's name, and `{name}` is not a model name (1 to 64 lowercase letters, digits and dashes): rename the directory"
+            ));
+        }
+        if ensemble.expert(&name).is_some()
+            || self
+                .loaded
+                .iter()
+                .any(|(d, l)| l.name == name && d.as_path() != dir)
+        {
+            return Err(format!(
+                "the name `{name}` is already served; rename the adapter's directory"
+            ));
+        }
+        let engine = ensemble.model().clone();
+        let (path, registered) = (dir.to_path_buf(), name.clone());
+        tokio::task::spawn_blocking(move || engine.register_adapter(&registered, &path))
+            .await
+            .map_err(|e| format!("loading the adapter failed: {e}"))?
+            .map_err(|e| e.to_string())?;
+        self.failed.remove(dir);
+        let previous = self.loaded.insert(
+            dir.to_path_buf(),
+            Loaded {
+                fingerprint: fingerprint.clone(),
+                name: name.clone(),
+                sha256: String::new(),
+                adapter: true,
+            },
+        );
+        Ok(match previous {
+            None => Change::Added(name),
+            Some(_) => Change::Replaced(name),
+        })
+    }
+
     fn remove_if_ours(&self, ensemble: &Ensemble, old: &Loaded) {
+        if old.adapter {
+            ensemble.model().unregister_adapter(&old.name);
+            return;
+        }
         if ensemble
             .expert(&old.name)
             .is_some_and(|e| e.component.sha256 == old.sha256)
@@ -221,10 +283,18 @@ enum Change {
     Same,
 }
 
-/// Whether `path` is a bundle: a directory with a manifest, or a pack.
+/// Whether `path` is a bundle: a directory with a manifest, a pack, or a
+/// plain PEFT adapter directory.
 fn is_bundle(path: &Path) -> bool {
     path.join(MANIFEST_FILE).is_file()
         || (path.is_file() && path.extension().is_some_and(|e| e == PACK_EXTENSION))
+        || is_peft(path)
+}
+
+/// A Hugging Face PEFT adapter directory without a manifest.
+fn is_peft(path: &Path) -> bool {
+    path.join(crate::inference::lora::ADAPTER_CONFIG).is_file()
+        && !path.join(MANIFEST_FILE).is_file()
 }
 
 /// The bundles under `roots`: each root that is a bundle, and the bundles

@@ -227,11 +227,6 @@ impl BurnEngine {
         self.context
     }
 
-    /// Forget adapter `name`; whether it was registered.
-    pub fn unregister_adapter(&self, name: &str) -> bool {
-        self.adapters.unregister(name)
-    }
-
     /// Adapters read from disk so far, and bytes of them in memory now.
     pub fn adapter_memory(&self) -> (u64, usize) {
         (self.adapters.loads(), self.adapters.loaded_bytes())
@@ -576,6 +571,10 @@ impl ModelEngine for BurnEngine {
 
     fn register_adapter(&self, name: &str, dir: &Path) -> Result<AdapterInfo, ModelError> {
         self.adapters.register(name, dir)
+    }
+
+    fn unregister_adapter(&self, name: &str) -> bool {
+        self.adapters.unregister(name)
     }
 
     fn weights_sha256(&self) -> Option<&str> {

@@ -310,6 +310,12 @@ pub trait ModelEngine: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// Forget adapter `name`; whether it was registered.
+    fn unregister_adapter(&self, name: &str) -> bool {
+        let _ = name;
+        false
+    }
+
     /// Register the PEFT LoRA adapter in `dir` as `name` (a model name
     /// from then on). Engines that take no adapters refuse.
     fn register_adapter(
