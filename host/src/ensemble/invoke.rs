@@ -154,8 +154,20 @@ impl Ensemble {
             (None, None) => (Vec::new(), None),
         };
         let depth = stack.len() as u32;
+        // A rerun keeps the recorded limits (the guest can observe what
+        // they allow), but never more than this host grants the expert:
+        // the record is the sender's word.
         let mut limits = match &rerun {
-            Some(r) => r.limits,
+            Some(r) => crate::sandbox::Limits {
+                memory_bytes: r.limits.memory_bytes.min(expert.limits.memory_bytes),
+                deadline_ms: r.limits.deadline_ms,
+                fuel: r.limits.fuel.min(expert.limits.fuel),
+                model_calls: r.limits.model_calls.min(expert.limits.model_calls),
+                generated_tokens: r
+                    .limits
+                    .generated_tokens
+                    .min(expert.limits.generated_tokens),
+            },
             None => expert.limits,
         };
         // A rerun may be slower than the original (a validator's machine,
