@@ -58,6 +58,10 @@ pub struct Ask {
     pub request_id: String,
     /// How long the base model may take.
     pub model_timeout: Duration,
+    /// Whether the answer should carry the answering expert's whole
+    /// record (`x-tessera-record`); built only then, since it copies the
+    /// trace.
+    pub want_record: bool,
 }
 
 impl Ask {
@@ -425,7 +429,7 @@ impl Ensemble {
                     .invoke_with(expert.name(), ask.expert_request(choice), deltas)
                     .await;
                 let trace = invocation.trace.clone();
-                Outcome::of(expert_answer(invocation), vec![trace])
+                Outcome::of(expert_answer(invocation, ask.want_record), vec![trace])
             }
             Target::Auto(_) => {
                 let decision = decision.expect("tessera/auto is routed before it is answered");
@@ -501,11 +505,14 @@ fn mean_probability(logprobs: impl Iterator<Item = f32>) -> Option<f32> {
 }
 
 /// An expert's invocation as an answer, or its error.
-pub(crate) fn expert_answer(invocation: Invocation) -> Result<Answer, AnswerError> {
+pub(crate) fn expert_answer(
+    invocation: Invocation,
+    want_record: bool,
+) -> Result<Answer, AnswerError> {
     let trace = invocation.trace;
     let receipt = invocation.receipt;
     let response = invocation.result.map_err(AnswerError::Expert)?;
-    let record = invocation.request.map(|request| {
+    let record = invocation.request.filter(|_| want_record).map(|request| {
         Box::new(Record {
             request,
             response: Some((&response).into()),

@@ -86,6 +86,7 @@ impl Plan {
                 metadata: options.metadata.clone(),
                 request_id: request_id.clone(),
                 model_timeout: state.options().request_timeout,
+                want_record: header_is_true(headers, RECORD_HEADER),
             })
             .collect();
         Plan {

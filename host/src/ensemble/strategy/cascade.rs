@@ -30,7 +30,7 @@ pub(super) async fn answer(job: &Job<'_>) -> Outcome {
         let expert = &decision.choices[rank].expert;
         let invocation = ensemble.invoke_with(expert, req.clone(), None).await;
         traces.push(invocation.trace.clone());
-        let answer = match expert_answer(invocation) {
+        let answer = match expert_answer(invocation, job.ask.want_record) {
             Ok(a) => a,
             Err(e) => {
                 stages.push(Stage {

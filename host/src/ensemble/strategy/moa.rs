@@ -22,7 +22,7 @@ pub(super) async fn answer(job: &Job<'_>, deltas: Option<Deltas>) -> Outcome {
     let mut first_error = None;
     for (chosen, invocation) in decision.choices.iter().zip(invocations) {
         traces.push(invocation.trace.clone());
-        match expert_answer(invocation) {
+        match expert_answer(invocation, job.ask.want_record) {
             Ok(answer) => {
                 stages.push(Stage::answered(&chosen.expert, &answer, None));
                 answers.push((chosen.expert.clone(), answer));
@@ -61,7 +61,7 @@ pub(super) async fn answer(job: &Job<'_>, deltas: Option<Deltas>) -> Outcome {
         }
         let invocation = ensemble.invoke_with(&aggregator, agg_req, deltas).await;
         traces.push(invocation.trace.clone());
-        match expert_answer(invocation) {
+        match expert_answer(invocation, job.ask.want_record) {
             Ok(a) => {
                 prompt_tokens += a.prompt_tokens;
                 completion_tokens += a.completion_tokens;

@@ -11,5 +11,5 @@ pub(super) async fn answer(job: &Job<'_>, deltas: Option<Deltas>) -> Outcome {
         .invoke_with(expert, job.ask.expert_request(job.choice), deltas)
         .await;
     let trace = invocation.trace.clone();
-    Outcome::of(expert_answer(invocation), vec![trace])
+    Outcome::of(expert_answer(invocation, job.ask.want_record), vec![trace])
 }
