@@ -267,6 +267,52 @@ impl Llama {
     /// a sequence would outgrow the context; the scheduler checks these.
     pub fn step(&self, inputs: &mut [StepInput<'_, KvCache>]) -> Vec<Vec<Vec<f32>>> {
         let cfg = &self.config;
+        let x = self.hidden(inputs);
+
+        // Logits only for the rows someone reads.
+        let mut wanted = Vec::new();
+        let mut counts = Vec::with_capacity(inputs.len());
+        let mut row = 0;
+        for input in inputs.iter() {
+            let n = input.tokens.len();
+            if input.all_logits {
+                wanted.push(x.clone().narrow(0, row, n));
+                counts.push(n);
+            } else {
+                wanted.push(x.clone().narrow(0, row + n - 1, 1));
+                counts.push(1);
+            }
+            row += n;
+        }
+        let picked = if wanted.len() == 1 {
+            wanted.pop().unwrap()
+        } else {
+            Tensor::cat(wanted, 0)
+        };
+        let flat = self
+            .logits(picked)
+            .into_data()
+            .try_into_vec::<f32>()
+            .expect("logits are f32");
+        let mut chunks = flat.chunks_exact(cfg.vocab).map(<[f32]>::to_vec);
+        counts
+            .into_iter()
+            .map(|n| chunks.by_ref().take(n).collect())
+            .collect()
+    }
+
+    /// Logits (`[rows, vocab]`) of final hidden states from
+    /// [`hidden`](Self::hidden).
+    pub(crate) fn logits(&self, hidden: Tensor<2>) -> Tensor<2> {
+        rms_norm(hidden, &self.norm, self.config.rms_eps).matmul(self.head.clone())
+    }
+
+    /// The forward pass of [`step`](Self::step) up to the final hidden
+    /// state of every new token (`[rows, hidden]`, inputs in order), the
+    /// caches updated. When an adapter's tensors are autodiff leaves the
+    /// result carries their graph: `tessera adapt` trains through this.
+    pub(crate) fn hidden(&self, inputs: &mut [StepInput<'_, KvCache>]) -> Tensor<2> {
+        let cfg = &self.config;
         let (h, hd) = (cfg.hidden, cfg.head_dim());
         let rows: usize = inputs.iter().map(|i| i.tokens.len()).sum();
 
@@ -343,37 +389,7 @@ impl Llama {
         for input in inputs.iter_mut() {
             input.cache.len += input.tokens.len();
         }
-
-        // Logits only for the rows someone reads.
-        let mut wanted = Vec::new();
-        let mut counts = Vec::with_capacity(inputs.len());
-        let mut row = 0;
-        for input in inputs.iter() {
-            let n = input.tokens.len();
-            if input.all_logits {
-                wanted.push(x.clone().narrow(0, row, n));
-                counts.push(n);
-            } else {
-                wanted.push(x.clone().narrow(0, row + n - 1, 1));
-                counts.push(1);
-            }
-            row += n;
-        }
-        let picked = if wanted.len() == 1 {
-            wanted.pop().unwrap()
-        } else {
-            Tensor::cat(wanted, 0)
-        };
-        let logits = rms_norm(picked, &self.norm, cfg.rms_eps).matmul(self.head.clone());
-        let flat = logits
-            .into_data()
-            .try_into_vec::<f32>()
-            .expect("logits are f32");
-        let mut chunks = flat.chunks_exact(cfg.vocab).map(<[f32]>::to_vec);
-        counts
-            .into_iter()
-            .map(|n| chunks.by_ref().take(n).collect())
-            .collect()
+        x
     }
 
     /// Scaled dot-product attention of one sequence's new queries

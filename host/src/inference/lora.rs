@@ -352,6 +352,56 @@ impl LoraAdapter {
         )
     }
 
+    /// An adapter of rank `rank` from its tensors: per layer, per target
+    /// in [`Target::ALL`] order, `A` transposed to `[in, r]` and `B` to
+    /// `[r, out]`. The tensors may be autodiff leaves (training).
+    pub(crate) fn from_pairs(
+        rank: usize,
+        scale: f32,
+        base_model: Option<String>,
+        layers: Vec<[Option<(Tensor<2>, Tensor<2>)>; 7]>,
+    ) -> LoraAdapter {
+        let targets: Vec<Target> = Target::ALL
+            .into_iter()
+            .filter(|&t| layers.iter().any(|l| l[t as usize].is_some()))
+            .collect();
+        let mut bytes = 0;
+        let layers = layers
+            .into_iter()
+            .map(|pairs| {
+                pairs.map(|pair| {
+                    pair.map(|(a, b)| {
+                        bytes += (a.shape().num_elements() + b.shape().num_elements())
+                            * std::mem::size_of::<f32>();
+                        Pair { a, b }
+                    })
+                })
+            })
+            .collect();
+        LoraAdapter {
+            rank,
+            scale,
+            targets,
+            base_model,
+            bytes,
+            layers,
+        }
+    }
+
+    /// PEFT's `lora_A` (`[r, in]`) and `lora_B` (`[out, r]`), row-major,
+    /// of `target` in `layer`; `None` when the adapter leaves it alone.
+    pub fn peft_tensors(&self, layer: usize, target: Target) -> Option<(Vec<f32>, Vec<f32>)> {
+        let pair = self.layers.get(layer)?[target as usize].as_ref()?;
+        let [inp, r] = pair.a.dims();
+        let [_, out] = pair.b.dims();
+        let a = pair.a.clone().into_data().try_into_vec::<f32>().ok()?;
+        let b = pair.b.clone().into_data().try_into_vec::<f32>().ok()?;
+        Some((
+            super::llama::transpose(&a, inp, r),
+            super::llama::transpose(&b, r, out),
+        ))
+    }
+
     /// The merged weight delta `scale · B · A` (`[out, in]`, row-major) of
     /// `target` in `layer`, for tests and merging.
     pub fn merged_delta(&self, layer: usize, target: Target) -> Option<Vec<f32>> {
@@ -538,9 +588,85 @@ fn read_tensor(
     Ok((values, view.shape().to_vec()))
 }
 
-/// Write a random PEFT adapter of rank `r` on `targets` for a base of
-/// shape `cfg` to `dir` (entries uniform in ±0.05, from `seed`): for tests
-/// and benches, which make their adapters rather than check any in.
+/// What `adapter_config.json` says of an adapter [`write_peft`] writes.
+#[derive(Debug, Clone)]
+pub struct PeftSpec {
+    /// Rank.
+    pub r: usize,
+    /// `lora_alpha` (the scale is `alpha / r`).
+    pub alpha: f64,
+    /// Adapted projections.
+    pub targets: Vec<Target>,
+    /// `base_model_name_or_path`.
+    pub base_model: String,
+}
+
+/// Write a PEFT LoRA adapter to `dir`: `adapter_config.json` and
+/// `adapter_model.safetensors` with PEFT's names, `[r, in]` / `[out, r]`
+/// shapes and f32 entries. `tensors(layer, target)` gives `lora_A` and
+/// `lora_B` row-major. What Hugging Face `peft` saves for a Llama model
+/// has the same names, shapes and dtypes, so either side loads the other's.
+pub fn write_peft(
+    dir: &Path,
+    cfg: &LlamaConfig,
+    spec: &PeftSpec,
+    mut tensors: impl FnMut(usize, Target) -> (Vec<f32>, Vec<f32>),
+) -> std::io::Result<()> {
+    let bytes = |v: Vec<f32>| -> Vec<u8> { v.into_iter().flat_map(f32::to_le_bytes).collect() };
+    let r = spec.r;
+    let mut entries: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for layer in 0..cfg.layers {
+        for &t in &spec.targets {
+            let (out, inp) = t.shape(cfg);
+            let (a, b) = tensors(layer, t);
+            if a.len() != r * inp || b.len() != out * r {
+                return Err(std::io::Error::other(format!(
+                    "layer {layer} {}: A has {} and B {} entries; rank {r} needs {} and {}",
+                    t.peft_name(),
+                    a.len(),
+                    b.len(),
+                    r * inp,
+                    out * r
+                )));
+            }
+            entries.push((t.tensor_name(layer, 'A'), vec![r, inp], bytes(a)));
+            entries.push((t.tensor_name(layer, 'B'), vec![out, r], bytes(b)));
+        }
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = entries
+        .iter()
+        .map(|(name, shape, data)| {
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
+                    .expect("shape and bytes agree");
+            (name.clone(), view)
+        })
+        .collect();
+    std::fs::create_dir_all(dir)?;
+    // PEFT writes `{"format": "pt"}`; `transformers` warns without it.
+    let metadata = Some(std::collections::HashMap::from([(
+        "format".to_string(),
+        "pt".to_string(),
+    )]));
+    safetensors::serialize_to_file(views, metadata, &dir.join(ADAPTER_WEIGHTS))
+        .map_err(std::io::Error::other)?;
+    let names: Vec<&str> = spec.targets.iter().map(|t| t.peft_name()).collect();
+    let config = serde_json::json!({
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": spec.alpha,
+        "lora_dropout": 0.0, "target_modules": names, "bias": "none",
+        "base_model_name_or_path": spec.base_model, "use_dora": false, "use_rslora": false,
+        "modules_to_save": null, "fan_in_fan_out": false, "inference_mode": true,
+        "init_lora_weights": true, "layers_to_transform": null, "layers_pattern": null,
+        "rank_pattern": {}, "alpha_pattern": {}, "revision": null
+    });
+    let text = serde_json::to_string_pretty(&config).map_err(std::io::Error::other)?;
+    std::fs::write(dir.join(ADAPTER_CONFIG), text + "\n")
+}
+
+/// Write a random PEFT adapter of rank `r` (alpha `2r`) on `targets` for a
+/// base of shape `cfg` to `dir` (entries uniform in ±0.05, from `seed`):
+/// for tests and benches, which make their adapters rather than check any
+/// in.
 pub fn write_random_peft(
     dir: &Path,
     cfg: &LlamaConfig,
@@ -552,50 +678,21 @@ pub fn write_random_peft(
     use rand_chacha::ChaCha8Rng;
     use rand_chacha::rand_core::{RngCore, SeedableRng};
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut uniform = |n: usize, amp: f32| -> Vec<u8> {
+    let mut uniform = |n: usize| -> Vec<f32> {
         (0..n)
-            .flat_map(|_| {
-                let u = (rng.next_u32() as f32 / u32::MAX as f32) * 2.0 - 1.0;
-                (u * amp).to_le_bytes()
-            })
+            .map(|_| ((rng.next_u32() as f32 / u32::MAX as f32) * 2.0 - 1.0) * 0.05)
             .collect()
     };
-    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    for layer in 0..cfg.layers {
-        for &t in targets {
-            let (out, inp) = t.shape(cfg);
-            tensors.push((
-                t.tensor_name(layer, 'A'),
-                vec![r, inp],
-                uniform(r * inp, 0.05),
-            ));
-            tensors.push((
-                t.tensor_name(layer, 'B'),
-                vec![out, r],
-                uniform(out * r, 0.05),
-            ));
-        }
-    }
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
-        .iter()
-        .map(|(name, shape, data)| {
-            let view =
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
-                    .expect("shape and bytes agree");
-            (name.clone(), view)
-        })
-        .collect();
-    std::fs::create_dir_all(dir)?;
-    safetensors::serialize_to_file(views, None, &dir.join(ADAPTER_WEIGHTS))
-        .map_err(std::io::Error::other)?;
-    let names: Vec<&str> = targets.iter().map(|t| t.peft_name()).collect();
-    let config = serde_json::json!({
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": 2 * r,
-        "lora_dropout": 0.05, "target_modules": names, "bias": "none",
-        "base_model_name_or_path": base_model, "use_dora": false, "use_rslora": false,
-        "modules_to_save": null, "fan_in_fan_out": false, "inference_mode": true
-    });
-    std::fs::write(dir.join(ADAPTER_CONFIG), config.to_string())
+    let spec = PeftSpec {
+        r,
+        alpha: 2.0 * r as f64,
+        targets: targets.to_vec(),
+        base_model: base_model.to_string(),
+    };
+    write_peft(dir, cfg, &spec, |_, t| {
+        let (out, inp) = t.shape(cfg);
+        (uniform(r * inp), uniform(out * r))
+    })
 }
 
 #[cfg(test)]
@@ -867,5 +964,68 @@ mod tests {
             err.contains("layers up to 30") && err.contains("10"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn peft_files_round_trip_with_peft_names_shapes_and_dtypes() {
+        let (gguf, _) = open_weights(&test_smollm2()).unwrap();
+        let cfg = gguf.config().clone();
+        let device = DeviceChoice::Cpu.device().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let spec = PeftSpec {
+            r: 3,
+            alpha: 5.0,
+            targets: vec![Target::K, Target::Down],
+            base_model: BASE.into(),
+        };
+        // Distinct, exactly representable entries for every tensor.
+        let mut written = HashMap::new();
+        write_peft(dir.path(), &cfg, &spec, |layer, t| {
+            let (out, inp) = t.shape(&cfg);
+            let fill = |n: usize, salt: usize| -> Vec<f32> {
+                (0..n)
+                    .map(|i| ((i * 7 + layer * 13 + salt) % 1000) as f32 / 1024.0 - 0.5)
+                    .collect()
+            };
+            let pair = (fill(3 * inp, t as usize), fill(out * 3, 100 + t as usize));
+            written.insert((layer, t), pair.clone());
+            pair
+        })
+        .unwrap();
+
+        // The file as any safetensors reader sees it.
+        let bytes = std::fs::read(dir.path().join(ADAPTER_WEIGHTS)).unwrap();
+        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        assert_eq!(file.len(), cfg.layers * 2 * 2);
+        let a = file
+            .tensor("base_model.model.model.layers.29.self_attn.k_proj.lora_A.weight")
+            .unwrap();
+        assert_eq!((a.dtype(), a.shape()), (safetensors::Dtype::F32, &[3, 576][..]));
+        let b = file
+            .tensor("base_model.model.model.layers.0.mlp.down_proj.lora_B.weight")
+            .unwrap();
+        assert_eq!((b.dtype(), b.shape()), (safetensors::Dtype::F32, &[576, 3][..]));
+        let config: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(dir.path().join(ADAPTER_CONFIG)).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(config["peft_type"], "LORA");
+        assert_eq!(config["target_modules"], serde_json::json!(["k_proj", "down_proj"]));
+        assert_eq!(config["base_model_name_or_path"], BASE);
+
+        // Read back: the same tensors, bit for bit, and alpha / r.
+        let adapter = LoraAdapter::load(dir.path(), &cfg, BASE, &device).unwrap();
+        assert_eq!(adapter.rank, 3);
+        assert_eq!(adapter.scale, 5.0 / 3.0);
+        assert_eq!(adapter.targets, [Target::K, Target::Down]);
+        for layer in 0..cfg.layers {
+            for t in Target::ALL {
+                assert_eq!(
+                    adapter.peft_tensors(layer, t),
+                    written.get(&(layer, t)).cloned(),
+                    "layer {layer} {t:?}"
+                );
+            }
+        }
     }
 }

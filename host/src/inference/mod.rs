@@ -20,6 +20,7 @@ pub mod sampler;
 pub mod sampling;
 mod scheduler;
 mod tokenizer;
+pub mod train;
 pub mod weights;
 
 use async_trait::async_trait;
