@@ -1,6 +1,7 @@
 //! The `tessera` subcommands. Each returns an exit code; errors print once,
 //! in `main`.
 
+mod adapt;
 mod audit;
 mod build;
 mod embed;
@@ -46,6 +47,8 @@ pub struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Train a LoRA adapter (a fine-tune) of the base model on a JSON-lines dataset.
+    Adapt(adapt::AdaptArgs),
     /// Audit a bundle without running it, or read the audit store (list, show, export, check).
     Audit(audit::AuditArgs),
     /// Build a Rust plugin crate into a component and a bundle.
@@ -89,6 +92,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         dir
     };
     match args.command {
+        Command::Adapt(a) => adapt::run(a),
         Command::Audit(a) => audit::run(a),
         Command::Build(a) => build::run(a),
         Command::Inspect(a) => inspect::run(a),
