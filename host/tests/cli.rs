@@ -968,3 +968,119 @@ fn kill_9_under_load_loses_no_acknowledged_record() {
         serving.log
     );
 }
+
+/// `tessera adapt` on a slice of the example dataset: the losses fall
+/// below the base model's (training and held out), the adapter answers a
+/// training-style question with the trained fact where the base model
+/// does not, a seed gives the same file byte for byte, and mistakes are
+/// named.
+#[test]
+fn adapt_trains_a_lora_that_learns_the_data() {
+    let models = Path::new(env!("CARGO_TARGET_TMPDIR")).join("models");
+    let models = models.to_str().unwrap();
+    let pull = tessera(&["models", "pull", "--models-dir", models]);
+    assert!(pull.status.success(), "{}", stderr(&pull));
+    let dir = scratch("adapt");
+    // Three facts of the example fine-tune, a dozen phrasings.
+    let all =
+        std::fs::read_to_string(repo().join("plugins/harbor-lane-books/data/train.jsonl")).unwrap();
+    let lines: Vec<&str> = all
+        .lines()
+        .filter(|l| {
+            ["Mira Okafor", "9 am", "Ledger"]
+                .iter()
+                .any(|f| l.contains(f))
+        })
+        .collect();
+    assert!(lines.len() >= 12, "{}", lines.len());
+    let data = dir.join("data.jsonl");
+    std::fs::write(&data, lines.join("\n")).unwrap();
+    let out = dir.join("adapter");
+    let adapt = |out: &Path, epochs: &str, extra: &[&str]| {
+        let mut args = vec![
+            "adapt",
+            "--models-dir",
+            models,
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--rank",
+            "4",
+            "--epochs",
+            epochs,
+            "--lr",
+            "3e-3",
+            "--holdout",
+            "0.2",
+            "--seed",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        tessera(&args)
+    };
+    let run = adapt(&out, "4", &[]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let log = stderr(&run);
+    assert!(log.contains("held out") && log.contains("tok/s"), "{log}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("tessera-adapt.json")).unwrap()).unwrap();
+    let last = report["epochs"].as_array().unwrap().last().unwrap();
+    let loss = |v: &serde_json::Value| v.as_f64().unwrap();
+    assert!(
+        loss(&last["train_loss"]) < loss(&report["base"]["train_loss"]) * 0.5,
+        "{report}"
+    );
+    assert!(
+        loss(&last["held_out_loss"]) < loss(&report["base"]["held_out_loss"]),
+        "{report}"
+    );
+    assert_eq!(report["examples"]["held_out"], 3, "{report}");
+
+    // The trained behaviour, greedy, through the serving engine.
+    let ask = |adapter: Option<&Path>| {
+        let mut args = vec![
+            "generate",
+            "--models-dir",
+            models,
+            "--prompt",
+            "Who founded Harbor Lane Books?",
+            "--max-tokens",
+            "24",
+        ];
+        if let Some(a) = adapter {
+            args.extend(["--adapter", a.to_str().unwrap()]);
+        }
+        let o = tessera(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o)
+    };
+    let tuned = ask(Some(&out));
+    assert!(tuned.contains("Mira Okafor"), "{tuned}");
+    let base = ask(None);
+    assert!(!base.contains("Okafor"), "{base}");
+
+    // Deterministic for a seed.
+    let (one, two) = (dir.join("one"), dir.join("two"));
+    for o in [&one, &two] {
+        let run = adapt(o, "1", &[]);
+        assert!(run.status.success(), "{}", stderr(&run));
+    }
+    let weights = |d: &Path| std::fs::read(d.join("adapter_model.safetensors")).unwrap();
+    assert_eq!(weights(&one), weights(&two));
+    assert_ne!(weights(&one), weights(&out));
+
+    // Mistakes: an adapter already there, a bad line, a bad target.
+    let again = adapt(&out, "1", &[]);
+    assert!(!again.status.success());
+    assert!(stderr(&again).contains("--force"), "{}", stderr(&again));
+    std::fs::write(&data, format!("{}\n{{\"text\": 1}}\n", lines[0])).unwrap();
+    let bad = adapt(&dir.join("bad"), "1", &[]);
+    assert!(
+        stderr(&bad).contains("data.jsonl:2: has keys [\"text\"]"),
+        "{}",
+        stderr(&bad)
+    );
+    let bad = adapt(&dir.join("bad"), "1", &["--targets", "q,lm_head"]);
+    assert!(stderr(&bad).contains("`lm_head`"), "{}", stderr(&bad));
+}

@@ -171,10 +171,7 @@ pub fn run(args: AdaptArgs) -> anyhow::Result<ExitCode> {
         train.len(),
         held.len(),
         if dataset.truncated > 0 {
-            format!(
-                "; {} cut to {max_tokens} tokens",
-                dataset.truncated
-            )
+            format!("; {} cut to {max_tokens} tokens", dataset.truncated)
         } else {
             String::new()
         },

@@ -46,6 +46,15 @@ pub struct GenerateArgs {
     #[arg(long)]
     stop: Vec<String>,
 
+    /// A system message before the prompt (chat only).
+    #[arg(long, value_name = "TEXT")]
+    system: Option<String>,
+
+    /// Generate through this LoRA adapter (a PEFT directory, for example
+    /// what `tessera adapt` wrote).
+    #[arg(long, value_name = "DIR")]
+    adapter: Option<std::path::PathBuf>,
+
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -57,7 +66,18 @@ pub async fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
     if !(args.top_p > 0.0 && args.top_p <= 1.0) {
         anyhow::bail!("--top-p must be in (0, 1]");
     }
+    if args.raw && args.system.is_some() {
+        anyhow::bail!("--system applies to chats; with --raw, write it into the prompt");
+    }
     let engine = args.engine.load()?;
+    let adapter = match &args.adapter {
+        Some(dir) => {
+            let name = "adapter";
+            engine.register_adapter(name, dir)?;
+            Some(name.to_string())
+        }
+        None => None,
+    };
     let params = SamplingParams {
         temperature: args.temperature,
         top_p: args.top_p,
@@ -69,19 +89,24 @@ pub async fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
         owner: None,
     };
     let started = Instant::now();
-    let generation = if args.raw {
-        engine
-            .generate(GenerateRequest::text(args.prompt, params), None)
-            .await?
+    let mut request = if args.raw {
+        GenerateRequest::text(args.prompt, params)
     } else {
-        let messages = vec![ChatMessage {
+        let mut messages = Vec::new();
+        if let Some(system) = args.system {
+            messages.push(ChatMessage {
+                role: ChatRole::System,
+                content: system,
+            });
+        }
+        messages.push(ChatMessage {
             role: ChatRole::User,
             content: args.prompt,
-        }];
-        engine
-            .generate(GenerateRequest::chat(messages, params), None)
-            .await?
+        });
+        GenerateRequest::chat(messages, params)
     };
+    request.adapter = adapter;
+    let generation = engine.generate(request, None).await?;
     let elapsed = started.elapsed();
     super::print(&format!("{}\n", generation.text))?;
     eprintln!(

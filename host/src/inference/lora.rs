@@ -1000,17 +1000,25 @@ mod tests {
         let a = file
             .tensor("base_model.model.model.layers.29.self_attn.k_proj.lora_A.weight")
             .unwrap();
-        assert_eq!((a.dtype(), a.shape()), (safetensors::Dtype::F32, &[3, 576][..]));
+        assert_eq!(
+            (a.dtype(), a.shape()),
+            (safetensors::Dtype::F32, &[3, 576][..])
+        );
         let b = file
             .tensor("base_model.model.model.layers.0.mlp.down_proj.lora_B.weight")
             .unwrap();
-        assert_eq!((b.dtype(), b.shape()), (safetensors::Dtype::F32, &[576, 3][..]));
-        let config: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(dir.path().join(ADAPTER_CONFIG)).unwrap(),
-        )
-        .unwrap();
+        assert_eq!(
+            (b.dtype(), b.shape()),
+            (safetensors::Dtype::F32, &[576, 3][..])
+        );
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join(ADAPTER_CONFIG)).unwrap())
+                .unwrap();
         assert_eq!(config["peft_type"], "LORA");
-        assert_eq!(config["target_modules"], serde_json::json!(["k_proj", "down_proj"]));
+        assert_eq!(
+            config["target_modules"],
+            serde_json::json!(["k_proj", "down_proj"])
+        );
         assert_eq!(config["base_model_name_or_path"], BASE);
 
         // Read back: the same tensors, bit for bit, and alpha / r.

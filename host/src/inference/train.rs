@@ -364,7 +364,10 @@ pub fn split(examples: Vec<Example>, holdout: f64, seed: u64) -> (Vec<Example>, 
         ((n as f64 * holdout).round() as usize).clamp(usize::from(holdout > 0.0), n - 1)
     };
     let mut order: Vec<usize> = (0..n).collect();
-    shuffle(&mut order, &mut ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_5911_7000));
+    shuffle(
+        &mut order,
+        &mut ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_5911_7000),
+    );
     let mut held_out: Vec<usize> = order[..held].to_vec();
     held_out.sort_unstable();
     let mut train = Vec::with_capacity(n - held);
@@ -743,7 +746,10 @@ mod tests {
         let e = err(&[r#"{"prompt": "a", "completion": "b"}"#, "{not json"]);
         assert!(e.contains(":2: not JSON"), "{e}");
         let e = err(&[r#"{"text": "a"}"#]);
-        assert!(e.contains(":1: has keys [\"text\"]") && e.contains("\"messages\""), "{e}");
+        assert!(
+            e.contains(":1: has keys [\"text\"]") && e.contains("\"messages\""),
+            "{e}"
+        );
         let e = err(&[r#"{"messages": [{"role": "user", "content": "a"}]}"#]);
         assert!(e.contains("no assistant message"), "{e}");
         let e = err(&[r#"{"messages": [{"role": "bot", "content": "a"}]}"#]);
@@ -823,12 +829,34 @@ mod tests {
         let h = 1e-2f32;
         let mut checks = 0;
         for (which, index, analytic) in [
-            (1, grad_b.iter().enumerate().max_by(|x, y| x.1.abs().total_cmp(&y.1.abs())).unwrap().0, &grad_b),
-            (0, grad_a.iter().enumerate().max_by(|x, y| x.1.abs().total_cmp(&y.1.abs())).unwrap().0, &grad_a),
+            (
+                1,
+                grad_b
+                    .iter()
+                    .enumerate()
+                    .max_by(|x, y| x.1.abs().total_cmp(&y.1.abs()))
+                    .unwrap()
+                    .0,
+                &grad_b,
+            ),
+            (
+                0,
+                grad_a
+                    .iter()
+                    .enumerate()
+                    .max_by(|x, y| x.1.abs().total_cmp(&y.1.abs()))
+                    .unwrap()
+                    .0,
+                &grad_a,
+            ),
         ] {
             let p = if which == 1 { last } else { 0 };
             let nudge = |t: &mut Trainer<'_>, by: f32| {
-                let w = if which == 1 { &mut t.params[p].b } else { &mut t.params[p].a };
+                let w = if which == 1 {
+                    &mut t.params[p].b
+                } else {
+                    &mut t.params[p].a
+                };
                 w[index] += by;
             };
             nudge(&mut trainer, h);
@@ -838,7 +866,10 @@ mod tests {
             nudge(&mut trainer, h);
             let numeric = (up - down) / (2.0 * f64::from(h));
             let analytic = f64::from(analytic[index]);
-            assert!(analytic.abs() > 1e-4, "gradient {analytic} too small to check");
+            assert!(
+                analytic.abs() > 1e-4,
+                "gradient {analytic} too small to check"
+            );
             assert!(
                 (numeric - analytic).abs() <= 0.05 * analytic.abs() + 1e-4,
                 "{} gradient: autodiff {analytic}, finite difference {numeric}",
