@@ -405,15 +405,15 @@ pub async fn rerun(
     let experts = ensemble.experts();
     let expert = experts
         .iter()
-        .find(|e| e.component.sha256 == trace.component_sha256)
+        .find(|e| e.sha256 == trace.component_sha256)
         .or_else(|| experts.iter().find(|e| e.name() == trace.expert))
         .cloned()
         .ok_or_else(|| RerunError::NoComponent {
             expert: trace.expert.clone(),
             sha256: trace.component_sha256.clone(),
         })?;
-    let component_matches = expert.component.sha256 == trace.component_sha256;
-    let component_sha256 = expert.component.sha256.clone();
+    let component_matches = expert.sha256 == trace.component_sha256;
+    let component_sha256 = expert.sha256.clone();
     let request = record
         .request
         .to_request()

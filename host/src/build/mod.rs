@@ -196,6 +196,9 @@ pub fn build_plugin(crate_dir: &Path, opts: &BuildOptions) -> Result<BuildOutput
     let manifest_text = manifest.to_toml();
     let manifest_changed =
         std::fs::read_to_string(&manifest_out).map_or(true, |old| old != manifest_text);
+    if manifest.kind == crate::bundle::BundleKind::Adapter {
+        copy_adapter_weights(crate_dir, &bundle_dir, &manifest.adapter_weights_dir())?;
+    }
     if !up_to_date || manifest_changed {
         // Each file is written whole and renamed into place, so a host
         // watching the directory, or a concurrent build, never reads half
@@ -214,6 +217,24 @@ pub fn build_plugin(crate_dir: &Path, opts: &BuildOptions) -> Result<BuildOutput
         rebuilt: !up_to_date,
         toolchain,
     })
+}
+
+/// Copy an adapter crate's trained PEFT files (when there are any yet)
+/// into its bundle, where the bundle's manifest says they are.
+fn copy_adapter_weights(crate_dir: &Path, bundle_dir: &Path, rel: &Path) -> Result<(), BuildError> {
+    use crate::inference::lora::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
+    for name in [ADAPTER_WEIGHTS, ADAPTER_CONFIG] {
+        let from = crate_dir.join(rel).join(name);
+        let to = bundle_dir.join(rel).join(name);
+        let Ok(bytes) = std::fs::read(&from) else {
+            continue;
+        };
+        if std::fs::read(&to).is_ok_and(|old| old == bytes) {
+            continue;
+        }
+        write(&to, &bytes)?;
+    }
+    Ok(())
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<(), BuildError> {

@@ -115,6 +115,45 @@ pub struct Manifest {
     /// How the ensemble's router treats it.
     #[serde(default)]
     pub routing: RoutingSpec,
+    /// For `kind = "adapter"`: where its LoRA weights are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<AdapterSpec>,
+}
+
+/// The `[adapter]` section of an adapter bundle's manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AdapterSpec {
+    /// The directory, relative to the bundle, holding the PEFT files
+    /// (`adapter_config.json`, `adapter_model.safetensors`).
+    #[serde(default = "default_weights_dir")]
+    pub weights: PathBuf,
+}
+
+/// Default of `adapter.weights`.
+pub const DEFAULT_ADAPTER_WEIGHTS_DIR: &str = "adapter";
+
+fn default_weights_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_ADAPTER_WEIGHTS_DIR)
+}
+
+impl Default for AdapterSpec {
+    fn default() -> Self {
+        AdapterSpec {
+            weights: default_weights_dir(),
+        }
+    }
+}
+
+impl Manifest {
+    /// Where an adapter bundle's PEFT files are, relative to the bundle.
+    pub fn adapter_weights_dir(&self) -> PathBuf {
+        let dir = self.adapter.clone().unwrap_or_default().weights;
+        // `"."`: the bundle directory itself.
+        dir.components()
+            .filter(|c| matches!(c, std::path::Component::Normal(_)))
+            .collect()
+    }
 }
 
 /// How `tessera/auto` treats an expert.
@@ -290,6 +329,7 @@ impl Manifest {
             },
             limits: LimitsSpec::default(),
             routing: RoutingSpec::default(),
+            adapter: None,
         }
     }
 
@@ -330,6 +370,23 @@ impl Manifest {
                 "a relative path inside the bundle directory, such as \"expert.wasm\" (no `..`, not absolute)",
                 format!("{:?}", component.display().to_string()),
             ));
+        }
+        if let Some(spec) = &self.adapter {
+            if self.kind != BundleKind::Adapter {
+                return Err(invalid(
+                    "adapter",
+                    "only in a bundle of kind = \"adapter\"",
+                    format!("kind = {:?}", self.kind.world_name()),
+                ));
+            }
+            let w = &spec.weights;
+            if !(w.as_os_str() == "." || w.components().all(|c| matches!(c, std::path::Component::Normal(_)))) {
+                return Err(invalid(
+                    "adapter.weights",
+                    "a relative directory inside the bundle, such as \"adapter\" (no `..`, not absolute)",
+                    format!("{:?}", w.display().to_string()),
+                ));
+            }
         }
         if let Some(sha) = &self.sha256
             && (sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()))

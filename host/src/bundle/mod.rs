@@ -13,7 +13,7 @@ use std::path::{Component, Path, PathBuf};
 
 pub use component::{ComponentError, ComponentInfo, World};
 pub use manifest::{
-    BundleKind, Capabilities, LimitsSpec, MANIFEST_FILE, MAX_DESCRIPTION_BYTES, MAX_EXAMPLE_BYTES,
+    AdapterSpec, BundleKind, Capabilities, DEFAULT_ADAPTER_WEIGHTS_DIR, LimitsSpec, MANIFEST_FILE, MAX_DESCRIPTION_BYTES, MAX_EXAMPLE_BYTES,
     MAX_EXAMPLES, MAX_TAG_BYTES, MAX_TAGS, Manifest, ManifestError, RoutingSpec, check_description,
     is_valid_name, is_valid_version,
 };
@@ -44,7 +44,55 @@ pub struct Bundle {
     /// For a `.tessera` pack, the sha256 of its digest list, which names
     /// everything in it.
     pub packed: Option<String>,
+    /// For an adapter bundle: its PEFT files. Its `wasm` is then empty
+    /// when it ships no component, and its `sha256` names the component
+    /// and the weights together ([`adapter_digest`]).
+    pub adapter: Option<AdapterFiles>,
 }
+
+/// The PEFT files of an adapter bundle.
+#[derive(Clone)]
+pub struct AdapterFiles {
+    /// `adapter_config.json`.
+    pub config: Vec<u8>,
+    /// `adapter_model.safetensors`.
+    pub weights: Vec<u8>,
+}
+
+impl std::fmt::Debug for AdapterFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdapterFiles")
+            .field("config_bytes", &self.config.len())
+            .field("weights_bytes", &self.weights.len())
+            .finish()
+    }
+}
+
+impl AdapterFiles {
+    /// Write both files into `dir`.
+    pub fn write_to(&self, dir: &Path) -> std::io::Result<()> {
+        std::fs::write(dir.join(ADAPTER_CONFIG), &self.config)?;
+        std::fs::write(dir.join(ADAPTER_WEIGHTS), &self.weights)
+    }
+}
+
+/// What an adapter bundle's receipts and traces name it by: the sha256 of
+/// a `sha256sum`-style listing of its component (when it has one) and its
+/// two PEFT files, so a changed weight changes the digest as a changed
+/// component would.
+pub fn adapter_digest(wasm: &[u8], files: &AdapterFiles) -> String {
+    let mut listing = String::new();
+    if !wasm.is_empty() {
+        listing.push_str(&format!("{}  component.wasm\n", sha256_hex(wasm)));
+    }
+    listing.push_str(&format!("{}  {ADAPTER_CONFIG}\n", sha256_hex(&files.config)));
+    listing.push_str(&format!("{}  {ADAPTER_WEIGHTS}\n", sha256_hex(&files.weights)));
+    sha256_hex(listing.as_bytes())
+}
+
+use crate::inference::lora::{
+    ADAPTER_CONFIG, ADAPTER_WEIGHTS, MAX_ADAPTER_CONFIG_BYTES, MAX_ADAPTER_WEIGHTS_BYTES,
+};
 
 /// Why a bundle could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +160,17 @@ pub enum BundleError {
         /// What is wrong.
         reason: pack::PackReadError,
     },
+    /// An adapter bundle without its PEFT files.
+    #[error(
+        "{dir}: no trained adapter ({ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}) in `{weights}`; train one with `tessera adapt --data DATA.jsonl --out {}` (or set `adapter.weights` in {MANIFEST_FILE})",
+        dir.join(weights).display()
+    )]
+    NoAdapterWeights {
+        /// The bundle.
+        dir: PathBuf,
+        /// `adapter.weights`.
+        weights: String,
+    },
     /// Over the size cap.
     #[error("{path}: is {size} bytes, over the limit of {max} bytes")]
     TooLarge {
@@ -147,6 +206,9 @@ impl Bundle {
             })
         })?;
         let manifest = Manifest::from_toml(&text, &manifest_path)?;
+        if manifest.kind == BundleKind::Adapter {
+            return Self::open_adapter_dir(path, manifest);
+        }
         let component = match &manifest.component {
             Some(component) => component.clone(),
             None => {
@@ -163,6 +225,66 @@ impl Bundle {
         };
         let wasm = read_inside(path, &component, MAX_COMPONENT_BYTES)?;
         Self::checked(path, manifest, &component, wasm)
+    }
+
+    /// An adapter bundle directory: its PEFT files and, when the manifest
+    /// names one, its component. A plugin crate that `tessera build` has
+    /// built opens as its built bundle.
+    fn open_adapter_dir(path: &Path, manifest: Manifest) -> Result<Bundle, BundleError> {
+        if manifest.component.is_none() && path.join("Cargo.toml").is_file() {
+            let built = crate::build::default_bundle_dir(path);
+            if built.join(MANIFEST_FILE).is_file() {
+                return Self::open(&built);
+            }
+        }
+        let weights_dir = manifest.adapter_weights_dir();
+        let read = |name: &str, max| match read_inside(path, &weights_dir.join(name), max) {
+            Err(BundleError::ReadComponent { reason, .. })
+                if reason.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Err(BundleError::NoAdapterWeights {
+                    dir: path.to_path_buf(),
+                    weights: weights_dir.display().to_string(),
+                })
+            }
+            other => other,
+        };
+        let files = AdapterFiles {
+            config: read(ADAPTER_CONFIG, MAX_ADAPTER_CONFIG_BYTES)?,
+            weights: read(ADAPTER_WEIGHTS, MAX_ADAPTER_WEIGHTS_BYTES)?,
+        };
+        let (wasm, component) = match &manifest.component {
+            Some(c) => (read_inside(path, c, MAX_COMPONENT_BYTES)?, c.clone()),
+            None => (Vec::new(), PathBuf::new()),
+        };
+        Self::checked_adapter(path, manifest, &component, wasm, files)
+    }
+
+    /// An adapter bundle once its component's sha256, if any, is checked.
+    fn checked_adapter(
+        dir: &Path,
+        manifest: Manifest,
+        component: &Path,
+        wasm: Vec<u8>,
+        files: AdapterFiles,
+    ) -> Result<Bundle, BundleError> {
+        let mut bundle = if wasm.is_empty() {
+            Bundle {
+                dir: dir.to_path_buf(),
+                manifest,
+                wasm,
+                sha256: String::new(),
+                bare: false,
+                signer: None,
+                packed: None,
+                adapter: None,
+            }
+        } else {
+            Self::checked(dir, manifest, component, wasm)?
+        };
+        bundle.sha256 = adapter_digest(&bundle.wasm, &files);
+        bundle.adapter = Some(files);
+        Ok(bundle)
     }
 
     /// A bundle of `manifest` and its component `wasm` (at `component`
@@ -191,6 +313,7 @@ impl Bundle {
             bare: false,
             signer: None,
             packed: None,
+            adapter: None,
         })
     }
 
@@ -212,6 +335,36 @@ impl Bundle {
             .ok_or_else(|| member(MANIFEST_FILE, "is missing"))?;
         let text = std::str::from_utf8(text).map_err(|_| member(MANIFEST_FILE, "is not UTF-8"))?;
         let manifest = Manifest::from_toml(text, &manifest_path)?;
+        if manifest.kind == BundleKind::Adapter {
+            let weights_dir = manifest.adapter_weights_dir();
+            let mut take = |name: &str| {
+                let key = weights_dir.join(name).to_string_lossy().replace('\\', "/");
+                let key = key.strip_prefix("./").unwrap_or(&key).to_string();
+                unpacked.files.remove(&key).ok_or(BundleError::NoAdapterWeights {
+                    dir: path.to_path_buf(),
+                    weights: weights_dir.display().to_string(),
+                })
+            };
+            let files = AdapterFiles {
+                config: take(ADAPTER_CONFIG)?,
+                weights: take(ADAPTER_WEIGHTS)?,
+            };
+            let (wasm, component) = match manifest.component.as_ref().and_then(|c| c.to_str()) {
+                Some(c) => {
+                    let c = c.replace('\\', "/");
+                    let wasm = unpacked.files.remove(&c).ok_or_else(|| {
+                        member(&c, "is named by the manifest but not in the pack")
+                    })?;
+                    (wasm, PathBuf::from(c))
+                }
+                None => (Vec::new(), PathBuf::new()),
+            };
+            return Ok(Bundle {
+                signer: unpacked.signer,
+                packed: Some(unpacked.digest),
+                ..Self::checked_adapter(path, manifest, &component, wasm, files)?
+            });
+        }
         let component = manifest
             .component
             .as_ref()
@@ -245,6 +398,7 @@ impl Bundle {
             bare: true,
             signer: None,
             packed: None,
+            adapter: None,
         })
     }
 }

@@ -331,7 +331,7 @@ impl Ensemble {
             return Ok(Target::Auto(strategy));
         }
         if let Some(expert) = self.expert(model)
-            && expert.manifest.kind == BundleKind::Agent
+            && matches!(expert.manifest.kind, BundleKind::Agent | BundleKind::Adapter)
         {
             return Ok(Target::Expert(expert));
         }
@@ -367,13 +367,20 @@ impl Ensemble {
         let mut names: Vec<String> = self
             .experts()
             .into_iter()
-            .filter(|e| e.manifest.kind == BundleKind::Agent)
+            .filter(|e| matches!(e.manifest.kind, BundleKind::Agent | BundleKind::Adapter))
             .map(|e| e.name().to_string())
             .collect();
         if engine.model_name() != NoModel.model_name() {
             names.push(engine.model_name().to_string());
         }
-        names.extend(engine.adapters().into_iter().map(|a| a.name));
+        // Adapter bundles are registered adapters too: named once.
+        names.extend(
+            engine
+                .adapters()
+                .into_iter()
+                .map(|a| a.name)
+                .filter(|a| self.expert(a).is_none()),
+        );
         if let Some(name) = engine.embedder_name() {
             names.push(name.to_string());
             names.extend(Strategy::ALL.iter().map(|s| s.model_id().to_string()));

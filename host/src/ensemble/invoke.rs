@@ -187,6 +187,29 @@ impl Ensemble {
         }
         stack.push(expert.name().to_string());
 
+        if let (None, Some(serving)) = (&expert.pre, &expert.adapter) {
+            // An adapter bundle: may run the model with its own adapter,
+            // nothing else.
+            let capabilities = crate::bundle::Capabilities {
+                model: true,
+                experts: Vec::new(),
+                adapters: vec![expert.name().to_string()],
+            };
+            let mut state =
+                self.invocation_state(stack, &capabilities, limits, deadline, trace_budget);
+            // Hooks may rewrite the answer, so it cannot be streamed as
+            // generated then.
+            if serving.hooks.is_none() {
+                state.model.answer_stream = answer_stream;
+            }
+            state.wall_clock_unix_ms = started_at_unix_ms;
+            let name = expert.name().to_string();
+            let hooks = serving.hooks.as_ref();
+            let call = self
+                .call_guest(state, async |store| adapter_turn(store, hooks, name, &req).await)
+                .await;
+            return self.finish(expert, req, started, started_at_unix_ms, depth, inherited.is_some(), rerun.is_some(), call);
+        }
         let Some(pre) = &expert.pre else {
             let error = InvokeError::new(
                 InvokeErrorKind::NotAnExpert,
@@ -226,6 +249,35 @@ impl Ensemble {
                 agent.call_handle(store, &req).await
             })
             .await;
+        let _ = wasi_random_seed;
+        self.finish(
+            expert,
+            req,
+            started,
+            started_at_unix_ms,
+            depth,
+            inherited.is_some(),
+            rerun.is_some(),
+            call,
+        )
+    }
+
+    /// An invocation from what its guest call left: the answer's size
+    /// checks, the trace, the receipt and, for an outermost invocation,
+    /// its record in the audit store.
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        expert: Arc<Expert>,
+        req: Request,
+        started: Instant,
+        started_at_unix_ms: u64,
+        depth: u32,
+        nested: bool,
+        rerun: bool,
+        call: super::guest::GuestCall<Response>,
+    ) -> Invocation {
+        let wasi_random_seed = call.state.wasi_seed;
         let fuel_left = call.fuel_left;
         let max_response = self.sandbox.policy().max_response_bytes;
         let result = match call.result {
@@ -254,7 +306,7 @@ impl Ensemble {
         let (stdout, stderr, output_dropped_bytes) = state.take_stdio();
         let ran = Ran {
             version: expert.manifest.version.clone(),
-            component_sha256: expert.component.sha256.clone(),
+            component_sha256: expert.sha256.clone(),
             depth,
             started_at_unix_ms,
             wasi_random_seed,
@@ -275,10 +327,8 @@ impl Ensemble {
             },
         };
         let trace = Trace::finish(state.ledger, ran);
-        let key = self.host_key().filter(|_| rerun.is_none());
-        let store = self
-            .audit_store()
-            .filter(|_| inherited.is_none() && rerun.is_none());
+        let key = self.host_key().filter(|_| !rerun);
+        let store = self.audit_store().filter(|_| !nested && !rerun);
         // The trace's JSON, made once for the receipt's digest and the record.
         let trace_json = (key.is_some() || store.is_some())
             .then(|| serde_json::to_string(&trace).expect("a trace serializes"));
@@ -296,7 +346,7 @@ impl Ensemble {
             request: None,
         };
         // Nested invocations are inside their caller's trace.
-        if inherited.is_none() && rerun.is_none() {
+        if !nested && !rerun {
             invocation.request = Some(RecordedRequest::from(&req));
             if let (Some(store), Some(json)) = (store, trace_json) {
                 record(&store, &mut invocation, json);
@@ -323,7 +373,7 @@ impl Ensemble {
             expert: ReceiptExpert {
                 name: expert.name().to_string(),
                 version: expert.manifest.version.clone(),
-                component_sha256: expert.component.sha256.clone(),
+                component_sha256: expert.sha256.clone(),
                 signer: expert.signer.as_ref().map(|s| s.fingerprint.clone()),
             },
             model: ReceiptModel {
@@ -348,6 +398,55 @@ impl Invoker for Ensemble {
             };
             self.run(expert, req, Some(from), None).await
         })
+    }
+}
+
+/// An adapter bundle's turn: its `pre-request` hook (when it has a
+/// component), the model through the bundle's own adapter (a host call in
+/// the trace like any expert's), then its `post-response` hook.
+async fn adapter_turn(
+    store: &mut wasmtime::Store<crate::sandbox::InvocationState>,
+    hooks: Option<&crate::bindings::adapter::AdapterPre<crate::sandbox::InvocationState>>,
+    name: String,
+    req: &Request,
+) -> super::guest::GuestResult<Response> {
+    use crate::bindings::model::Host as _;
+    let instance = match hooks {
+        Some(pre) => Some(pre.instantiate_async(&mut *store).await?),
+        None => None,
+    };
+    let req = match &instance {
+        Some(hooks) => match hooks.call_pre_request(&mut *store, req).await? {
+            Ok(rewritten) => rewritten,
+            Err(e) => return Ok(Err(e)),
+        },
+        None => req.clone(),
+    };
+    let state = store.data_mut();
+    let stream = state.model.answer_stream.is_some();
+    let mut view = crate::caps::View {
+        ctx: &state.model,
+        ledger: &mut state.ledger,
+    };
+    let completion = if stream {
+        view.stream_answer(req.messages, req.sampling, Some(name))
+            .await?
+    } else {
+        view.chat(req.messages, req.sampling, Some(name)).await?
+    };
+    let completion = match completion {
+        Ok(c) => c,
+        Err(e) => return Ok(Err(e)),
+    };
+    let response = Response {
+        content: completion.text,
+        usage: completion.usage,
+        confidence: None,
+        metadata: Vec::new(),
+    };
+    match &instance {
+        Some(hooks) => hooks.call_post_response(&mut *store, &response).await,
+        None => Ok(Ok(response)),
     }
 }
 

@@ -24,6 +24,7 @@ pub use invoke::{Invocation, MAX_RESPONSE_METADATA, MAX_RESPONSE_METADATA_BYTES}
 pub use router::{Decision, RouteError, RouterConfig, Strategy};
 
 use crate::audit::AuditStore;
+use crate::bindings::adapter::AdapterPre;
 use crate::bindings::agent::AgentPre;
 use crate::bindings::router::RouterPre;
 use crate::bindings::types::ExpertInfo;
@@ -48,8 +49,15 @@ pub struct Expert {
     /// (the manifest wins on name and version; tags and examples are
     /// joined).
     pub info: ExpertInfo,
-    /// The compiled component.
-    pub component: LoadedComponent,
+    /// The compiled component (none for an adapter bundle that ships
+    /// only weights).
+    pub component: Option<LoadedComponent>,
+    /// What names its code (and, for an adapter bundle, its weights) in
+    /// traces and receipts: the component's sha256, or an adapter
+    /// bundle's [`crate::bundle::adapter_digest`].
+    pub sha256: String,
+    /// For an adapter bundle: how it is served.
+    pub adapter: Option<AdapterServing>,
     /// The limits its invocations run under: the manifest's, clamped by
     /// the host policy once, at load.
     pub limits: Limits,
@@ -65,6 +73,19 @@ impl Expert {
         &self.manifest.name
     }
 }
+
+/// An adapter bundle as the host serves it: its weights registered with
+/// the engine under the bundle's name, its hooks (if it has a component)
+/// run around each generation.
+pub struct AdapterServing {
+    /// The `pre-request` / `post-response` hooks.
+    pub(crate) hooks: Option<AdapterPre<InvocationState>>,
+    /// The checked copy of its PEFT files the engine loads (and reloads
+    /// after an eviction) from; removed with the expert.
+    _files: tempfile::TempDir,
+}
+
+
 
 /// Why a bundle could not be added to the ensemble.
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +145,14 @@ pub enum AddError {
         name: String,
         /// Whose it is.
         why: String,
+    },
+    /// An adapter bundle's weights cannot be served.
+    #[error("{name}: {reason}")]
+    Adapter {
+        /// The bundle.
+        name: String,
+        /// Why.
+        reason: String,
     },
     /// `describe()` returned more than the host accepts.
     #[error("{name}: describe() returned {field} that {problem}")]
@@ -385,6 +414,9 @@ impl Ensemble {
                 })?;
         }
         let signer = bundle.signer.take();
+        if bundle.manifest.kind == BundleKind::Adapter {
+            return self.add_adapter(bundle, signer).await;
+        }
         // Compiling takes up to seconds of CPU: on a blocking thread, not
         // on the workers that answer requests.
         let this = self.clone();
@@ -493,9 +525,118 @@ impl Ensemble {
             signer,
             manifest,
             info,
-            component,
+            sha256: component.sha256.clone(),
+            component: Some(component),
+            adapter: None,
             pre,
             router_pre,
+        });
+        self.index(&expert).await;
+        self.experts
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(expert.name().to_string(), expert.clone());
+        Ok(expert)
+    }
+
+    /// Load an adapter bundle: its PEFT files copied to a private
+    /// directory and registered with the engine under the bundle's name
+    /// (checked against the base model now), its component, when it has
+    /// one, compiled and checked to be of the `adapter` world.
+    async fn add_adapter(
+        self: &Arc<Self>,
+        mut bundle: Bundle,
+        signer: Option<Signer>,
+    ) -> Result<Arc<Expert>, AddError> {
+        let name = bundle.manifest.name.clone();
+        let failed = |reason: String| AddError::Adapter {
+            name: name.clone(),
+            reason,
+        };
+        let files = bundle
+            .adapter
+            .take()
+            .ok_or_else(|| failed("the bundle carries no adapter weights".into()))?;
+        let engine = self.model.clone();
+        let registered = name.clone();
+        let dir = tokio::task::spawn_blocking(move || {
+            let dir = tempfile::Builder::new()
+                .prefix("tessera-adapter-")
+                .tempdir()
+                .map_err(|e| format!("cannot make a directory for its weights: {e}"))?;
+            files
+                .write_to(dir.path())
+                .map_err(|e| format!("cannot copy its weights: {e}"))?;
+            engine
+                .register_adapter(&registered, dir.path())
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(dir)
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("loading the adapter failed: {e}")))
+        .map_err(failed)?;
+        let hooks = if bundle.wasm.is_empty() {
+            None
+        } else {
+            let this = self.clone();
+            let wasm = std::mem::take(&mut bundle.wasm);
+            let sha = crate::bundle::sha256_hex(&wasm);
+            let loaded = tokio::task::spawn_blocking(move || this.sandbox.load(&wasm, &sha))
+                .await
+                .unwrap_or_else(|e| Err(LoadError::Compile(format!("the compiler failed: {e}"))));
+            let component = match loaded {
+                Ok(c) => c,
+                Err(reason) => {
+                    self.model.unregister_adapter(&name);
+                    return Err(AddError::Load { name, reason });
+                }
+            };
+            let actual = component.info.world.kind();
+            if actual != BundleKind::Adapter {
+                self.model.unregister_adapter(&name);
+                return Err(AddError::KindMismatch {
+                    name,
+                    declared: BundleKind::Adapter.world_name(),
+                    actual: actual.world_name(),
+                });
+            }
+            match AdapterPre::new(component.pre.clone()) {
+                Ok(pre) => Some((component, pre)),
+                Err(e) => {
+                    self.model.unregister_adapter(&name);
+                    return Err(AddError::Load {
+                        name,
+                        reason: LoadError::Link(format!("{e:#}")),
+                    });
+                }
+            }
+        };
+        let manifest = bundle.manifest;
+        let info = ExpertInfo {
+            name: manifest.name.clone(),
+            version: manifest.version.clone(),
+            description: manifest.description.clone(),
+            tags: manifest.tags.clone(),
+            examples: manifest.examples.clone(),
+        };
+        let limits = self.sandbox.policy().limits_for(&manifest.limits);
+        let (component, hooks) = match hooks {
+            Some((c, pre)) => (Some(c), Some(pre)),
+            None => (None, None),
+        };
+        let expert = Arc::new(Expert {
+            limits,
+            signer,
+            manifest,
+            info,
+            component,
+            sha256: bundle.sha256,
+            adapter: Some(AdapterServing {
+                hooks,
+                _files: dir,
+            }),
+            pre: None,
+            router_pre: None,
         });
         self.index(&expert).await;
         self.experts
@@ -508,8 +649,8 @@ impl Ensemble {
     /// Put a routable expert in the routing index (or take it out). An
     /// expert that cannot be indexed still answers by name.
     async fn index(&self, expert: &Expert) {
-        let routable =
-            expert.manifest.kind == BundleKind::Agent && expert.manifest.routing.routable;
+        let routable = matches!(expert.manifest.kind, BundleKind::Agent | BundleKind::Adapter)
+            && expert.manifest.routing.routable;
         if !routable || self.model.embedder_name().is_none() {
             self.routing_index.remove(expert.name());
             return;
@@ -519,7 +660,7 @@ impl Ensemble {
             .index(
                 self.model.as_ref(),
                 &expert.info,
-                &expert.component.sha256,
+                &expert.sha256,
                 expert.manifest.routing.cost,
             )
             .await
@@ -532,10 +673,15 @@ impl Ensemble {
     /// Remove the expert `name`; in-flight invocations finish on it.
     pub fn remove(&self, name: &str) -> Option<Arc<Expert>> {
         self.routing_index.remove(name);
-        self.experts
+        let removed = self
+            .experts
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(name)
+            .remove(name);
+        if removed.as_ref().is_some_and(|e| e.adapter.is_some()) {
+            self.model.unregister_adapter(name);
+        }
+        removed
     }
 
     async fn describe(

@@ -270,7 +270,7 @@ impl BundleWatcher {
         }
         if ensemble
             .expert(&old.name)
-            .is_some_and(|e| e.component.sha256 == old.sha256)
+            .is_some_and(|e| e.sha256 == old.sha256)
         {
             ensemble.remove(&old.name);
         }

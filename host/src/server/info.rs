@@ -29,7 +29,7 @@ impl CatalogEntry {
                 "description": e.info.description,
                 "tags": e.info.tags,
                 "examples": e.info.examples,
-                "sha256": e.component.sha256,
+                "sha256": e.sha256,
                 "signer": e.signer,
             }),
             parent: None,
@@ -79,14 +79,20 @@ fn catalog(state: &AppState) -> Vec<CatalogEntry> {
         entries.push(CatalogEntry::model(engine.model_name(), "language-model"));
     }
     for adapter in engine.adapters() {
+        // An adapter bundle says what its manifest says, too.
+        let mut detail = match state.ensemble().expert(&adapter.name) {
+            Some(bundle) if bundle.adapter.is_some() => CatalogEntry::expert(&bundle).detail,
+            _ => json!({}),
+        };
+        if let Some(d) = detail.as_object_mut() {
+            d.insert("rank".into(), adapter.rank.into());
+            d.insert("targets".into(), json!(adapter.targets));
+            d.insert("base_model".into(), json!(adapter.base_model));
+        }
         entries.push(CatalogEntry {
             id: adapter.name.clone(),
             kind: "adapter",
-            detail: json!({
-                "rank": adapter.rank,
-                "targets": adapter.targets,
-                "base_model": adapter.base_model,
-            }),
+            detail,
             parent: Some(engine.model_name().to_string()),
         });
     }
