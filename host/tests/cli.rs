@@ -1084,3 +1084,117 @@ fn adapt_trains_a_lora_that_learns_the_data() {
     let bad = adapt(&dir.join("bad"), "1", &["--targets", "q,lm_head"]);
     assert!(stderr(&bad).contains("`lm_head`"), "{}", stderr(&bad));
 }
+
+/// The example fine-tune from a fresh clone, as its README tells it:
+/// `train.sh` trains it with `tessera adapt`, `tessera build` bundles the
+/// weights with the hooks component, `tessera serve` lists it with its
+/// parent, a chat with `model` = the adapter answers with the trained
+/// facts (where the base model does not), and `tessera/auto` routes a
+/// bookshop question to it and an arithmetic one elsewhere.
+#[test]
+fn the_example_fine_tune_trains_serves_and_is_routed() {
+    let models = Path::new(env!("CARGO_TARGET_TMPDIR")).join("models");
+    let pull = tessera(&["models", "pull", "--models-dir", models.to_str().unwrap()]);
+    assert!(pull.status.success(), "{}", stderr(&pull));
+    let trained = Command::new("bash")
+        .arg("plugins/harbor-lane-books/train.sh")
+        .current_dir(repo())
+        .env("TESSERA", env!("CARGO_BIN_EXE_tessera"))
+        .env("TESSERA_MODELS_DIR", &models)
+        .output()
+        .unwrap();
+    assert!(trained.status.success(), "{}", stderr(&trained));
+    let report: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(repo().join("plugins/harbor-lane-books/adapter/tessera-adapt.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let last = &report["epochs"][2];
+    assert!(
+        last["held_out_loss"].as_f64().unwrap()
+            < report["base"]["held_out_loss"].as_f64().unwrap() / 2.0,
+        "{report}"
+    );
+    for plugin in ["plugins/harbor-lane-books", "plugins/calculator"] {
+        let built = tessera(&["build", plugin]);
+        assert!(built.status.success(), "{}", stderr(&built));
+    }
+
+    let args: Vec<std::ffi::OsString> = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--reload-interval-ms",
+        "0",
+        "--no-audit",
+        "--models-dir",
+    ]
+    .iter()
+    .map(Into::into)
+    .chain([
+        models.clone().into_os_string(),
+        "plugins/harbor-lane-books".into(),
+        "plugins/calculator".into(),
+    ])
+    .collect();
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    let serving = serve(&args);
+    let address = serving.address.clone().expect(&serving.log);
+    let mut child = serving.child;
+    let body = |r: &str| -> serde_json::Value {
+        let (_, body) = r.split_once("\r\n\r\n").unwrap();
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {r}"))
+    };
+
+    let models_list = body(&http(&address, "GET", "/v1/models", ""));
+    let entry = models_list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "harbor-lane-books")
+        .unwrap_or_else(|| panic!("{models_list}"))
+        .clone();
+    assert_eq!(entry["parent"], "SmolLM2-135M-Instruct", "{entry}");
+    assert_eq!(entry["tessera"]["kind"], "adapter", "{entry}");
+    assert_eq!(entry["tessera"]["rank"], 8, "{entry}");
+
+    let chat = |model: &str, question: &str| -> serde_json::Value {
+        let request = serde_json::json!({
+            "model": model, "max_tokens": 40,
+            "messages": [{"role": "user", "content": question}],
+        });
+        let r = http(
+            &address,
+            "POST",
+            "/v1/chat/completions",
+            &request.to_string(),
+        );
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        body(&r)
+    };
+    let text = |v: &serde_json::Value| {
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let question = "When is Harbor Lane Books open?";
+    let tuned = chat("harbor-lane-books", question);
+    assert!(text(&tuned).contains("9 am to 6 pm"), "{tuned}");
+    assert_eq!(tuned["tessera"]["expert"], "harbor-lane-books", "{tuned}");
+    let base = chat("SmolLM2-135M-Instruct", question);
+    assert!(!text(&base).contains("9 am to 6 pm"), "{base}");
+
+    let routed = chat(
+        "tessera/auto",
+        "What are the opening hours of Harbor Lane Books on Sunday?",
+    );
+    assert_eq!(
+        routed["tessera"]["answered_by"], "harbor-lane-books",
+        "{routed}"
+    );
+    let routed = chat("tessera/auto", "What is 12 * (3 + 4)?");
+    assert_eq!(routed["tessera"]["answered_by"], "calculator", "{routed}");
+    let _ = child.kill();
+    let _ = child.wait();
+}

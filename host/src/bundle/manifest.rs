@@ -380,7 +380,10 @@ impl Manifest {
                 ));
             }
             let w = &spec.weights;
-            if !(w.as_os_str() == "." || w.components().all(|c| matches!(c, std::path::Component::Normal(_)))) {
+            if !(w.as_os_str() == "."
+                || w.components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_))))
+            {
                 return Err(invalid(
                     "adapter.weights",
                     "a relative directory inside the bundle, such as \"adapter\" (no `..`, not absolute)",

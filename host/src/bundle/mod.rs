@@ -13,9 +13,9 @@ use std::path::{Component, Path, PathBuf};
 
 pub use component::{ComponentError, ComponentInfo, World};
 pub use manifest::{
-    AdapterSpec, BundleKind, Capabilities, DEFAULT_ADAPTER_WEIGHTS_DIR, LimitsSpec, MANIFEST_FILE, MAX_DESCRIPTION_BYTES, MAX_EXAMPLE_BYTES,
-    MAX_EXAMPLES, MAX_TAG_BYTES, MAX_TAGS, Manifest, ManifestError, RoutingSpec, check_description,
-    is_valid_name, is_valid_version,
+    AdapterSpec, BundleKind, Capabilities, DEFAULT_ADAPTER_WEIGHTS_DIR, LimitsSpec, MANIFEST_FILE,
+    MAX_DESCRIPTION_BYTES, MAX_EXAMPLE_BYTES, MAX_EXAMPLES, MAX_TAG_BYTES, MAX_TAGS, Manifest,
+    ManifestError, RoutingSpec, check_description, is_valid_name, is_valid_version,
 };
 
 /// The largest component file a bundle may hold. Python experts built
@@ -85,8 +85,14 @@ pub fn adapter_digest(wasm: &[u8], files: &AdapterFiles) -> String {
     if !wasm.is_empty() {
         listing.push_str(&format!("{}  component.wasm\n", sha256_hex(wasm)));
     }
-    listing.push_str(&format!("{}  {ADAPTER_CONFIG}\n", sha256_hex(&files.config)));
-    listing.push_str(&format!("{}  {ADAPTER_WEIGHTS}\n", sha256_hex(&files.weights)));
+    listing.push_str(&format!(
+        "{}  {ADAPTER_CONFIG}\n",
+        sha256_hex(&files.config)
+    ));
+    listing.push_str(&format!(
+        "{}  {ADAPTER_WEIGHTS}\n",
+        sha256_hex(&files.weights)
+    ));
     sha256_hex(listing.as_bytes())
 }
 
@@ -340,10 +346,13 @@ impl Bundle {
             let mut take = |name: &str| {
                 let key = weights_dir.join(name).to_string_lossy().replace('\\', "/");
                 let key = key.strip_prefix("./").unwrap_or(&key).to_string();
-                unpacked.files.remove(&key).ok_or(BundleError::NoAdapterWeights {
-                    dir: path.to_path_buf(),
-                    weights: weights_dir.display().to_string(),
-                })
+                unpacked
+                    .files
+                    .remove(&key)
+                    .ok_or(BundleError::NoAdapterWeights {
+                        dir: path.to_path_buf(),
+                        weights: weights_dir.display().to_string(),
+                    })
             };
             let files = AdapterFiles {
                 config: take(ADAPTER_CONFIG)?,

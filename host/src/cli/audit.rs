@@ -69,6 +69,13 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
         AuditCommand::Records(command) => return super::records::run(command),
     };
     let bundle = Bundle::open(&path)?;
+    if bundle.adapter.is_some() && bundle.wasm.is_empty() {
+        super::print(&format!(
+            "{}: an adapter bundle of LoRA weights alone: no component, so nothing of it runs in the sandbox\n",
+            bundle.manifest.name
+        ))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let info = ComponentInfo::parse(&bundle.wasm)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let caps = &bundle.manifest.capabilities;

@@ -18,6 +18,9 @@ pub struct InspectArgs {
 
 pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
     let bundle = Bundle::open(&args.path)?;
+    if let Some(files) = &bundle.adapter {
+        return inspect_adapter(&bundle, files, args.json);
+    }
     let info = ComponentInfo::parse(&bundle.wasm)
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.path.display()))?;
     if args.json {
@@ -59,6 +62,92 @@ pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
     writeln!(out, "exports:")?;
     for export in &info.exports {
         writeln!(out, "  {export}")?;
+    }
+    writeln!(out, "manifest:")?;
+    for line in bundle.manifest.to_toml().lines() {
+        writeln!(out, "  {line}")?;
+    }
+    super::print(&out)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// An adapter bundle: its LoRA (from `adapter_config.json`), its weights,
+/// its hooks component if any, and its manifest.
+fn inspect_adapter(
+    bundle: &Bundle,
+    files: &tessera_host::bundle::AdapterFiles,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let config: serde_json::Value = serde_json::from_slice(&files.config).unwrap_or_default();
+    let hooks = if bundle.wasm.is_empty() {
+        None
+    } else {
+        Some(
+            ComponentInfo::parse(&bundle.wasm)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", bundle.dir.display()))?,
+        )
+    };
+    let lora = serde_json::json!({
+        "r": config["r"],
+        "lora_alpha": config["lora_alpha"],
+        "target_modules": config["target_modules"],
+        "base_model_name_or_path": config["base_model_name_or_path"],
+        "weights_bytes": files.weights.len(),
+        "weights_sha256": tessera_host::bundle::sha256_hex(&files.weights),
+    });
+    if json {
+        let value = serde_json::json!({
+            "name": bundle.manifest.name,
+            "version": bundle.manifest.version,
+            "world": "adapter",
+            "sha256": bundle.sha256,
+            "lora": lora,
+            "hooks": hooks.as_ref().map(|i| serde_json::json!({
+                "size": i.size, "exports": i.exports, "imports": i.imports,
+            })),
+            "signer": bundle.signer,
+            "packed": bundle.packed,
+            "manifest": bundle.manifest,
+        });
+        super::print(&format!("{}\n", serde_json::to_string_pretty(&value)?))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    use std::fmt::Write;
+    let mut out = String::new();
+    writeln!(out, "name:     {}", bundle.manifest.name)?;
+    writeln!(out, "version:  {}", bundle.manifest.version)?;
+    writeln!(out, "world:    tessera:expert/adapter@0.1.0")?;
+    writeln!(out, "sha256:   {} (hooks and weights)", bundle.sha256)?;
+    writeln!(
+        out,
+        "lora:     rank {} alpha {} on {} of {}",
+        config["r"],
+        config["lora_alpha"],
+        config["target_modules"],
+        config["base_model_name_or_path"]
+    )?;
+    writeln!(
+        out,
+        "weights:  {} bytes, sha256 {}",
+        files.weights.len(),
+        lora["weights_sha256"].as_str().unwrap_or_default()
+    )?;
+    match &hooks {
+        Some(info) => writeln!(
+            out,
+            "hooks:    {} ({} bytes)",
+            info.exports.join(", "),
+            info.size
+        )?,
+        None => writeln!(out, "hooks:    none (the adapter is served as is)")?,
+    }
+    match (&bundle.signer, &bundle.packed) {
+        (Some(signer), _) => writeln!(out, "signer:   {signer} ({})", signer.public_key)?,
+        (None, Some(_)) => writeln!(out, "signer:   none (an unsigned pack)")?,
+        (None, None) => writeln!(
+            out,
+            "signer:   none (a directory bundle; `tessera pack --sign` signs)"
+        )?,
     }
     writeln!(out, "manifest:")?;
     for line in bundle.manifest.to_toml().lines() {

@@ -70,6 +70,10 @@ pub async fn run(args: RunArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<Ex
         .collect::<Result<Vec<_>, _>>()?;
     let main = open(&args.path)?;
     for (bundle, path) in callees.iter().zip(&args.with).chain([(&main, &args.path)]) {
+        if bundle.adapter.is_some() && bundle.wasm.is_empty() {
+            // An adapter bundle of weights alone: nothing to parse.
+            continue;
+        }
         ComponentInfo::parse(&bundle.wasm)
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     }

@@ -331,7 +331,10 @@ impl Ensemble {
             return Ok(Target::Auto(strategy));
         }
         if let Some(expert) = self.expert(model)
-            && matches!(expert.manifest.kind, BundleKind::Agent | BundleKind::Adapter)
+            && matches!(
+                expert.manifest.kind,
+                BundleKind::Agent | BundleKind::Adapter
+            )
         {
             return Ok(Target::Expert(expert));
         }

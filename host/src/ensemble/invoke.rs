@@ -206,9 +206,20 @@ impl Ensemble {
             let name = expert.name().to_string();
             let hooks = serving.hooks.as_ref();
             let call = self
-                .call_guest(state, async |store| adapter_turn(store, hooks, name, &req).await)
+                .call_guest(state, async |store| {
+                    adapter_turn(store, hooks, name, &req).await
+                })
                 .await;
-            return self.finish(expert, req, started, started_at_unix_ms, depth, inherited.is_some(), rerun.is_some(), call);
+            return self.finish(
+                expert,
+                req,
+                started,
+                started_at_unix_ms,
+                depth,
+                inherited.is_some(),
+                rerun.is_some(),
+                call,
+            );
         }
         let Some(pre) = &expert.pre else {
             let error = InvokeError::new(

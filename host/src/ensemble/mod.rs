@@ -85,8 +85,6 @@ pub struct AdapterServing {
     _files: tempfile::TempDir,
 }
 
-
-
 /// Why a bundle could not be added to the ensemble.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -631,10 +629,7 @@ impl Ensemble {
             info,
             component,
             sha256: bundle.sha256,
-            adapter: Some(AdapterServing {
-                hooks,
-                _files: dir,
-            }),
+            adapter: Some(AdapterServing { hooks, _files: dir }),
             pre: None,
             router_pre: None,
         });
@@ -649,8 +644,10 @@ impl Ensemble {
     /// Put a routable expert in the routing index (or take it out). An
     /// expert that cannot be indexed still answers by name.
     async fn index(&self, expert: &Expert) {
-        let routable = matches!(expert.manifest.kind, BundleKind::Agent | BundleKind::Adapter)
-            && expert.manifest.routing.routable;
+        let routable = matches!(
+            expert.manifest.kind,
+            BundleKind::Agent | BundleKind::Adapter
+        ) && expert.manifest.routing.routable;
         if !routable || self.model.embedder_name().is_none() {
             self.routing_index.remove(expert.name());
             return;
