@@ -10,6 +10,12 @@ cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
 cargo build --release --locked --bin tessera
+# The example fine-tune's weights are trained, not checked in: train them
+# once (about a minute, with progress) before its bundle is built.
+if [[ ! -f plugins/harbor-lane-books/adapter/adapter_model.safetensors ]]; then
+    target/release/tessera models pull >/dev/null
+    TESSERA=target/release/tessera bash plugins/harbor-lane-books/train.sh
+fi
 # `tessera serve` never builds plugin sources itself (a crate's build
 # scripts would run natively): build our own example experts here.
 for dir in plugins/*/; do

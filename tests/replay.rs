@@ -53,8 +53,10 @@ async fn replay_reproduces_every_example_expert_exactly() {
         .unwrap()
         .filter_map(|e| {
             let path = e.unwrap().path();
-            path.join("tessera.toml")
-                .is_file()
+            // Adapter bundles run no agent to replay (and hold weights
+            // only once trained).
+            let manifest = std::fs::read_to_string(path.join("tessera.toml")).ok()?;
+            (!manifest.contains("kind = \"adapter\""))
                 .then(|| format!("plugins/{}", path.file_name().unwrap().to_string_lossy()))
         })
         .collect();
