@@ -587,4 +587,53 @@ mod tests {
             100
         );
     }
+
+    /// An adapter bundle of weights alone: opened from its directory and
+    /// from a signed pack with the same digest (which changes with any
+    /// weight), and without weights the error says how to train them.
+    #[test]
+    fn adapter_bundles_open_from_directories_and_signed_packs() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = "name = \"tuned\"\nversion = \"0.1.0\"\nkind = \"adapter\"\ndescription = \"A fine-tune.\"\n";
+        std::fs::write(dir.path().join(MANIFEST_FILE), manifest).unwrap();
+        let err = Bundle::open(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("no trained adapter") && err.contains("tessera adapt --data"),
+            "{err}"
+        );
+        let weights = dir.path().join(DEFAULT_ADAPTER_WEIGHTS_DIR);
+        std::fs::create_dir_all(&weights).unwrap();
+        std::fs::write(weights.join(ADAPTER_CONFIG), br#"{"r": 2}"#).unwrap();
+        std::fs::write(weights.join(ADAPTER_WEIGHTS), b"weights").unwrap();
+        let opened = Bundle::open(dir.path()).unwrap();
+        assert!(opened.wasm.is_empty());
+        let files = opened.adapter.as_ref().unwrap();
+        assert_eq!(files.weights, b"weights");
+        assert_eq!(opened.sha256, adapter_digest(&[], files));
+
+        let key = sign::SigningKey::generate("test");
+        let out = dir.path().join("tuned.tessera");
+        pack::pack(dir.path(), Some(&key), &out).unwrap();
+        let packed = Bundle::open(&out).unwrap();
+        assert_eq!(packed.sha256, opened.sha256);
+        assert_eq!(packed.adapter.unwrap().config, br#"{"r": 2}"#);
+        assert!(packed.signer.is_some());
+
+        // Another weight, another digest.
+        std::fs::write(weights.join(ADAPTER_WEIGHTS), b"weightz").unwrap();
+        assert_ne!(Bundle::open(dir.path()).unwrap().sha256, opened.sha256);
+        // `adapter.weights` stays inside the bundle, and only adapters
+        // have it.
+        let escape = format!("{manifest}[adapter]\nweights = \"../x\"\n");
+        std::fs::write(dir.path().join(MANIFEST_FILE), escape).unwrap();
+        let err = Bundle::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("`adapter.weights`"), "{err}");
+        let agent = "name = \"x\"\nversion = \"0.1.0\"\n[adapter]\nweights = \"w\"\n";
+        std::fs::write(dir.path().join(MANIFEST_FILE), agent).unwrap();
+        let err = Bundle::open(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("field `adapter`: expected only in a bundle of kind = \"adapter\""),
+            "{err}"
+        );
+    }
 }
