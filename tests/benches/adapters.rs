@@ -7,6 +7,9 @@
 //!    sequence, side by side in one run: the target is ≥ 0.8× the base.
 //! 2. The same with 100 adapters registered (32 of them in the batch).
 //! 3. Adapter load time (read, check, upload) and memory per adapter.
+//! 4. `tessera adapt`'s training throughput: tokens/s of forward and
+//!    backward passes over the example fine-tune's data (rank 8 on q and
+//!    v, 4 examples per step, as `plugins/harbor-lane-books/train.sh`).
 //!
 //! Adapters are random (`write_random_peft`): their values do not change
 //! the work, only their shapes do.
@@ -14,7 +17,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use tessera_host::inference::llama::Llama;
 use tessera_host::inference::lora::{Target, write_random_peft};
+use tessera_host::inference::train::{AdaptOptions, Dataset, Example, Trainer};
 use tessera_host::inference::{
     BurnEngine, EngineOptions, GenerateRequest, ModelEngine, Prompt, SMOLLM2, SamplingParams,
     open_weights,
@@ -111,5 +116,33 @@ async fn main() {
         "{SEQUENCES} sequences x {NEW_TOKENS} tokens: base {base:.1} tok/s; 32 distinct adapters {tuned:.1} tok/s ({:.2}x); 32 of 100 registered adapters {spread:.1} tok/s ({:.2}x)",
         tuned / base,
         spread / base
+    );
+    drop(engine);
+    adapt_rate(&gguf);
+}
+
+/// Training tokens/s of `tessera adapt` on the example fine-tune's data.
+fn adapt_rate(gguf: &std::path::Path) {
+    let (weights, tokenizer) = open_weights(gguf).unwrap();
+    let device = tessera_host::inference::DeviceChoice::Cpu.device().unwrap();
+    let model = Llama::load(weights.as_ref(), &device).unwrap();
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../plugins/harbor-lane-books/data/train.jsonl");
+    let examples = Dataset::read(&data, &tokenizer, 512).unwrap().examples;
+    let mut trainer = Trainer::new(&model, AdaptOptions::default()).unwrap();
+    let batches: Vec<Vec<&Example>> = examples.chunks(4).map(|c| c.iter().collect()).collect();
+    // One step to warm up, then the rest timed.
+    trainer.step(&batches[0]);
+    let started = Instant::now();
+    let mut tokens = 0;
+    for batch in &batches[1..] {
+        tokens += trainer.step(batch).tokens;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "tessera adapt (rank 8 on q, v; 4 examples of ~{} tokens per step): {:.0} tokens/s, {:.2} s per step",
+        tokens / ((batches.len() - 1) * 4),
+        tokens as f64 / seconds,
+        seconds / (batches.len() - 1) as f64
     );
 }
