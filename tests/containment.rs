@@ -462,10 +462,10 @@ async fn compiled_components_are_cached_on_disk() {
         )
     };
     let first = make().add(bundle(ECHO)).await.unwrap();
-    assert!(!first.component.from_cache);
+    assert!(!first.component.as_ref().unwrap().from_cache);
     let second_host = make();
     let second = second_host.add(bundle(ECHO)).await.unwrap();
-    assert!(second.component.from_cache);
+    assert!(second.component.as_ref().unwrap().from_cache);
     let inv = second_host
         .invoke("echo", Request::from_prompt("cached"))
         .await;
@@ -483,7 +483,7 @@ async fn compiled_components_are_cached_on_disk() {
         std::fs::write(entry, b"corrupt").unwrap();
     }
     let third = make().add(bundle(ECHO)).await.unwrap();
-    assert!(!third.component.from_cache);
+    assert!(!third.component.as_ref().unwrap().from_cache);
 
     // A well-formed entry made by another host (another key), planted in
     // this cache, is never deserialised: its tag does not verify.
@@ -502,7 +502,10 @@ async fn compiled_components_are_cached_on_disk() {
         }
     }
     let fourth = make().add(bundle(ECHO)).await.unwrap();
-    assert!(!fourth.component.from_cache, "a foreign entry was loaded");
+    assert!(
+        !fourth.component.as_ref().unwrap().from_cache,
+        "a foreign entry was loaded"
+    );
     // A cache directory the host creates is private to this user, and
     // its key readable by nobody else.
     use std::os::unix::fs::PermissionsExt;

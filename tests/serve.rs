@@ -578,7 +578,7 @@ async fn hot_reload_adds_replaces_and_removes_bundles() {
     // Replaced: `first` becomes the hostile component; a request that
     // started on the old version... (echo answers at once, so use
     // `hostile` calling the slow model for the in-flight check below).
-    let old_sha = ensemble.expert("first").unwrap().component.sha256.clone();
+    let old_sha = ensemble.expert("first").unwrap().sha256.clone();
     std::fs::remove_dir_all(root.path().join("a")).unwrap();
     copy(&hostile, &root.path().join("a"), "first");
     let manifest = root.path().join("a/tessera.toml");
@@ -591,7 +591,7 @@ async fn hot_reload_adds_replaces_and_removes_bundles() {
     wait_for("`first` to be replaced", || {
         ensemble
             .expert("first")
-            .is_some_and(|e| e.component.sha256 != old_sha)
+            .is_some_and(|e| e.sha256 != old_sha)
     })
     .await;
     let (status, body) = ask("first", "nonsense").await;
@@ -1324,7 +1324,7 @@ async fn receipts_come_signed_when_asked_for() {
         let receipt = Receipt::from_json(&receipt.to_string()).expect("a receipt");
         assert_eq!(receipt.verify(), Ok(fingerprint.clone()));
         assert_eq!(receipt.body.expert.name, "echo");
-        assert_eq!(receipt.body.expert.component_sha256, echo.component.sha256);
+        assert_eq!(receipt.body.expert.component_sha256, echo.sha256);
         assert_eq!(receipt.body.model.name, "fake");
         assert_eq!(receipt.body.trace_sha256.len(), 64);
     };

@@ -202,7 +202,7 @@ fn load(c: &mut Criterion) {
                 let host = new_host();
                 for dir in &dirs[..n] {
                     let expert = host.add(Bundle::open(dir).unwrap()).await.unwrap();
-                    assert!(expert.component.from_cache);
+                    assert!(expert.component.as_ref().unwrap().from_cache);
                 }
                 assert_eq!(host.experts().len(), n);
             })
