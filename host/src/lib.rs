@@ -36,6 +36,7 @@ pub mod bundle;
 mod caps;
 pub mod embed;
 pub mod ensemble;
+pub mod eval;
 pub mod inference;
 mod paths;
 pub mod sandbox;

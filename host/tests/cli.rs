@@ -1198,3 +1198,50 @@ fn the_example_fine_tune_trains_serves_and_is_routed() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// `tessera eval` on a slice of the held-out set, with a host of its own
+/// (no model: the calculator answers arithmetic exactly without one): the
+/// summary counts correct answers per model and category, and a model the
+/// host does not serve counts as errors.
+#[test]
+fn eval_scores_a_slice_against_its_own_host() {
+    let built = tessera(&["build", "plugins/calculator"]);
+    assert!(built.status.success(), "{}", stderr(&built));
+    let dir = scratch("eval");
+    let details = dir.join("details.jsonl");
+    let out = tessera(&[
+        "eval",
+        "tests/data/eval/test.jsonl",
+        "--models",
+        "calculator,nobody",
+        "--categories",
+        "arithmetic",
+        "--limit",
+        "3",
+        "--json",
+        "--details",
+        details.to_str().unwrap(),
+        "--",
+        "--no-model",
+        "--no-audit",
+        "plugins/calculator",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let calculator = &summary["models"][0];
+    assert_eq!(calculator["model"], "calculator", "{summary}");
+    assert_eq!(calculator["all"]["total"], 3, "{summary}");
+    assert_eq!(calculator["all"]["correct"], 3, "{summary}");
+    assert_eq!(calculator["all"]["errors"], 0, "{summary}");
+    assert_eq!(calculator["categories"]["arithmetic"]["correct"], 3);
+    let nobody = &summary["models"][1];
+    assert_eq!(nobody["all"]["errors"], 3, "{summary}");
+    assert_eq!(nobody["all"]["correct"], 0, "{summary}");
+    let lines = std::fs::read_to_string(&details).unwrap();
+    assert_eq!(lines.lines().count(), 6);
+    assert!(lines.contains("HTTP 404"), "{lines}");
+
+    let bad = tessera(&["eval", "Cargo.toml", "--models", "x"]);
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("Cargo.toml:1:"), "{}", stderr(&bad));
+}

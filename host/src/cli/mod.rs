@@ -6,6 +6,7 @@ mod audit;
 mod build;
 mod embed;
 mod engine;
+mod eval;
 mod generate;
 mod inspect;
 mod keys;
@@ -57,6 +58,8 @@ enum Command {
     Run(run::RunArgs),
     /// Describe a bundle or component: world, imports, exports, manifest, sha256, signer.
     Inspect(inspect::InspectArgs),
+    /// Score models on a labelled set: accuracy, errors, latency and tokens per model and category.
+    Eval(eval::EvalArgs),
     /// Make Ed25519 key pairs for signing bundles.
     Keys(keys::KeysArgs),
     /// Pack a bundle into one .tessera file, optionally signed.
@@ -96,6 +99,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Audit(a) => audit::run(a),
         Command::Build(a) => build::run(a),
         Command::Inspect(a) => inspect::run(a),
+        Command::Eval(a) => tokio::runtime::Runtime::new()?.block_on(eval::run(a)),
         Command::Keys(a) => keys::run(a),
         Command::Pack(a) => pack::run(a),
         Command::Models(a) => models::run(a),

@@ -1,0 +1,251 @@
+//! `tessera eval`: a labelled set against models on a server.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use tessera_host::eval::{Item, Outcome, check, read_set, render, summarize};
+
+/// Arguments of `tessera eval`.
+#[derive(Debug, clap::Args)]
+pub struct EvalArgs {
+    /// The labelled set: JSON lines of {"id", "category", "prompt", "check"}
+    /// (see tests/data/eval/).
+    data: PathBuf,
+
+    /// Models to ask, comma-separated (expert names, the base model,
+    /// adapters, tessera/auto and its strategies).
+    #[arg(long, value_delimiter = ',', required = true)]
+    models: Vec<String>,
+
+    /// A running server's API base (http://HOST:PORT/v1). Without it, eval
+    /// starts `tessera serve` of its own for the run (on a free port, with
+    /// the arguments after `--`) and stops it at the end.
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
+
+    /// Bearer token for the server.
+    #[arg(long, env = "TESSERA_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+
+    /// Only these categories, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    categories: Vec<String>,
+
+    /// Only the first N items (after --categories).
+    #[arg(long)]
+    limit: Option<usize>,
+
+    /// max_tokens of every request.
+    #[arg(long, default_value_t = 256)]
+    max_tokens: u32,
+
+    /// Give up on one request after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout_secs: u64,
+
+    /// Print the summary as JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+
+    /// Write every answer, its check and timing as JSON lines here.
+    #[arg(long, value_name = "FILE")]
+    details: Option<PathBuf>,
+
+    /// Arguments for the `tessera serve` started without --url.
+    #[arg(last = true)]
+    serve_args: Vec<String>,
+}
+
+pub async fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
+    let mut items = read_set(&args.data)?;
+    if !args.categories.is_empty() {
+        items.retain(|i| args.categories.contains(&i.category));
+    }
+    if let Some(n) = args.limit {
+        items.truncate(n);
+    }
+    if items.is_empty() {
+        anyhow::bail!("no items left after --categories and --limit");
+    }
+    let (url, server) = match &args.url {
+        Some(url) => (url.trim_end_matches('/').to_string(), None),
+        None => {
+            let server = Server::start(&args.serve_args)?;
+            (format!("http://{}/v1", server.address), Some(server))
+        }
+    };
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(args.timeout_secs))
+        .build()?;
+    let total = (items.len() * args.models.len()) as u64;
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} answers, {elapsed} < {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let mut outcomes = Vec::with_capacity(total as usize);
+    for model in &args.models {
+        let mut correct = 0;
+        for (i, item) in items.iter().enumerate() {
+            let outcome = ask(&client, &url, args.api_key.as_deref(), model, item, &args).await;
+            correct += usize::from(outcome.correct);
+            bar.set_message(format!("{model}: {correct}/{} correct", i + 1));
+            bar.inc(1);
+            outcomes.push(outcome);
+        }
+        if bar.is_hidden() {
+            eprintln!("{model}: {correct}/{} correct", items.len());
+        }
+    }
+    bar.finish_and_clear();
+    drop(server);
+    if let Some(path) = &args.details {
+        let mut text = String::new();
+        for o in &outcomes {
+            text.push_str(&serde_json::to_string(o)?);
+            text.push('\n');
+        }
+        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let summary = summarize(&args.models, &outcomes);
+    if args.json {
+        super::print(&format!("{}\n", serde_json::to_string_pretty(&summary)?))?;
+    } else {
+        super::print(&render(&summary))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Ask `model` one item at temperature 0 and check the answer.
+async fn ask(
+    client: &reqwest::Client,
+    url: &str,
+    api_key: Option<&str>,
+    model: &str,
+    item: &Item,
+    args: &EvalArgs,
+) -> Outcome {
+    let body = serde_json::json!({
+        "model": model,
+        "messages": [{"role": "user", "content": item.prompt}],
+        "temperature": 0,
+        "max_tokens": args.max_tokens,
+    });
+    let mut request = client.post(format!("{url}/chat/completions")).json(&body);
+    if let Some(key) = api_key {
+        request = request.bearer_auth(key);
+    }
+    let started = Instant::now();
+    let response = request.send().await;
+    let (status, value) = match response {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            (
+                status,
+                r.json::<serde_json::Value>().await.unwrap_or_default(),
+            )
+        }
+        Err(e) => (
+            0,
+            serde_json::json!({"error": {"message": format!("no answer: {e}")}}),
+        ),
+    };
+    let latency_ms = started.elapsed().as_millis() as u64;
+    let mut outcome = Outcome {
+        id: item.id.clone(),
+        category: item.category.clone(),
+        model: model.to_string(),
+        answer: String::new(),
+        status,
+        correct: false,
+        why: None,
+        latency_ms,
+        tokens: value["usage"]["total_tokens"].as_u64().unwrap_or(0),
+        answered_by: value["tessera"]["answered_by"]
+            .as_str()
+            .or(value["tessera"]["expert"].as_str())
+            .map(str::to_string),
+    };
+    if status == 200 {
+        outcome.answer = value["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        match check(item, &outcome.answer) {
+            Ok(()) => outcome.correct = true,
+            Err(why) => outcome.why = Some(why),
+        }
+    } else {
+        let message = value["error"]["message"]
+            .as_str()
+            .unwrap_or("no error message")
+            .to_string();
+        outcome.why = Some(format!("HTTP {status}: {message}"));
+        outcome.answer = message;
+    }
+    outcome
+}
+
+/// A `tessera serve` started for the run, stopped when dropped.
+struct Server {
+    child: std::process::Child,
+    address: String,
+}
+
+impl Server {
+    fn start(extra: &[String]) -> anyhow::Result<Server> {
+        let exe = std::env::current_exe().context("cannot find the tessera binary")?;
+        let mut child = std::process::Command::new(exe)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--reload-interval-ms",
+                "0",
+            ])
+            .args(extra)
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .context("cannot start tessera serve")?;
+        let stderr = child.stderr.take().expect("piped");
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        let mut log = String::new();
+        let address = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(rest) = line.split("on http://").nth(1) {
+                        let address = rest.split("/v1").next().unwrap_or_default().to_string();
+                        eprintln!("{}", line.trim());
+                        break address;
+                    }
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+                _ => {
+                    let _ = child.wait();
+                    anyhow::bail!("tessera serve stopped before it listened:\n{log}");
+                }
+            }
+        };
+        // Keep reading its log so that it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines.by_ref() {});
+        Ok(Server { child, address })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SIGTERM: it finishes what is in flight and exits.
+        // SAFETY: signalling our own child by its pid.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let _ = self.child.wait();
+    }
+}
