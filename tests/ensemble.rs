@@ -546,3 +546,76 @@ async fn tessera_auto_without_an_embedder_is_503_and_names_the_fix() {
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["param"], "model");
 }
+
+/// Fallback: a routed expert that refuses does not fail the request. The
+/// next candidate answers, or, when every candidate refuses, the base
+/// model; the answer names who refused and why (`tessera.fallbacks`,
+/// `x-tessera-fallback`) and the metrics count it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusing_expert_falls_back_to_the_next_candidate_then_the_base_model() {
+    let refuser = |m: &mut tessera_host::bundle::Manifest| {
+        m.name = "refuser".into();
+        m.description = "Counts calls: answers requests written as calls:N.".into();
+        m.examples = vec!["calls:x".into(), "calls:y".into()];
+    };
+    let ask = |base: String| async move {
+        let response = reqwest::Client::new()
+            .post(format!("{base}/v1/chat/completions"))
+            .json(&chat("tessera/auto", "calls:x", 8))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let fallback = response
+            .headers()
+            .get("x-tessera-fallback")
+            .map(|v| v.to_str().unwrap().to_string());
+        let body: Value = response.json().await.unwrap();
+        (status, fallback, body)
+    };
+
+    // The refuser first, the assistant next.
+    let ensemble = host_with(test_policy(), real_engine());
+    load_as(&ensemble, "tests/plugins/echo", refuser).await;
+    load(&ensemble, "plugins/assistant").await;
+    let base = start(ensemble).await;
+    let (status, fallback, body) = ask(base.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    let tessera = &body["tessera"];
+    assert_eq!(
+        tessera["route"]["choices"][0]["expert"], "refuser",
+        "{body}"
+    );
+    assert_eq!(tessera["answered_by"], "assistant", "{body}");
+    assert_eq!(tessera["fallbacks"][0]["expert"], "refuser", "{body}");
+    assert_eq!(tessera["fallbacks"][0]["ok"], false, "{body}");
+    assert!(
+        tessera["fallbacks"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("calls:N needs a number"),
+        "{body}"
+    );
+    assert_eq!(fallback.as_deref(), Some("refuser"));
+    assert!(
+        metrics(&base)
+            .await
+            .contains("tessera_route_fallbacks_total{expert=\"refuser\"} 1")
+    );
+
+    // Only the refuser: the base model answers.
+    let ensemble = host_with(test_policy(), real_engine());
+    load_as(&ensemble, "tests/plugins/echo", refuser).await;
+    let model = ensemble.model().model_name().to_string();
+    let base = start(ensemble).await;
+    let (status, fallback, body) = ask(base).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["tessera"]["answered_by"], model.as_str(), "{body}");
+    assert_eq!(fallback.as_deref(), Some("refuser"));
+    assert!(
+        !body["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .is_empty()
+    );
+}

@@ -134,6 +134,10 @@ pub struct Report {
     /// For `tessera/auto:cascade`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cascade: Option<CascadeReport>,
+    /// For `tessera/auto`: the experts that failed or refused before the
+    /// one that answered (or the base model), with why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fallbacks: Vec<Stage>,
 }
 
 impl Report {
@@ -143,6 +147,7 @@ impl Report {
             && self.answered_by.is_none()
             && self.fan_out.is_none()
             && self.cascade.is_none()
+            && self.fallbacks.is_empty()
     }
 }
 

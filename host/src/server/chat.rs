@@ -449,8 +449,24 @@ async fn answer_all_choices(
         &traces,
         Usage::new(prompt_tokens, completion_tokens),
     );
-    Ok(axum::Json(body).into_response())
+    let mut response = axum::Json(body).into_response();
+    // Who failed before the answer (the body's `tessera.fallbacks` says
+    // why).
+    let failed: Vec<&str> = answers
+        .iter()
+        .flat_map(|a| a.report.fallbacks.iter().map(|s| s.expert.as_str()))
+        .collect();
+    if !failed.is_empty()
+        && let Ok(value) = HeaderValue::from_str(&failed.join(","))
+    {
+        response.headers_mut().insert(FALLBACK_HEADER, value);
+    }
+    Ok(response)
 }
+
+/// The response header naming the experts that failed or refused before
+/// the one that answered.
+pub(super) const FALLBACK_HEADER: &str = "x-tessera-fallback";
 
 /// Count what an outcome's invocations burned and where a cascade
 /// escalated.
@@ -463,6 +479,16 @@ pub(super) fn record_outcome(state: &AppState, outcome: &Outcome) {
                 expert: trace.expert.clone(),
             })
             .inc_by(trace.fuel_consumed);
+    }
+    if let Ok(answer) = &outcome.result {
+        for stage in &answer.report.fallbacks {
+            metrics
+                .fallbacks
+                .get_or_create(&ExpertLabels {
+                    expert: stage.expert.clone(),
+                })
+                .inc();
+        }
     }
     let stages = outcome
         .result

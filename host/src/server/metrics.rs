@@ -80,6 +80,9 @@ pub struct Metrics {
     pub router_failures: Family<ExpertLabels, Counter>,
     /// Cascade escalations: an answer below the confidence threshold.
     pub escalations: Family<ExpertLabels, Counter>,
+    /// `tessera/auto` answers that another candidate or the base model
+    /// gave after this expert failed or refused.
+    pub fallbacks: Family<ExpertLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -116,6 +119,12 @@ impl Metrics {
         let route_latency = Histogram::new(exponential_buckets(0.0001, 2.0, 15));
         let router_failures = Family::<ExpertLabels, Counter>::default();
         let escalations = Family::<ExpertLabels, Counter>::default();
+        let fallbacks = Family::<ExpertLabels, Counter>::default();
+        registry.register(
+            "route_fallbacks",
+            "tessera/auto answers given by the next candidate or the base model after this expert failed or refused",
+            fallbacks.clone(),
+        );
         registry.register(
             "route_decisions",
             "Routing decisions of tessera/auto, by strategy and best expert",
@@ -194,6 +203,7 @@ impl Metrics {
             route_latency,
             router_failures,
             escalations,
+            fallbacks,
         }
     }
 
