@@ -244,21 +244,32 @@ async fn below_the_threshold_the_base_model_answers() {
     );
 }
 
+/// MoA selects one of its experts' answers by default (an exact tool's
+/// first, then agreement, then the model's likelihood) and rewrites them
+/// only with `moa_fuse`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn moa_fans_out_to_the_top_k_and_aggregates() {
-    let base = start(
-        examples(RouterConfig {
-            top_k: 2,
-            threshold: -1.0,
-            ..RouterConfig::default()
-        })
-        .await,
-    )
+async fn moa_fans_out_to_the_top_k_then_selects_or_fuses() {
+    let ensemble = examples(RouterConfig {
+        top_k: 2,
+        threshold: -1.0,
+        ..RouterConfig::default()
+    })
     .await;
+    let base = start(ensemble.clone()).await;
+    let traced = |tessera: &Value| -> Vec<String> {
+        tessera["traces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["expert"].as_str().unwrap().to_string())
+            .collect()
+    };
+
+    // The calculator is certain (confidence 1.0): its exact answer stands.
     let (status, header, body) = post(
         &base,
         "/v1/chat/completions",
-        chat("tessera/auto:moa", "Write a haiku about the ocean.", 16),
+        chat("tessera/auto:moa", "What is 17 * 23?", 16),
     )
     .await;
     assert_eq!(status, 200, "{body}");
@@ -266,24 +277,51 @@ async fn moa_fans_out_to_the_top_k_and_aggregates() {
     let tessera = &body["tessera"];
     let chosen = experts_of(&tessera["route"]["choices"]);
     assert_eq!(chosen.len(), 2, "{tessera}");
-    let fanned = experts_of(&tessera["fan_out"]);
-    assert_eq!(fanned, chosen);
-    // Every expert of the fan-out answered, then the aggregator.
-    let traced: Vec<&str> = tessera["traces"]
+    assert!(chosen.contains(&"calculator"), "{tessera}");
+    assert_eq!(experts_of(&tessera["fan_out"]), chosen);
+    let answered = tessera["fan_out"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|t| t["expert"].as_str().unwrap())
-        .collect();
-    assert_eq!(traced, [chosen[0], chosen[1], "aggregator"], "{tessera}");
-    assert_eq!(tessera["aggregator"], "aggregator");
-    assert_eq!(tessera["answered_by"], "aggregator");
+        .filter(|s| s["ok"] == true)
+        .count();
+    let by = if answered > 1 {
+        "confidence"
+    } else {
+        "only-answer"
+    };
+    assert_eq!(tessera["selection"]["by"], by, "{tessera}");
+    assert_eq!(tessera["answered_by"], "calculator", "{tessera}");
     assert!(
-        !body["choices"][0]["message"]["content"]
+        body["choices"][0]["message"]["content"]
             .as_str()
             .unwrap()
-            .trim()
-            .is_empty()
+            .contains("391"),
+        "{body}"
+    );
+    assert_eq!(traced(tessera), chosen, "no aggregator ran: {tessera}");
+
+    // No one is certain: the model's likelihood (or agreement) picks.
+    let (status, _, body) = post(
+        &base,
+        "/v1/chat/completions",
+        chat("tessera/auto:moa", "Write a haiku about the ocean.", 16),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let tessera = &body["tessera"];
+    let chosen = experts_of(&tessera["route"]["choices"]);
+    let by = tessera["selection"]["by"].as_str().unwrap();
+    assert!(
+        ["likelihood", "agreement", "confidence"].contains(&by),
+        "{tessera}"
+    );
+    if by == "likelihood" {
+        assert_eq!(tessera["selection"]["scores"].as_array().unwrap().len(), 2);
+    }
+    assert!(
+        chosen.contains(&tessera["answered_by"].as_str().unwrap()),
+        "{tessera}"
     );
     // Usage covers every model call behind the answer.
     let completion = body["usage"]["completion_tokens"].as_u64().unwrap();
@@ -294,6 +332,27 @@ async fn moa_fans_out_to_the_top_k_and_aggregates() {
         .map(|t| t["generated_tokens"].as_u64().unwrap())
         .sum();
     assert_eq!(completion, traced_tokens, "{body}");
+
+    // Fusion, when asked for: the aggregator writes the answer.
+    let mut config = ensemble.router_config();
+    config.moa_fuse = true;
+    ensemble.set_router_config(config);
+    let (status, _, body) = post(
+        &base,
+        "/v1/chat/completions",
+        chat("tessera/auto:moa", "Write a haiku about the ocean.", 16),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let tessera = &body["tessera"];
+    let chosen = experts_of(&tessera["route"]["choices"]);
+    assert_eq!(
+        traced(tessera),
+        [chosen[0], chosen[1], "aggregator"],
+        "{tessera}"
+    );
+    assert_eq!(tessera["aggregator"], "aggregator");
+    assert_eq!(tessera["answered_by"], "aggregator");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -135,9 +135,16 @@ pub struct ServeArgs {
     #[arg(long, value_name = "STRATEGY")]
     strategy: Option<tessera_host::ensemble::Strategy>,
 
-    /// The expert that writes the final answer of `moa` [default: aggregator].
+    /// The expert that writes the final answer of `moa` when --moa-fuse
+    /// [default: aggregator].
     #[arg(long, value_name = "NAME")]
     aggregator: Option<String>,
+
+    /// `moa` fuses: the aggregator rewrites the experts' answers into one,
+    /// instead of the default, selecting one of them (by certainty,
+    /// agreement, then the model's likelihood).
+    #[arg(long)]
+    moa_fuse: bool,
 
     /// Confidence (0..1) at which a cascade stops escalating [default: 0.5].
     #[arg(long, value_name = "P")]
@@ -184,6 +191,8 @@ struct ConfigFile {
     route_threshold: Option<f32>,
     strategy: Option<tessera_host::ensemble::Strategy>,
     aggregator: Option<String>,
+    #[serde(default)]
+    moa_fuse: bool,
     cascade_threshold: Option<f32>,
     models_dir: Option<PathBuf>,
     model: Option<PathBuf>,
@@ -269,6 +278,7 @@ impl ServeArgs {
         self.route_threshold = self.route_threshold.or(c.route_threshold);
         self.strategy = self.strategy.or(c.strategy);
         self.aggregator = self.aggregator.take().or(c.aggregator);
+        self.moa_fuse |= c.moa_fuse;
         self.cascade_threshold = self.cascade_threshold.or(c.cascade_threshold);
         let e = &mut self.engine;
         e.models_dir = e.models_dir.take().or(c.models_dir);
@@ -342,6 +352,7 @@ impl ServeArgs {
             default_strategy: self.strategy.unwrap_or_default(),
             aggregator: self.aggregator.clone().unwrap_or(d.aggregator.clone()),
             cascade_threshold,
+            moa_fuse: self.moa_fuse,
             ..d
         })
     }

@@ -184,6 +184,23 @@ pub struct FanOutReport {
     /// Why the aggregator's answer was not used.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub aggregator_error: Option<String>,
+    /// Which answer was selected and why (when none was fused).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub selection: Option<Selection>,
+}
+
+/// How a mixture of agents chose among its answers.
+#[derive(Debug, Clone, Serialize)]
+pub struct Selection {
+    /// The expert whose answer stands.
+    pub expert: String,
+    /// `confidence` (its expert was certain), `agreement` (most answers
+    /// agree), `likelihood` (the base model's per-token log-likelihood),
+    /// `rank` (the router's order) or `only-answer`.
+    pub by: &'static str,
+    /// The likelihoods, when they decided.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub scores: Vec<(String, f64)>,
 }
 
 /// How a cascade went.

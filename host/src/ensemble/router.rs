@@ -54,6 +54,9 @@ pub struct RouterConfig {
     pub aggregator: String,
     /// A cascade stops at the first answer at least this confident (0..1).
     pub cascade_threshold: f32,
+    /// `moa` has the aggregator write the final answer from the experts'
+    /// (generative fusion) instead of selecting one of them.
+    pub moa_fuse: bool,
 }
 
 impl Default for RouterConfig {
@@ -66,6 +69,7 @@ impl Default for RouterConfig {
             default_strategy: Strategy::Route,
             aggregator: "aggregator".into(),
             cascade_threshold: 0.5,
+            moa_fuse: false,
         }
     }
 }

@@ -1,10 +1,27 @@
 //! `tessera/auto:moa`, mixture of agents: the chosen experts answer in
-//! parallel; the aggregator writes the final answer from theirs. With one
-//! answer (or an aggregator that fails) the best-ranked answer stands.
+//! parallel, then one of their answers is *selected* — never rewritten,
+//! since a small model asked to merge answers corrupts exact ones:
+//!
+//! 1. an answer its expert is certain of (confidence ≥ 0.999: tools that
+//!    compute exactly report 1.0), the best-ranked such one;
+//! 2. else the answer most candidates agree on (the same text, or the same
+//!    first number not copied from the question), if more than one agree
+//!    and no other group is as large;
+//! 3. else the answer the base model finds most likely after the question,
+//!    per token (length-normalised log-likelihood, as LLM-Blender ranks
+//!    candidates), when a model is loaded; else the best-ranked answer.
+//!
+//! With `moa-fuse` the aggregator expert writes the final answer from
+//! theirs instead (generative fusion); if it fails, selection decides.
 
 use super::Job;
-use crate::ensemble::answer::{Answer, AnswerError, FanOutReport, Outcome, Stage, expert_answer};
-use crate::inference::Deltas;
+use crate::ensemble::answer::{
+    Answer, AnswerError, FanOutReport, Outcome, Selection, Stage, expert_answer,
+};
+use crate::inference::{ChatMessage, ChatRole, Deltas, ModelEngine as _, NoModel, Prompt};
+
+/// Confidence at which an expert's answer is taken as exact.
+pub const CERTAIN: f32 = 0.999;
 
 pub(super) async fn answer(job: &Job<'_>, deltas: Option<Deltas>) -> Outcome {
     let (ensemble, decision) = (job.ensemble, job.decision);
@@ -46,10 +63,11 @@ pub(super) async fn answer(job: &Job<'_>, deltas: Option<Deltas>) -> Outcome {
             (p + a.prompt_tokens, c + a.completion_tokens)
         });
 
-    let aggregator = ensemble.router_config().aggregator;
+    let config = ensemble.router_config();
+    let aggregator = config.aggregator.clone();
     let mut aggregator_error = None;
     let mut aggregated = None;
-    if answers.len() > 1 {
+    if config.moa_fuse && answers.len() > 1 {
         let mut agg_req = req.clone();
         for (expert, answer) in &answers {
             agg_req
@@ -68,19 +86,193 @@ pub(super) async fn answer(job: &Job<'_>, deltas: Option<Deltas>) -> Outcome {
                 aggregated = Some(a);
             }
             Err(e) => {
-                tracing::warn!(aggregator = %aggregator, error = %e, "the aggregator failed; the best-ranked answer stands");
+                tracing::warn!(aggregator = %aggregator, error = %e, "the aggregator failed; selection decides");
                 aggregator_error = Some(e.message());
             }
         }
     }
     let written = aggregated.is_some();
-    let mut answer = aggregated.unwrap_or_else(|| answers.swap_remove(0).1);
+    let (mut answer, selection) = match aggregated {
+        Some(a) => (a, None),
+        None => {
+            let question = last_user_text(job);
+            let selection = select(ensemble, &question, &answers).await;
+            let index = answers
+                .iter()
+                .position(|(e, _)| *e == selection.expert)
+                .unwrap_or(0);
+            (answers.swap_remove(index).1, Some(selection))
+        }
+    };
     answer.prompt_tokens = prompt_tokens;
     answer.completion_tokens = completion_tokens;
     answer.report.fan_out = Some(FanOutReport {
         fan_out: stages,
         aggregator: written.then_some(aggregator),
         aggregator_error,
+        selection,
     });
     Outcome::of(Ok(answer), traces)
+}
+
+fn last_user_text(job: &Job<'_>) -> String {
+    match &job.ask.input {
+        Prompt::Chat(messages) => messages
+            .iter()
+            .rev()
+            .find(|m| m.role == ChatRole::User)
+            .map(|m| m.content.clone())
+            .unwrap_or_default(),
+        Prompt::Text(text) => text.clone(),
+    }
+}
+
+/// Which answer stands, and why. `answers` are in rank order.
+async fn select(
+    ensemble: &crate::ensemble::Ensemble,
+    question: &str,
+    answers: &[(String, Answer)],
+) -> Selection {
+    let pick = |i: usize, by: &'static str, scores: Vec<(String, f64)>| Selection {
+        expert: answers[i].0.clone(),
+        by,
+        scores,
+    };
+    if answers.len() == 1 {
+        return pick(0, "only-answer", Vec::new());
+    }
+    if let Some(i) = answers
+        .iter()
+        .position(|(_, a)| a.confidence.is_some_and(|c| c >= CERTAIN))
+    {
+        return pick(i, "confidence", Vec::new());
+    }
+    if let Some(i) = agreement(question, answers) {
+        return pick(i, "agreement", Vec::new());
+    }
+    let engine = ensemble.model();
+    if engine.model_name() != NoModel.model_name() {
+        let mut scores = Vec::with_capacity(answers.len());
+        for (expert, answer) in answers {
+            scores.push((
+                expert.clone(),
+                likelihood(engine, question, &answer.text).await,
+            ));
+        }
+        let best = scores
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.1.total_cmp(&b.1.1).then(b.0.cmp(&a.0)))
+            .map_or(0, |(i, _)| i);
+        if scores[best].1.is_finite() {
+            return pick(best, "likelihood", scores);
+        }
+        return pick(0, "rank", scores);
+    }
+    pick(0, "rank", Vec::new())
+}
+
+/// The best-ranked member of the largest group of agreeing answers, when
+/// it has more than one member and no other group is as large.
+fn agreement(question: &str, answers: &[(String, Answer)]) -> Option<usize> {
+    let copied = crate::eval::numbers(question);
+    let key = |text: &str| -> String {
+        let own = crate::eval::numbers(text)
+            .into_iter()
+            .find(|n| !copied.iter().any(|c| (c - n).abs() < 1e-9));
+        match own {
+            Some(n) => format!("#{}", (n * 1e6).round() / 1e6),
+            None => text
+                .to_lowercase()
+                .split(|c: char| !c.is_alphanumeric())
+                .filter(|w| !w.is_empty())
+                .collect::<Vec<_>>()
+                .join(" "),
+        }
+    };
+    let keys: Vec<String> = answers.iter().map(|(_, a)| key(&a.text)).collect();
+    let count = |k: &String| keys.iter().filter(|x| *x == k).count();
+    let (best, size) = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (i, count(k)))
+        .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))?;
+    let rivals = keys
+        .iter()
+        .filter(|k| **k != keys[best] && count(k) == size)
+        .count();
+    (size > 1 && rivals == 0).then_some(best)
+}
+
+/// Mean log-probability per token of `answer` as the assistant's reply to
+/// `question`, rendered with the chat template; −∞ when it cannot be rated.
+async fn likelihood(
+    engine: &std::sync::Arc<dyn crate::inference::ModelEngine>,
+    question: &str,
+    answer: &str,
+) -> f64 {
+    let Ok(ids) = engine.tokenize(answer.to_string()).await else {
+        return f64::NEG_INFINITY;
+    };
+    if ids.is_empty() {
+        return f64::NEG_INFINITY;
+    }
+    let prompt = Prompt::Chat(vec![ChatMessage {
+        role: ChatRole::User,
+        content: question.to_string(),
+    }]);
+    match engine.rate(prompt, ids, None).await {
+        Ok(rated) if !rated.scores.is_empty() => {
+            rated
+                .scores
+                .iter()
+                .map(|s| f64::from(s.logprob))
+                .sum::<f64>()
+                / rated.scores.len() as f64
+        }
+        _ => f64::NEG_INFINITY,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ensemble::answer::Report;
+    use crate::inference::Finish;
+
+    fn answers(texts: &[&str]) -> Vec<(String, Answer)> {
+        texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let answer = Answer {
+                    text: t.to_string(),
+                    finish: Finish::Stop,
+                    prompt_tokens: 0,
+                    completion_tokens: 0,
+                    logprobs: Vec::new(),
+                    confidence: None,
+                    report: Report::default(),
+                    receipt: None,
+                    record: None,
+                };
+                (format!("e{i}"), answer)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn agreement_needs_a_strict_majority_group() {
+        let q = "What is 12 * 12?";
+        // Two say 144 (in other words), one says 124: the first of the two.
+        let a = answers(&["12 * 12 is 124", "12 * 12 = 144", "The answer is 144."]);
+        assert_eq!(agreement(q, &a), Some(1));
+        // All differ: no agreement.
+        assert_eq!(agreement(q, &answers(&["143", "144", "145"])), None);
+        // Two groups of two: a tie, no agreement.
+        assert_eq!(agreement(q, &answers(&["1", "1", "2", "2"])), None);
+        // Texts without numbers agree ignoring case and punctuation.
+        let a = answers(&["Paris.", "paris", "Lyon"]);
+        assert_eq!(agreement("Capital of France?", &a), Some(0));
+    }
 }
