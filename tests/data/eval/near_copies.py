@@ -1,10 +1,10 @@
 """The near-copy check of the evaluation sets: for each prompt, the
 highest word-set Jaccard similarity (lowercase [a-z0-9]+ words) to any
-manifest example in plugins/*/tessera.toml and any user turn of the
-example fine-tune's training data. A prompt at 0.75 or more is a
-near-copy and is not allowed in a set.
+manifest example in plugins/*/tessera.toml, any user turn of the example
+fine-tune's training data, and any prompt of the other sets given. A
+prompt at 0.75 or more is a near-copy and is not allowed in a set.
 
-    python3 tests/data/eval/near_copies.py tests/data/eval/test.jsonl
+    python3 tests/data/eval/near_copies.py tests/data/eval/test.jsonl tests/data/eval/dev.jsonl
 """
 
 import glob
@@ -30,11 +30,12 @@ def jaccard(a, b):
     return len(a & b) / len(a | b) if a | b else 0.0
 
 
+sets = {path: [json.loads(line)["prompt"] for line in open(path)] for path in sys.argv[1:]}
 worst = 0.0
-for path in sys.argv[1:]:
-    for line in open(path):
-        prompt = json.loads(line)["prompt"]
-        score, example = max((jaccard(prompt, e), e) for e in examples)
+for path, prompts in sets.items():
+    others = [p for other, ps in sets.items() if other != path for p in ps]
+    for prompt in prompts:
+        score, example = max((jaccard(prompt, e), e) for e in examples + others)
         worst = max(worst, score)
         if score >= 0.75:
             print(f"near-copy ({score:.2f}): {prompt!r} ~ {example!r}")
