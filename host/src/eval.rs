@@ -538,15 +538,20 @@ mod tests {
         assert!(read_set(&path).unwrap_err().to_string().contains(":1: "));
     }
 
-    /// The committed sets parse and their checkers accept the answers
-    /// they were written for (a guard against typos in the sets).
+    /// The committed sets parse, the test set is as large and as broad as
+    /// promised, and the two share no id.
     #[test]
-    fn the_committed_test_set_reads() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/eval/test.jsonl");
-        let items = read_set(&path).unwrap();
-        assert!(items.len() >= 150);
+    fn the_committed_sets_read() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/eval");
+        let test = read_set(&dir.join("test.jsonl")).unwrap();
+        assert!(test.len() >= 150);
         let categories: std::collections::BTreeSet<_> =
-            items.iter().map(|i| i.category.as_str()).collect();
+            test.iter().map(|i| i.category.as_str()).collect();
         assert!(categories.len() >= 8, "{categories:?}");
+        let dev = read_set(&dir.join("dev.jsonl")).unwrap();
+        assert!(
+            dev.iter()
+                .all(|d| test.iter().all(|t| t.id != d.id && t.prompt != d.prompt))
+        );
     }
 }

@@ -47,14 +47,7 @@ pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
     writeln!(out, "world:    tessera:expert/{}@0.1.0", info.world)?;
     writeln!(out, "sha256:   {}", bundle.sha256)?;
     writeln!(out, "size:     {} bytes", info.size)?;
-    match (&bundle.signer, &bundle.packed) {
-        (Some(signer), _) => writeln!(out, "signer:   {signer} ({})", signer.public_key)?,
-        (None, Some(_)) => writeln!(out, "signer:   none (an unsigned pack)")?,
-        (None, None) => writeln!(
-            out,
-            "signer:   none (a directory bundle; `tessera pack --sign` signs)"
-        )?,
-    }
+    writeln!(out, "signer:   {}", signer_line(&bundle))?;
     writeln!(out, "imports:")?;
     for import in &info.imports {
         writeln!(out, "  {import}")?;
@@ -141,18 +134,20 @@ fn inspect_adapter(
         )?,
         None => writeln!(out, "hooks:    none (the adapter is served as is)")?,
     }
-    match (&bundle.signer, &bundle.packed) {
-        (Some(signer), _) => writeln!(out, "signer:   {signer} ({})", signer.public_key)?,
-        (None, Some(_)) => writeln!(out, "signer:   none (an unsigned pack)")?,
-        (None, None) => writeln!(
-            out,
-            "signer:   none (a directory bundle; `tessera pack --sign` signs)"
-        )?,
-    }
+    writeln!(out, "signer:   {}", signer_line(bundle))?;
     writeln!(out, "manifest:")?;
     for line in bundle.manifest.to_toml().lines() {
         writeln!(out, "  {line}")?;
     }
     super::print(&out)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Who signed `bundle`, in words.
+fn signer_line(bundle: &Bundle) -> String {
+    match (&bundle.signer, &bundle.packed) {
+        (Some(signer), _) => format!("{signer} ({})", signer.public_key),
+        (None, Some(_)) => "none (an unsigned pack)".into(),
+        (None, None) => "none (a directory bundle; `tessera pack --sign` signs)".into(),
+    }
 }

@@ -187,7 +187,7 @@ impl Ensemble {
         }
         stack.push(expert.name().to_string());
 
-        if let (None, Some(serving)) = (&expert.pre, &expert.adapter) {
+        let call = if let (None, Some(serving)) = (&expert.pre, &expert.adapter) {
             // An adapter bundle: may run the model with its own adapter,
             // nothing else.
             let capabilities = crate::bundle::Capabilities {
@@ -205,62 +205,48 @@ impl Ensemble {
             state.wall_clock_unix_ms = started_at_unix_ms;
             let name = expert.name().to_string();
             let hooks = serving.hooks.as_ref();
-            let call = self
-                .call_guest(state, async |store| {
-                    adapter_turn(store, hooks, name, &req).await
-                })
-                .await;
-            return self.finish(
-                expert,
-                req,
-                started,
-                started_at_unix_ms,
-                depth,
-                inherited.is_some(),
-                rerun.is_some(),
-                call,
-            );
-        }
-        let Some(pre) = &expert.pre else {
-            let error = InvokeError::new(
-                InvokeErrorKind::NotAnExpert,
-                format!(
-                    "`{}` is a {} bundle, not an expert; only agents answer requests",
-                    expert.name(),
-                    expert.manifest.kind.world_name()
-                ),
-            );
-            return Invocation {
-                trace: Trace::failed(expert.name(), depth, error.kind.as_str(), &error.message),
-                result: Err(error),
-                receipt: None,
-                audit_id: None,
-                request: None,
+            self.call_guest(state, async |store| {
+                adapter_turn(store, hooks, name, &req).await
+            })
+            .await
+        } else {
+            let Some(pre) = &expert.pre else {
+                let error = InvokeError::new(
+                    InvokeErrorKind::NotAnExpert,
+                    format!(
+                        "`{}` is a {} bundle, not an expert; only agents answer requests",
+                        expert.name(),
+                        expert.manifest.kind.world_name()
+                    ),
+                );
+                return Invocation {
+                    trace: Trace::failed(expert.name(), depth, error.kind.as_str(), &error.message),
+                    result: Err(error),
+                    receipt: None,
+                    audit_id: None,
+                    request: None,
+                };
             };
-        };
-
-        let mut state = self.invocation_state(
-            stack,
-            &expert.manifest.capabilities,
-            limits,
-            deadline,
-            trace_budget,
-        );
-        if let Some(r) = &rerun {
-            state.model = ModelCtx::new(r.engine.clone(), &expert.manifest.capabilities);
-            state.experts.set_invoker(r.invoker.clone());
-            state.wasi_seed = r.wasi_random_seed;
-        }
-        state.model.answer_stream = answer_stream;
-        state.wall_clock_unix_ms = started_at_unix_ms;
-        let wasi_random_seed = state.wasi_seed;
-        let call = self
-            .call_guest(state, async |store| {
+            let mut state = self.invocation_state(
+                stack,
+                &expert.manifest.capabilities,
+                limits,
+                deadline,
+                trace_budget,
+            );
+            if let Some(r) = &rerun {
+                state.model = ModelCtx::new(r.engine.clone(), &expert.manifest.capabilities);
+                state.experts.set_invoker(r.invoker.clone());
+                state.wasi_seed = r.wasi_random_seed;
+            }
+            state.model.answer_stream = answer_stream;
+            state.wall_clock_unix_ms = started_at_unix_ms;
+            self.call_guest(state, async |store| {
                 let agent = pre.instantiate_async(&mut *store).await?;
                 agent.call_handle(store, &req).await
             })
-            .await;
-        let _ = wasi_random_seed;
+            .await
+        };
         self.finish(
             expert,
             req,
