@@ -145,10 +145,10 @@ async fn ask(
     let (status, value) = match response {
         Ok(r) => {
             let status = r.status().as_u16();
-            (
-                status,
-                r.json::<serde_json::Value>().await.unwrap_or_default(),
-            )
+            match read_capped(r).await {
+                Ok(bytes) => (status, serde_json::from_slice(&bytes).unwrap_or_default()),
+                Err(message) => (0, serde_json::json!({"error": {"message": message}})),
+            }
         }
         Err(e) => (
             0,
@@ -189,6 +189,28 @@ async fn ask(
         outcome.answer = message;
     }
     outcome
+}
+
+/// Largest response body read from the server (a miner's server is not
+/// trusted to keep its answers small).
+const MAX_RESPONSE_BYTES: usize = 16 << 20;
+
+/// The body of `response`, refused past [`MAX_RESPONSE_BYTES`].
+async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| format!("the answer broke off: {e}"))?
+    {
+        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            return Err(format!(
+                "the answer is over {MAX_RESPONSE_BYTES} bytes; not read further"
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// A `tessera serve` started for the run, stopped when dropped.
@@ -247,5 +269,41 @@ impl Drop for Server {
             libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
         }
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server that answers with more than the cap is cut off with a
+    /// clear error, not read into memory whole.
+    #[tokio::test]
+    async fn oversized_answers_are_refused() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            // The request first, then the answer.
+            let mut request = Vec::new();
+            let mut byte = [0u8; 1];
+            while !request.ends_with(b"\r\n\r\n") {
+                socket.read_exact(&mut byte).await.unwrap();
+                request.push(byte[0]);
+            }
+            let size = MAX_RESPONSE_BYTES + (1 << 20);
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n");
+            socket.write_all(head.as_bytes()).await.unwrap();
+            let block = vec![b'a'; 1 << 20];
+            for _ in 0..size >> 20 {
+                if socket.write_all(&block).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let response = reqwest::get(format!("http://{address}/")).await.unwrap();
+        let err = read_capped(response).await.unwrap_err();
+        assert!(err.contains("over 16777216 bytes"), "{err}");
     }
 }

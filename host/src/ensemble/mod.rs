@@ -529,11 +529,7 @@ impl Ensemble {
             pre,
             router_pre,
         });
-        self.index(&expert).await;
-        self.experts
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(expert.name().to_string(), expert.clone());
+        self.install(&expert).await;
         Ok(expert)
     }
 
@@ -633,12 +629,18 @@ impl Ensemble {
             pre: None,
             router_pre: None,
         });
-        self.index(&expert).await;
+        self.install(&expert).await;
+        Ok(expert)
+    }
+
+    /// Index a loaded expert for routing and serve it under its name
+    /// (replacing an older one of the same name).
+    async fn install(&self, expert: &Arc<Expert>) {
+        self.index(expert).await;
         self.experts
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(expert.name().to_string(), expert.clone());
-        Ok(expert)
     }
 
     /// Put a routable expert in the routing index (or take it out). An
