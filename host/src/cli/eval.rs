@@ -246,6 +246,8 @@ impl Server {
                         eprintln!("{}", line.trim());
                         break address;
                     }
+                    // Its start-up (a first model pull, say) shows as it goes.
+                    eprintln!("{line}");
                     log.push_str(&line);
                     log.push('\n');
                 }
