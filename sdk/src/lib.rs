@@ -264,6 +264,45 @@ pub mod log {
     }
 }
 
+/// Randomness for crates that ask `getrandom` 0.3 (`rand`, JS engines'
+/// `Math.random`, ...): a component has no entropy source, and an expert's
+/// run must be replayable by a validator, so the bytes are a fixed
+/// pseudo-random stream (SplitMix64 from a constant seed), the same in
+/// every instance. Never use them for secrets. `tessera build` selects
+/// this backend (`--cfg getrandom_backend="custom"`).
+#[cfg(target_arch = "wasm32")]
+mod random {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    static STATE: AtomicU64 = AtomicU64::new(0x5445_5353_4552_4131);
+
+    fn next() -> u64 {
+        let mut z = STATE
+            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
+            .wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// getrandom 0.3's custom backend.
+    ///
+    /// # Safety
+    /// `dest` must be valid for writes of `len` bytes (getrandom's contract).
+    #[unsafe(no_mangle)]
+    unsafe extern "Rust" fn __getrandom_v03_custom(
+        dest: *mut u8,
+        len: usize,
+    ) -> Result<(), getrandom::Error> {
+        // SAFETY: the caller hands us `len` writable bytes at `dest`.
+        let out = unsafe { std::slice::from_raw_parts_mut(dest, len) };
+        for chunk in out.chunks_mut(8) {
+            chunk.copy_from_slice(&next().to_le_bytes()[..chunk.len()]);
+        }
+        Ok(())
+    }
+}
+
 /// Support for the export macros. Not part of the API.
 #[doc(hidden)]
 pub mod __private {

@@ -8,6 +8,9 @@ pub const TOOLCHAIN_ENV: &str = "TESSERA_WASM_TOOLCHAIN";
 
 const TARGET: &str = "wasm32-unknown-unknown";
 const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
+/// The `getrandom` 0.3 backend of every plugin build: the SDK's
+/// `__getrandom_v03_custom`.
+const GETRANDOM_BACKEND: &str = "getrandom_backend=\"custom\"";
 const DEBIAN_CARGO: &str = "/usr/bin/cargo";
 const DEBIAN_STD_SRC: &str = "/usr/lib/rustlib/src/rust/library/Cargo.lock";
 
@@ -112,15 +115,18 @@ impl Toolchain {
         ] {
             cmd.env_remove(var);
         }
+        // wasm32-unknown-unknown has no source of randomness; crates that
+        // need one (through `getrandom` 0.3: `rand`, hash maps' seeds, JS
+        // engines' `Math.random`) get the SDK's deterministic stream, so
+        // that an expert's run can be replayed.
+        let mut flags = vec!["--cfg".to_string(), GETRANDOM_BACKEND.to_string()];
         if let Toolchain::Debian { linker } = self {
+            flags.extend(["-C".to_string(), format!("linker={}", linker.display())]);
             cmd.env("RUSTC", DEBIAN_RUSTC)
                 .env("RUSTC_BOOTSTRAP", "1")
-                .env(
-                    "CARGO_ENCODED_RUSTFLAGS",
-                    format!("-C\x1flinker={}", linker.display()),
-                )
                 .args(["-Zbuild-std=std,panic_abort"]);
         }
+        cmd.env("CARGO_ENCODED_RUSTFLAGS", flags.join("\x1f"));
         cmd
     }
 }

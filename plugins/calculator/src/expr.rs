@@ -115,6 +115,9 @@ impl fmt::Display for Rational {
 /// The arithmetic inside a question: words become symbols, and the longest
 /// run of numbers, operators and parentheses is kept.
 pub fn extract_expression(question: &str) -> Option<String> {
+    if let Some(expression) = verbal_expression(question) {
+        return Some(expression);
+    }
     let mut text = format!(" {} ", question.to_lowercase());
     for (word, symbol) in [
         (" plus ", " + "),
@@ -158,6 +161,99 @@ pub fn extract_expression(question: &str) -> Option<String> {
         .filter(|s| s.chars().any(|c| c.is_ascii_digit()))
         .max_by_key(|s| s.len())?;
     Some(best.split_whitespace().collect::<Vec<_>>().join(" "))
+}
+
+/// Operations said in words with their operands around them: "Add 629
+/// and 1874", "Subtract 17 from 90", "Take 85 away from 310", "Divide 900
+/// by 36", "the product of 14 and 15", "the sum of 3, 4 and 5".
+fn verbal_expression(question: &str) -> Option<String> {
+    let lower = question.to_lowercase();
+    let words: Vec<&str> = lower
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .map(|w| w.trim_matches(|c: char| matches!(c, '?' | '!' | ':' | ';' | '"' | '\'')))
+        .map(|w| w.strip_suffix('.').unwrap_or(w))
+        .filter(|w| !w.is_empty())
+        .collect();
+    let number = |w: &str| {
+        (w.chars().any(|c| c.is_ascii_digit())
+            && w.chars()
+                .all(|c| c.is_ascii_digit() || c == '.' || c == '-')
+            && w.parse::<f64>().is_ok())
+        .then(|| w.to_string())
+    };
+    // The numbers after position `i`, joined by "and"/"to"/"by"/"from"...
+    let numbers_after = |i: usize| -> Vec<(usize, String)> {
+        words
+            .iter()
+            .enumerate()
+            .skip(i)
+            .filter_map(|(j, w)| number(w).map(|n| (j, n)))
+            .collect()
+    };
+    let between = |from: usize, to: usize, joiners: &[&str]| {
+        to > from + 1 && words[from + 1..to].iter().all(|w| joiners.contains(w))
+    };
+    let find = |phrase: &[&str]| {
+        words
+            .windows(phrase.len())
+            .position(|w| w == phrase)
+            .map(|i| i + phrase.len())
+    };
+    let paren = |a: &str| {
+        if a.starts_with('-') {
+            format!("({a})")
+        } else {
+            a.to_string()
+        }
+    };
+    // Two operands right after a verb: VERB A JOIN B.
+    let pair = |verb: &[&str], joiners: &[&str]| {
+        let start = find(verb)?;
+        let found = numbers_after(start);
+        let [(i, a), (j, b), ..] = found.as_slice() else {
+            return None;
+        };
+        (*i == start && between(*i, *j, joiners)).then(|| (paren(a), paren(b)))
+    };
+    if let Some((a, b)) = pair(&["add"], &["and", "to", "plus"]) {
+        return Some(format!("{a} + {b}"));
+    }
+    for verb in [&["subtract"][..], &["take"], &["take", "away"]] {
+        if let Some((a, b)) = pair(verb, &["from", "away"]) {
+            return Some(format!("{b} - {a}"));
+        }
+    }
+    for verb in [&["multiply"][..], &["product", "of"]] {
+        if let Some((a, b)) = pair(verb, &["by", "and", "with", "times"]) {
+            return Some(format!("{a} * {b}"));
+        }
+    }
+    if let Some((a, b)) = pair(&["divide"], &["by"]) {
+        return Some(format!("{a} / {b}"));
+    }
+    if let Some((a, b)) = pair(&["quotient", "of"], &["and", "by"]) {
+        return Some(format!("{a} / {b}"));
+    }
+    if let Some((a, b)) = pair(&["difference", "between"], &["and"]) {
+        return Some(format!("{a} - {b}"));
+    }
+    // "the sum of 3, 4 and 5", "the total of ..."
+    for verb in [&["sum", "of"][..], &["total", "of"], &["add", "up"]] {
+        let Some(start) = find(verb) else { continue };
+        let mut terms = Vec::new();
+        let mut last = start;
+        for (j, n) in numbers_after(start) {
+            if j != start && !between(last, j, &["and", "plus"]) && j != last + 1 {
+                break;
+            }
+            terms.push(paren(&n));
+            last = j;
+        }
+        if terms.len() >= 2 {
+            return Some(terms.join(" + "));
+        }
+    }
+    None
 }
 
 /// Evaluate an expression exactly.
@@ -325,6 +421,32 @@ mod tests {
         assert_eq!(eval("0.1 + 0.2"), "0.3");
         assert_eq!(eval("1/0"), "error: division by zero");
         assert!(eval("2^1000").starts_with("error"));
+    }
+
+    #[test]
+    fn operations_in_words() {
+        let cases = [
+            ("Add 629 and 1874.", "629 + 1874", "2503"),
+            ("Please add 2.5 to 4", "2.5 + 4", "6.5"),
+            ("Subtract 17 from 90.", "90 - 17", "73"),
+            ("Take 85 away from 310.", "310 - 85", "225"),
+            ("Multiply 37 by 29.", "37 * 29", "1073"),
+            ("What is the product of 14 and 15?", "14 * 15", "210"),
+            ("Divide 900 by 36.", "900 / 36", "25"),
+            ("What is the sum of 3, 4 and 5?", "3 + 4 + 5", "12"),
+            ("What's the difference between 50 and 20?", "50 - 20", "30"),
+            ("Subtract -3 from 4", "4 - (-3)", "7"),
+        ];
+        for (question, expression, value) in cases {
+            let found = extract_expression(question);
+            assert_eq!(found.as_deref(), Some(expression), "{question}");
+            assert_eq!(eval(expression), value, "{question}");
+        }
+        // Words without their operands are left to the symbolic reading.
+        assert_eq!(
+            extract_expression("Add them: 2 + 3").as_deref(),
+            Some("2 + 3")
+        );
     }
 
     #[test]

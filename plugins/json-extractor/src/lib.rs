@@ -1,29 +1,41 @@
 //! JSON extractor: returns valid JSON that matches a schema, from text.
 //!
 //! Small models rarely write a whole valid object, so the JSON is built
-//! here, and the model is asked for one field at a time: each answer is
-//! coerced to the field's type (and checked against its `enum`); an answer
-//! that does not fit is retried with sampling, up to [`TRIES`] times. The
-//! finished object is validated against the schema before it is returned,
-//! so the answer is always valid JSON matching the schema, or an error
-//! that names the field that could not be filled.
+//! here, one field at a time, and the finished object is validated against
+//! the schema before it is returned: the answer is always valid JSON
+//! matching the schema, or an error that names the field that could not be
+//! filled.
+//!
+//! Text, number and enum values are *chosen*, not written: the candidates
+//! are spans of the text (or the enum's options), and the model's
+//! log-likelihood of each after worked examples decides ([`infer`]). So a
+//! value is never a sentence about the value, and the confidence reported
+//! is the winner's share of the candidates' probability. Booleans and
+//! arrays are asked for and coerced to their type, with sampled retries
+//! when an answer does not fit, up to [`TRIES`] times.
 //!
 //! The schema comes from the request metadata `schema` (the server puts
 //! OpenAI's `response_format: {"type": "json_schema", ...}` there). Without
-//! one, the fields are read from the question ("extract the name, age and
-//! city from ...") as strings.
+//! one, the fields are read from the question in any common phrasing
+//! ("extract the name and age from: ...", "JSON with keys drink and size:
+//! ...", "fields name and member (a boolean)"); a boolean field without a
+//! schema is true unless the text negates it.
 
+mod infer;
 mod schema;
 
 use serde_json::{Map, Value};
 use tessera_sdk::prelude::*;
 
-use schema::{Field, Schema};
+use infer::Span;
+use schema::{Field, FieldType, Schema};
 
 /// Model answers tried per field.
 pub const TRIES: u32 = 3;
 /// Tokens of one field's answer.
 const FIELD_TOKENS: u32 = 32;
+/// Most spans rated in one request (each is one `score` call).
+pub const RATING_BUDGET: usize = 64;
 
 struct JsonExtractor;
 
@@ -38,45 +50,58 @@ impl Expert for JsonExtractor {
 
     fn handle(req: Request) -> Result<Response, Error> {
         let question = req.require_user_message()?;
-        let schema = match req.metadata("schema") {
-            Some(text) => Schema::parse(text).map_err(Error::invalid_input)?,
-            None => Schema::from_question(question).ok_or_else(|| {
-                Error::invalid_input(
-                    "no schema: send one as response_format {\"type\": \"json_schema\", \"json_schema\": {\"schema\": {...}}} or metadata `schema`, or ask like \"extract the name and age from: ...\"",
-                )
-            })?,
+        let (schema, text, inferred) = match req.metadata("schema") {
+            Some(schema) => (
+                Schema::parse(schema).map_err(Error::invalid_input)?,
+                schema::text_of(question).to_string(),
+                false,
+            ),
+            None => {
+                let (fields, text) = infer::fields_and_text(question).ok_or_else(|| {
+                    Error::invalid_input(
+                        "no schema: send one as response_format {\"type\": \"json_schema\", \"json_schema\": {\"schema\": {...}}} or metadata `schema`, or ask like \"extract the name and age from: ...\"",
+                    )
+                })?;
+                (Schema { fields }, text, true)
+            }
         };
-        let text = schema::text_of(question);
+        let per_field =
+            (RATING_BUDGET / schema.fields.len().max(1)).clamp(2, infer::MAX_CANDIDATES);
         let mut object = Map::new();
+        let mut filled: Vec<(String, String)> = Vec::new();
         let mut usage = Usage::default();
-        let mut tries_total = 0;
+        let mut calls = 0;
         let mut confidence_sum = 0.0;
         for field in &schema.fields {
-            let mut filled = None;
-            let mut last_output = String::new();
-            for attempt in 0..TRIES {
-                tries_total += 1;
-                let completion = ask(text, field, attempt, &req)?;
-                usage += completion.usage;
-                last_output = completion.text.trim().to_string();
-                if let Some(value) = field.coerce(&last_output) {
-                    confidence_sum += completion.mean_probability().unwrap_or(0.5);
-                    filled = Some(value);
-                    break;
+            let choices: Vec<Span> = match &field.kind {
+                FieldType::Enum(options) => options.iter().cloned().map(Span::Text).collect(),
+                FieldType::String | FieldType::Number | FieldType::Integer => {
+                    infer::candidates(&text, field)
                 }
-                log::with_fields(
-                    log::Level::Debug,
-                    "answer does not fit the field; retrying",
-                    &[("field", &field.name), ("output", &last_output)],
-                );
-            }
-            match filled {
-                Some(value) => {
+                _ => Vec::new(),
+            };
+            let found = if inferred && field.kind == FieldType::Boolean {
+                Some((Value::Bool(infer::boolean(&text)), 1.0))
+            } else if choices.is_empty() {
+                ask_until_it_fits(&text, field, &req, &mut usage, &mut calls)?
+            } else {
+                let mut choices = choices;
+                choices.truncate(per_field);
+                calls += choices.len();
+                Some(choose(&text, &filled, field, &choices)?)
+            };
+            match found {
+                Some((value, confidence)) => {
+                    confidence_sum += confidence;
+                    let shown = value
+                        .as_str()
+                        .map_or_else(|| value.to_string(), str::to_string);
+                    filled.push((field.name.replace('_', " "), shown));
                     object.insert(field.name.clone(), value);
                 }
                 None if field.required => {
                     return Err(Error::Model(format!(
-                        "could not extract `{}` as {} after {TRIES} tries (last answer: \"{last_output}\")",
+                        "could not extract `{}` as {}: no value in the text fits",
                         field.name,
                         field.kind.describe()
                     )));
@@ -94,8 +119,86 @@ impl Expert for JsonExtractor {
         Ok(Response::new(value.to_string())
             .with_usage(usage)
             .with_confidence(confidence)
-            .with_metadata("tries", tries_total.to_string()))
+            .with_metadata("model_calls", calls.to_string()))
     }
+}
+
+/// The most likely of `choices` for `field`, typed, with its share of the
+/// choices' probability.
+fn choose(
+    text: &str,
+    filled: &[(String, String)],
+    field: &Field,
+    choices: &[Span],
+) -> Result<(Value, f32), Error> {
+    let prompt = infer::prompt(text, filled, &field.name);
+    let mut scores = Vec::with_capacity(choices.len());
+    for choice in choices {
+        scores.push(model::score(&prompt, &format!(" {}\n", choice.text()))?);
+    }
+    let (best, top) = scores
+        .iter()
+        .enumerate()
+        .fold((0, f64::NEG_INFINITY), |acc, (i, s)| {
+            if *s > acc.1 { (i, *s) } else { acc }
+        });
+    let total: f64 = scores.iter().map(|s| (s - top).exp()).sum();
+    let share = (1.0 / total) as f32;
+    log::with_fields(
+        log::Level::Debug,
+        "chose a span",
+        &[
+            ("field", &field.name),
+            ("value", choices[best].text()),
+            ("share", &format!("{share:.3}")),
+        ],
+    );
+    let value = match (&choices[best], &field.kind) {
+        (Span::Number(n), FieldType::String) | (Span::Number(n), FieldType::Number) => {
+            number(n).unwrap_or_else(|| Value::from(n.as_str()))
+        }
+        (Span::Number(n), FieldType::Integer) => field
+            .coerce(n)
+            .ok_or_else(|| Error::Model(format!("`{}`: {n} is not a whole number", field.name)))?,
+        (span, _) => Value::from(span.text()),
+    };
+    Ok((value, share))
+}
+
+/// A JSON number for `text`: an integer when it is whole.
+fn number(text: &str) -> Option<Value> {
+    if let Ok(n) = text.parse::<i64>() {
+        return Some(Value::from(n));
+    }
+    text.parse::<f64>()
+        .ok()
+        .and_then(serde_json::Number::from_f64)
+        .map(Value::Number)
+}
+
+/// Ask for a field's value (booleans, arrays) until an answer fits its type.
+fn ask_until_it_fits(
+    text: &str,
+    field: &Field,
+    req: &Request,
+    usage: &mut Usage,
+    calls: &mut usize,
+) -> Result<Option<(Value, f32)>, Error> {
+    for attempt in 0..TRIES {
+        *calls += 1;
+        let completion = ask(text, field, attempt, req)?;
+        *usage += completion.usage;
+        let output = completion.text.trim().to_string();
+        if let Some(value) = field.coerce(&output) {
+            return Ok(Some((value, completion.mean_probability().unwrap_or(0.5))));
+        }
+        log::with_fields(
+            log::Level::Debug,
+            "answer does not fit the field; retrying",
+            &[("field", &field.name), ("output", &output)],
+        );
+    }
+    Ok(None)
 }
 
 /// Ask the model for one field; greedy first, then sampled retries.

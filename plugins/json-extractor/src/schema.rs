@@ -129,34 +129,6 @@ impl Schema {
         Ok(Schema { fields })
     }
 
-    /// Fields named in the question: "extract the name, age and city from
-    /// ...", as required strings.
-    pub fn from_question(question: &str) -> Option<Schema> {
-        let lower = question.to_lowercase();
-        let start = lower.find("extract ").map(|i| i + "extract ".len())?;
-        let rest = &lower[start..];
-        let end = [" from", ":", " as json", " into", " out of"]
-            .iter()
-            .filter_map(|m| rest.find(m))
-            .min()
-            .unwrap_or(rest.len());
-        let list = rest[..end].trim().trim_start_matches("the ");
-        let fields: Vec<Field> = list
-            .split([',', '&'])
-            .flat_map(|p| p.split(" and "))
-            .map(|p| p.trim().trim_start_matches("the ").trim())
-            .filter(|p| !p.is_empty() && p.split_whitespace().count() <= 3)
-            .take(MAX_FIELDS)
-            .map(|p| Field {
-                name: p.split_whitespace().collect::<Vec<_>>().join("_"),
-                kind: FieldType::String,
-                description: None,
-                required: true,
-            })
-            .collect();
-        (!fields.is_empty()).then_some(Schema { fields })
-    }
-
     /// Check `value` against the schema.
     pub fn validate(&self, value: &Value) -> Result<(), String> {
         let object = value.as_object().ok_or("not an object")?;
@@ -282,17 +254,6 @@ pub fn text_of(question: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fields_are_read_from_the_question() {
-        let schema = Schema::from_question(
-            "Extract the name, age and city from this text: John, 42, Boston",
-        )
-        .unwrap();
-        let names: Vec<&str> = schema.fields.iter().map(|f| f.name.as_str()).collect();
-        assert_eq!(names, ["name", "age", "city"]);
-        assert!(Schema::from_question("Tell me a joke").is_none());
-    }
 
     #[test]
     fn unsupported_schemas_are_explained() {
