@@ -23,4 +23,6 @@ for dir in plugins/*/; do
         target/release/tessera build "$dir"
     fi
 done
+# The Python example expert is built by componentize-py, not cargo.
+bash plugins/py-runner/build.sh >/dev/null
 exec target/release/tessera serve "$@"

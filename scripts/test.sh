@@ -36,3 +36,4 @@ cargo test --workspace --locked
 
 echo "== example experts' unit tests (native)"
 (cd plugins && cargo test --locked)
+python3 -m unittest discover -s plugins/py-runner -p 'test_*.py'

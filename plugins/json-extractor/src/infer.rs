@@ -126,7 +126,7 @@ fn field(item: &str) -> Option<Field> {
         Some(h) if h.starts_with("int") || h.starts_with("whole") => FieldType::Integer,
         Some(h) if h.starts_with("number") || h.starts_with("numeric") => FieldType::Number,
         _ if words[0] == "is" || words[0] == "has" || words[0] == "can" => FieldType::Boolean,
-        _ => FieldType::String,
+        _ => FieldType::Scalar,
     };
     Some(Field {
         name: words.join("_"),
@@ -230,9 +230,8 @@ pub fn boolean(text: &str) -> bool {
         })
 }
 
-/// The prompt a span is rated after: worked examples, then the text and
-/// the fields filled so far.
-pub fn prompt(text: &str, filled: &[(String, String)], field: &str) -> String {
+/// The prompt a span is rated after: worked examples, then the text.
+pub fn prompt(text: &str, field: &str) -> String {
     let mut prompt = String::from(
         "Copy each value from the text, word for word.\n\n\
          Text: Maria is 31 and works in Lisbon as a nurse.\nname: Maria\nage: 31\ncity: Lisbon\njob: nurse\n\n\
@@ -240,9 +239,6 @@ pub fn prompt(text: &str, filled: &[(String, String)], field: &str) -> String {
          Text: The Odyssey was written by Homer.\nbook: The Odyssey\nauthor: Homer\n\n",
     );
     prompt.push_str(&format!("Text: {text}\n"));
-    for (name, value) in filled {
-        prompt.push_str(&format!("{name}: {value}\n"));
-    }
     prompt.push_str(&format!("{}:", field.replace('_', " ")));
     prompt
 }

@@ -68,44 +68,47 @@ impl Expert for JsonExtractor {
         let per_field =
             (RATING_BUDGET / schema.fields.len().max(1)).clamp(2, infer::MAX_CANDIDATES);
         let mut object = Map::new();
-        let mut filled: Vec<(String, String)> = Vec::new();
         let mut usage = Usage::default();
         let mut calls = 0;
         let mut confidence_sum = 0.0;
+        // Fields whose value is chosen among spans: rated first, assigned
+        // together below.
+        let mut rated: Vec<(&Field, Vec<Span>, Vec<f64>)> = Vec::new();
         for field in &schema.fields {
-            let choices: Vec<Span> = match &field.kind {
+            let mut choices: Vec<Span> = match &field.kind {
                 FieldType::Enum(options) => options.iter().cloned().map(Span::Text).collect(),
-                FieldType::String | FieldType::Number | FieldType::Integer => {
+                FieldType::String | FieldType::Scalar | FieldType::Number | FieldType::Integer => {
                     infer::candidates(&text, field)
                 }
                 _ => Vec::new(),
             };
+            choices.truncate(per_field);
             let found = if inferred && field.kind == FieldType::Boolean {
                 Some((Value::Bool(infer::boolean(&text)), 1.0))
             } else if choices.is_empty() {
                 ask_until_it_fits(&text, field, &req, &mut usage, &mut calls)?
             } else {
-                let mut choices = choices;
-                choices.truncate(per_field);
                 calls += choices.len();
-                Some(choose(&text, &filled, field, &choices)?)
+                let scores = rate(&text, field, &choices)?;
+                rated.push((field, choices, scores));
+                continue;
             };
             match found {
                 Some((value, confidence)) => {
                     confidence_sum += confidence;
-                    let shown = value
-                        .as_str()
-                        .map_or_else(|| value.to_string(), str::to_string);
-                    filled.push((field.name.replace('_', " "), shown));
                     object.insert(field.name.clone(), value);
                 }
-                None if field.required => {
-                    return Err(Error::Model(format!(
-                        "could not extract `{}` as {}: no value in the text fits",
-                        field.name,
-                        field.kind.describe()
-                    )));
+                None if field.required => return Err(unfilled(field)),
+                None => {}
+            }
+        }
+        for (field, value, share) in assign(rated)? {
+            match value {
+                Some(value) => {
+                    confidence_sum += share;
+                    object.insert(field.name.clone(), value);
                 }
+                None if field.required => return Err(unfilled(field)),
                 None => {}
             }
         }
@@ -123,46 +126,84 @@ impl Expert for JsonExtractor {
     }
 }
 
-/// The most likely of `choices` for `field`, typed, with its share of the
-/// choices' probability.
-fn choose(
-    text: &str,
-    filled: &[(String, String)],
-    field: &Field,
-    choices: &[Span],
-) -> Result<(Value, f32), Error> {
-    let prompt = infer::prompt(text, filled, &field.name);
-    let mut scores = Vec::with_capacity(choices.len());
-    for choice in choices {
-        scores.push(model::score(&prompt, &format!(" {}\n", choice.text()))?);
-    }
-    let (best, top) = scores
+fn unfilled(field: &Field) -> Error {
+    Error::Model(format!(
+        "could not extract `{}` as {}: no value in the text fits",
+        field.name,
+        field.kind.describe()
+    ))
+}
+
+/// The model's log-likelihood of each of `choices` as `field`'s value.
+fn rate(text: &str, field: &Field, choices: &[Span]) -> Result<Vec<f64>, Error> {
+    let prompt = infer::prompt(text, &field.name);
+    choices
         .iter()
-        .enumerate()
-        .fold((0, f64::NEG_INFINITY), |acc, (i, s)| {
-            if *s > acc.1 { (i, *s) } else { acc }
-        });
-    let total: f64 = scores.iter().map(|s| (s - top).exp()).sum();
-    let share = (1.0 / total) as f32;
-    log::with_fields(
-        log::Level::Debug,
-        "chose a span",
-        &[
-            ("field", &field.name),
-            ("value", choices[best].text()),
-            ("share", &format!("{share:.3}")),
-        ],
-    );
-    let value = match (&choices[best], &field.kind) {
-        (Span::Number(n), FieldType::String) | (Span::Number(n), FieldType::Number) => {
-            number(n).unwrap_or_else(|| Value::from(n.as_str()))
+        .map(|choice| model::score(&prompt, &format!(" {}\n", choice.text())))
+        .collect()
+}
+
+/// Values for the rated fields: the most confident field takes its best
+/// span first, and a span of the text fills one field only (enum options
+/// may repeat). Confidence is the winner's share of the probability of
+/// the choices still open to the field.
+#[allow(clippy::type_complexity)]
+fn assign(
+    mut rated: Vec<(&Field, Vec<Span>, Vec<f64>)>,
+) -> Result<Vec<(&Field, Option<Value>, f32)>, Error> {
+    let mut used: Vec<Span> = Vec::new();
+    let mut out = Vec::new();
+    while !rated.is_empty() {
+        // (index in `rated`, index of the choice, share)
+        let mut best: Option<(usize, usize, f32)> = None;
+        for (r, (field, choices, scores)) in rated.iter().enumerate() {
+            let open = |i: &usize| {
+                matches!(field.kind, FieldType::Enum(_)) || !used.contains(&choices[*i])
+            };
+            let Some(top) = (0..choices.len())
+                .filter(open)
+                .max_by(|a, b| scores[*a].total_cmp(&scores[*b]))
+            else {
+                continue;
+            };
+            let total: f64 = (0..choices.len())
+                .filter(open)
+                .map(|i| (scores[i] - scores[top]).exp())
+                .sum();
+            let share = (1.0 / total) as f32;
+            if best.is_none_or(|(_, _, s)| share > s) {
+                best = Some((r, top, share));
+            }
         }
-        (Span::Number(n), FieldType::Integer) => field
-            .coerce(n)
-            .ok_or_else(|| Error::Model(format!("`{}`: {n} is not a whole number", field.name)))?,
-        (span, _) => Value::from(span.text()),
-    };
-    Ok((value, share))
+        let Some((r, choice, share)) = best else {
+            // Every remaining field's spans are taken.
+            out.extend(rated.drain(..).map(|(f, _, _)| (f, None, 0.0)));
+            break;
+        };
+        let (field, choices, _) = rated.remove(r);
+        let span = choices[choice].clone();
+        log::with_fields(
+            log::Level::Debug,
+            "chose a span",
+            &[
+                ("field", &field.name),
+                ("value", span.text()),
+                ("share", &format!("{share:.3}")),
+            ],
+        );
+        let value = match (&span, &field.kind) {
+            (Span::Number(n), FieldType::Scalar | FieldType::Number) => {
+                number(n).unwrap_or_else(|| Value::from(n.as_str()))
+            }
+            (Span::Number(n), FieldType::Integer) => field.coerce(n).ok_or_else(|| {
+                Error::Model(format!("`{}`: {n} is not a whole number", field.name))
+            })?,
+            (span, _) => Value::from(span.text()),
+        };
+        used.push(span);
+        out.push((field, Some(value), share));
+    }
+    Ok(out)
 }
 
 /// A JSON number for `text`: an integer when it is whole.

@@ -18,6 +18,9 @@ pub enum FieldType {
     Array(Box<FieldType>),
     /// One of these strings.
     Enum(Vec<String>),
+    /// Text or a number, whichever the value is (a field named in a
+    /// question without a type).
+    Scalar,
 }
 
 impl FieldType {
@@ -30,6 +33,7 @@ impl FieldType {
             FieldType::Boolean => "yes or no".into(),
             FieldType::Array(item) => format!("a comma-separated list of {}", item.describe()),
             FieldType::Enum(options) => format!("one of: {}", options.join(", ")),
+            FieldType::Scalar => "text or a number".into(),
         }
     }
 }
@@ -158,6 +162,7 @@ fn fits(kind: &FieldType, value: &Value) -> bool {
         FieldType::Enum(options) => value
             .as_str()
             .is_some_and(|s| options.iter().any(|o| o == s)),
+        FieldType::Scalar => value.is_string() || value.is_number(),
     }
 }
 
@@ -200,7 +205,7 @@ fn coerce(kind: &FieldType, answer: &str) -> Option<Value> {
         return None;
     }
     match kind {
-        FieldType::String => {
+        FieldType::String | FieldType::Scalar => {
             let lower = answer.to_lowercase();
             let unknown = ["unknown", "n/a", "none", "not mentioned", "not specified"];
             (!unknown.iter().any(|u| lower.starts_with(u)))
