@@ -1,4 +1,4 @@
-//! Shared harness of the end-to-end tests: builds plugin crates from source
+//! Shared harness of the end-to-end tests: builds plugins from source
 //! (once per test process), makes hosts with small pools, and provides a
 //! deterministic fake model engine.
 
@@ -35,14 +35,41 @@ pub fn plugin(rel: &str) -> PathBuf {
     if let Some(dir) = built.get(rel) {
         return dir.clone();
     }
-    let opts = BuildOptions {
-        quiet: true,
-        ..BuildOptions::default()
+    let dir = repo_root().join(rel);
+    let bundle_dir = if dir.join("Cargo.toml").exists() {
+        let opts = BuildOptions {
+            quiet: true,
+            ..BuildOptions::default()
+        };
+        build_plugin(&dir, &opts)
+            .unwrap_or_else(|e| panic!("building {rel}: {e}"))
+            .bundle_dir
+    } else {
+        // A plugin in another language (py-runner) builds with its own
+        // script; its manifest names the component the script writes.
+        build_with_script(&dir, rel);
+        dir
     };
-    let out = build_plugin(&repo_root().join(rel), &opts)
-        .unwrap_or_else(|e| panic!("building {rel}: {e}"));
-    built.insert(rel.to_string(), out.bundle_dir.clone());
-    out.bundle_dir
+    built.insert(rel.to_string(), bundle_dir.clone());
+    bundle_dir
+}
+
+fn build_with_script(dir: &Path, rel: &str) {
+    let script = dir.join("build.sh");
+    assert!(
+        script.exists(),
+        "{rel}: neither a Cargo.toml nor a build.sh to build it with"
+    );
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Open the bundle of plugin `rel`, building it first.

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
+use tessera_host::ensemble::calibration::{Calibration, Sample};
 use tessera_host::eval::{Item, Outcome, check, read_set, render, summarize};
 
 /// Arguments of `tessera eval`.
@@ -55,6 +56,15 @@ pub struct EvalArgs {
     #[arg(long, value_name = "FILE")]
     details: Option<PathBuf>,
 
+    /// Fit a cascade calibration to this set and write it here (for
+    /// `tessera serve --cascade-calibration`): every stage of every
+    /// `tessera/auto:cascade` answer is checked, and each expert's
+    /// confidence is mapped to how often it was right. Use a development
+    /// set, never the test set; serve with `--cascade-threshold 1` so that
+    /// every stage runs.
+    #[arg(long, value_name = "FILE")]
+    calibrate: Option<PathBuf>,
+
     /// Arguments for the `tessera serve` started without --url.
     #[arg(last = true)]
     serve_args: Vec<String>,
@@ -89,10 +99,13 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
             .progress_chars("=> "),
     );
     let mut outcomes = Vec::with_capacity(total as usize);
+    let mut samples = Vec::new();
     for model in &args.models {
         let mut correct = 0;
         for (i, item) in items.iter().enumerate() {
-            let outcome = ask(&client, &url, args.api_key.as_deref(), model, item, &args).await;
+            let (outcome, stages) =
+                ask(&client, &url, args.api_key.as_deref(), model, item, &args).await;
+            samples.extend(stages);
             correct += usize::from(outcome.correct);
             bar.set_message(format!("{model}: {correct}/{} correct", i + 1));
             bar.inc(1);
@@ -112,6 +125,23 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         }
         std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
     }
+    if let Some(path) = &args.calibrate {
+        if samples.is_empty() {
+            anyhow::bail!(
+                "--calibrate: no cascade stages were seen; include tessera/auto:cascade in --models"
+            );
+        }
+        let source = format!("{} ({} stages)", args.data.display(), samples.len());
+        let calibration = Calibration::fit(&samples, &source);
+        std::fs::write(path, serde_json::to_string_pretty(&calibration)? + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!(
+            "wrote the cascade calibration {} ({} stages; curves for {} experts and a pooled one)",
+            path.display(),
+            samples.len(),
+            calibration.experts.len()
+        );
+    }
     let summary = summarize(&args.models, &outcomes);
     if args.json {
         super::print(&format!("{}\n", serde_json::to_string_pretty(&summary)?))?;
@@ -121,7 +151,8 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Ask `model` one item at temperature 0 and check the answer.
+/// Ask `model` one item at temperature 0 and check the answer, and the
+/// answer of every cascade stage.
 async fn ask(
     client: &reqwest::Client,
     url: &str,
@@ -129,7 +160,7 @@ async fn ask(
     model: &str,
     item: &Item,
     args: &EvalArgs,
-) -> Outcome {
+) -> (Outcome, Vec<Sample>) {
     let body = serde_json::json!({
         "model": model,
         "messages": [{"role": "user", "content": item.prompt}],
@@ -188,7 +219,26 @@ async fn ask(
         outcome.why = Some(format!("HTTP {status}: {message}"));
         outcome.answer = message;
     }
-    outcome
+    (outcome, stage_samples(item, &value))
+}
+
+/// Each answered cascade stage of `response`: its expert, its own
+/// confidence, and whether its answer passes the item's check.
+fn stage_samples(item: &Item, response: &serde_json::Value) -> Vec<Sample> {
+    let Some(stages) = response["tessera"]["cascade"]["stages"].as_array() else {
+        return Vec::new();
+    };
+    stages
+        .iter()
+        .filter_map(|stage| {
+            let content = stage["content"].as_str()?;
+            Some(Sample {
+                expert: stage["expert"].as_str()?.to_string(),
+                confidence: stage["confidence"].as_f64().unwrap_or(0.0) as f32,
+                right: check(item, content).is_ok(),
+            })
+        })
+        .collect()
 }
 
 /// Largest response body read from the server (a miner's server is not

@@ -150,6 +150,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "P")]
     cascade_threshold: Option<f32>,
 
+    /// Compare the cascade threshold with calibrated confidence: how often
+    /// answers like a stage's were right on a development set (a file from
+    /// `tessera eval --calibrate`).
+    #[arg(long, value_name = "FILE")]
+    cascade_calibration: Option<PathBuf>,
+
     /// Serve the Hugging Face PEFT LoRA adapter in DIR as model NAME, a
     /// fine-tune of the base model (repeatable).
     #[arg(long = "adapter", value_name = "NAME=DIR")]
@@ -194,6 +200,7 @@ struct ConfigFile {
     #[serde(default)]
     moa_fuse: bool,
     cascade_threshold: Option<f32>,
+    cascade_calibration: Option<PathBuf>,
     models_dir: Option<PathBuf>,
     model: Option<PathBuf>,
     device: Option<String>,
@@ -219,6 +226,7 @@ impl ConfigFile {
         };
         config.bundles.iter_mut().flatten().for_each(rebase);
         config.api_keys_file.iter_mut().for_each(rebase);
+        config.cascade_calibration.iter_mut().for_each(rebase);
         config.models_dir.iter_mut().for_each(rebase);
         config.model.iter_mut().for_each(rebase);
         config.trusted_keys.iter_mut().for_each(rebase);
@@ -280,6 +288,7 @@ impl ServeArgs {
         self.aggregator = self.aggregator.take().or(c.aggregator);
         self.moa_fuse |= c.moa_fuse;
         self.cascade_threshold = self.cascade_threshold.or(c.cascade_threshold);
+        self.cascade_calibration = self.cascade_calibration.take().or(c.cascade_calibration);
         let e = &mut self.engine;
         e.models_dir = e.models_dir.take().or(c.models_dir);
         e.model = e.model.take().or(c.model);
@@ -353,6 +362,12 @@ impl ServeArgs {
             aggregator: self.aggregator.clone().unwrap_or(d.aggregator.clone()),
             cascade_threshold,
             moa_fuse: self.moa_fuse,
+            cascade_calibration: match &self.cascade_calibration {
+                Some(path) => Some(std::sync::Arc::new(
+                    tessera_host::ensemble::calibration::Calibration::load(path)?,
+                )),
+                None => None,
+            },
             ..d
         })
     }

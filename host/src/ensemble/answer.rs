@@ -235,6 +235,14 @@ pub enum StageDetail {
     Answered {
         /// How sure it was.
         confidence: Option<f32>,
+        /// How often answers like it were right on the development set
+        /// (cascade with a calibration only).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        calibrated: Option<f32>,
+        /// What it answered (cascade only: the answer of a stage the
+        /// cascade went past is otherwise lost to the auditor).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        content: Option<String>,
         /// Whether the cascade stopped there (cascade only).
         #[serde(skip_serializing_if = "Option::is_none")]
         accepted: Option<bool>,
@@ -254,6 +262,8 @@ impl Stage {
             ok: true,
             detail: StageDetail::Answered {
                 confidence: answer.confidence,
+                calibrated: None,
+                content: None,
                 accepted,
             },
         }

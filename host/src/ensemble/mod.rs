@@ -4,6 +4,7 @@
 //! and returns its answer together with the [`Trace`] of what it did.
 
 pub mod answer;
+pub mod calibration;
 mod error;
 mod guest;
 pub mod index;

@@ -57,6 +57,9 @@ pub struct RouterConfig {
     /// `moa` has the aggregator write the final answer from the experts'
     /// (generative fusion) instead of selecting one of them.
     pub moa_fuse: bool,
+    /// Maps a stage's confidence to how often such answers were right on
+    /// a development set; the cascade compares that with its threshold.
+    pub cascade_calibration: Option<Arc<super::calibration::Calibration>>,
 }
 
 impl Default for RouterConfig {
@@ -70,6 +73,7 @@ impl Default for RouterConfig {
             aggregator: "aggregator".into(),
             cascade_threshold: 0.5,
             moa_fuse: false,
+            cascade_calibration: None,
         }
     }
 }
