@@ -285,6 +285,14 @@ pub struct Outcome {
     /// Who answered, for `tessera/auto` (its `tessera.answered_by`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub answered_by: Option<String>,
+    /// Experts that failed or refused before the answer (its
+    /// `tessera.fallbacks`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallbacks: Vec<String>,
+    /// How `tessera/auto:moa` chose the answer (its
+    /// `tessera.selection.by`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selected_by: Option<String>,
 }
 
 /// Counts for one model (and one category, or all).

@@ -1245,3 +1245,87 @@ fn eval_scores_a_slice_against_its_own_host() {
     assert!(!bad.status.success());
     assert!(stderr(&bad).contains("Cargo.toml:1:"), "{}", stderr(&bad));
 }
+
+/// `tessera eval` of a development-set slice on the real models, through
+/// every strategy: exact experts answer their categories right in all of
+/// them (MoA selects the certain answer), and a prompt routed to experts
+/// that all refuse ("How many sides does a hexagon have?" scores highest
+/// for text-stats, then calculator and unit-converter) is answered by the
+/// base model, never an error, with the refusals listed.
+#[test]
+fn eval_through_every_strategy_falls_back_and_selects_exact_answers() {
+    let plugins = [
+        "plugins/dates",
+        "plugins/text-stats",
+        "plugins/calculator",
+        "plugins/unit-converter",
+    ];
+    for p in plugins {
+        let built = tessera(&["build", p]);
+        assert!(built.status.success(), "{}", stderr(&built));
+    }
+    let models = Path::new(env!("CARGO_TARGET_TMPDIR")).join("models");
+    let models = models.to_str().unwrap();
+    let pull = tessera(&["models", "pull", "--models-dir", models]);
+    assert!(pull.status.success(), "{}", stderr(&pull));
+    let dir = scratch("eval-strategies");
+    let details = dir.join("details.jsonl");
+    let mut args = vec![
+        "eval",
+        "tests/data/eval/dev.jsonl",
+        "--models",
+        "tessera/auto,tessera/auto:moa,tessera/auto:cascade",
+        "--categories",
+        "dates,text-stats,facts",
+        "--max-tokens",
+        "48",
+        "--json",
+        "--details",
+        details.to_str().unwrap(),
+        "--",
+        "--models-dir",
+        models,
+        "--no-audit",
+        "--cascade-calibration",
+        "plugins/cascade-calibration.json",
+    ];
+    args.extend(plugins);
+    let out = tessera(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for model in summary["models"].as_array().unwrap() {
+        assert_eq!(model["all"]["errors"], 0, "{model}");
+        for exact in ["dates", "text-stats"] {
+            let c = &model["categories"][exact];
+            assert!(c["total"].as_u64().unwrap() >= 7, "{model}");
+            assert_eq!(c["correct"], c["total"], "{}: {exact}", model["model"]);
+        }
+    }
+    let outcomes: Vec<tessera_host::eval::Outcome> = std::fs::read_to_string(&details)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let hexagon: Vec<_> = outcomes.iter().filter(|o| o.id == "dev-facts-03").collect();
+    assert_eq!(hexagon.len(), 3);
+    for o in hexagon {
+        assert_eq!(o.status, 200, "{o:?}");
+        assert_eq!(
+            o.answered_by.as_deref(),
+            Some("SmolLM2-135M-Instruct"),
+            "{o:?}"
+        );
+        assert!(o.fallbacks.iter().any(|e| e == "text-stats"), "{o:?}");
+    }
+    // MoA kept the exact tools' answers by their certainty.
+    let moa_dates = outcomes
+        .iter()
+        .filter(|o| o.model == "tessera/auto:moa" && o.category == "dates");
+    for o in moa_dates {
+        assert_eq!(o.answered_by.as_deref(), Some("dates"), "{o:?}");
+        assert!(
+            matches!(o.selected_by.as_deref(), Some("confidence" | "only-answer")),
+            "{o:?}"
+        );
+    }
+}

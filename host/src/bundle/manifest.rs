@@ -72,6 +72,7 @@ pub fn check_description(
 /// [routing]             # how `tessera/auto` treats it
 /// routable = true       # a candidate of the router (false: by name only)
 /// cost = 1              # cascades try cheaper experts first
+/// margin = 0.0          # chosen only when this far ahead of the rest
 ///
 /// [limits]              # each clamped by the host's policy
 /// memory-mib = 64
@@ -169,6 +170,14 @@ pub struct RoutingSpec {
     /// tries its candidates cheapest first.
     #[serde(default = "one")]
     pub cost: u32,
+    /// How far (in router score) this expert must lead to be chosen: its
+    /// score must be at least the router's threshold plus `margin`, and at
+    /// least the best other candidate's plus `margin`. For experts that
+    /// help only where they clearly fit and hurt elsewhere (chain of
+    /// thought turns "count to five" into arithmetic). 0 (the default):
+    /// chosen like any other.
+    #[serde(default)]
+    pub margin: f32,
 }
 
 fn yes() -> bool {
@@ -184,6 +193,7 @@ impl Default for RoutingSpec {
         RoutingSpec {
             routable: true,
             cost: 1,
+            margin: 0.0,
         }
     }
 }
@@ -407,6 +417,14 @@ impl Manifest {
                 },
                 "text within the caps of the plugin guide",
                 problem,
+            ));
+        }
+        let margin = self.routing.margin;
+        if !(0.0..=1.0).contains(&margin) {
+            return Err(invalid(
+                "routing.margin",
+                "a router score difference between 0 and 1, such as 0.1",
+                format!("{margin}"),
             ));
         }
         for expert in &self.capabilities.experts {

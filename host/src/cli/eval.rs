@@ -201,6 +201,15 @@ async fn ask(
             .as_str()
             .or(value["tessera"]["expert"].as_str())
             .map(str::to_string),
+        fallbacks: value["tessera"]["fallbacks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["expert"].as_str().map(str::to_string))
+            .collect(),
+        selected_by: value["tessera"]["selection"]["by"]
+            .as_str()
+            .map(str::to_string),
     };
     if status == 200 {
         outcome.answer = value["choices"][0]["message"]["content"]

@@ -134,8 +134,8 @@ pub struct Report {
     /// For `tessera/auto:cascade`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cascade: Option<CascadeReport>,
-    /// For `tessera/auto`: the experts that failed or refused before the
-    /// one that answered (or the base model), with why.
+    /// The experts that failed or refused before the one that answered
+    /// (or the base model, when every one of them did), with why.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub fallbacks: Vec<Stage>,
 }
@@ -208,7 +208,7 @@ pub struct Selection {
 pub struct CascadeReport {
     /// The confidence that stops it.
     pub threshold: f32,
-    /// Each expert asked, cheapest first.
+    /// Each expert asked, in the order asked.
     pub stages: Vec<Stage>,
 }
 

@@ -4,8 +4,9 @@
 //! turn before it when the last one is short) and scores every routable
 //! expert by the best cosine similarity between that vector and the
 //! expert's description and examples ([`super::index`]). The top `k`
-//! above [`RouterConfig::threshold`] are chosen; when none is, the base
-//! model answers. A router plugin (a bundle of kind `router`) can replace
+//! above [`RouterConfig::threshold`] are chosen (an expert with a routing
+//! `margin` only when it leads the threshold and every other candidate by
+//! that much); when none is, the base model answers. A router plugin (a bundle of kind `router`) can replace
 //! it by configuration; when the plugin fails or runs out of time, the
 //! default router decides and the failure is reported in the decision.
 
@@ -223,7 +224,18 @@ impl Ensemble {
             .collect();
         let choices = candidates
             .iter()
-            .filter(|c| c.score >= config.threshold)
+            .filter(|c| {
+                let margin = self
+                    .expert(&c.expert)
+                    .map_or(0.0, |e| e.manifest.routing.margin);
+                let best_other = candidates
+                    .iter()
+                    .filter(|o| o.expert != c.expert)
+                    .map(|o| o.score)
+                    .fold(f32::NEG_INFINITY, f32::max);
+                c.score >= config.threshold + margin
+                    && (margin == 0.0 || c.score >= best_other + margin)
+            })
             .cloned()
             .collect();
         Ok(Decision {

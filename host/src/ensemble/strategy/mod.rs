@@ -102,6 +102,28 @@ pub(super) async fn answer(job: Job<'_>, deltas: Option<Deltas>) -> Outcome {
     outcome
 }
 
+/// Every expert failed: the base model answers, if there is one, and the
+/// answer lists who failed and why; without a model, `error` stands.
+pub(super) async fn base_fallback(
+    job: &Job<'_>,
+    deltas: Option<Deltas>,
+    failed: Vec<super::answer::Stage>,
+    traces: Vec<crate::audit::Trace>,
+    error: super::answer::AnswerError,
+) -> Outcome {
+    use crate::inference::{ModelEngine as _, NoModel};
+    let ensemble = job.ensemble;
+    if ensemble.model().model_name() != NoModel.model_name()
+        && let Ok(mut answer) = ensemble
+            .answer_base(job.ask, job.choice, deltas, None)
+            .await
+    {
+        answer.report.fallbacks = failed;
+        return Outcome::of(Ok(answer), traces);
+    }
+    Outcome::of(Err(error), traces)
+}
+
 /// The sandbox instances one choice may hold at once: MoA runs its experts
 /// together and then the aggregator; the others one expert at a time.
 pub(super) fn slots(ensemble: &Ensemble, decision: &Decision) -> u32 {

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::Job;
 use crate::ensemble::answer::{AnswerError, Outcome, Stage, expert_answer};
-use crate::inference::{Deltas, ModelEngine as _, NoModel};
+use crate::inference::Deltas;
 
 pub(super) async fn answer(job: &Job<'_>, deltas: Option<Deltas>) -> Outcome {
     let (ensemble, decision) = (job.ensemble, job.decision);
@@ -62,19 +62,10 @@ pub(super) async fn answer(job: &Job<'_>, deltas: Option<Deltas>) -> Outcome {
         }
     }
     // Every candidate failed: the base model answers, if there is one.
-    if ensemble.model().model_name() != NoModel.model_name() {
-        let base = ensemble
-            .answer_base(job.ask, job.choice, deltas, None)
-            .await;
-        if let Ok(mut answer) = base {
-            answer.report.fallbacks = failed;
-            return Outcome::of(Ok(answer), traces);
-        }
-    }
     let error = first_error.unwrap_or_else(|| {
         AnswerError::Model(crate::inference::ModelError::NotLoaded(
             "no expert was chosen and no model is loaded".into(),
         ))
     });
-    Outcome::of(Err(error), traces)
+    super::base_fallback(job, deltas, failed, traces, error).await
 }
