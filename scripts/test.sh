@@ -37,3 +37,6 @@ cargo test --workspace --locked
 echo "== example experts' unit tests (native)"
 (cd plugins && cargo test --locked)
 python3 -m unittest discover -s plugins/py-runner -p 'test_*.py'
+
+echo "== evaluation sets: no prompt is a near-copy of a manifest example"
+python3 tests/data/eval/near_copies.py tests/data/eval/test.jsonl tests/data/eval/dev.jsonl

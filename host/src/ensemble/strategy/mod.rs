@@ -4,6 +4,8 @@
 
 mod cascade;
 mod moa;
+
+pub use moa::{CERTAIN, ROUTER_TIE};
 mod route;
 
 use std::sync::Arc;
