@@ -8,21 +8,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash scripts/setup.sh
-cargo build --release --locked --bin tessera
-# The example fine-tune's weights are trained, not checked in: train them
-# once (about a minute, with progress) before its bundle is built.
-if [[ ! -f plugins/harbor-lane-books/adapter/adapter_model.safetensors ]]; then
-    target/release/tessera models pull >/dev/null
-    TESSERA=target/release/tessera bash plugins/harbor-lane-books/train.sh
-fi
-# `tessera serve` never builds plugin sources itself (a crate's build
-# scripts would run natively): build our own example experts here.
-for dir in plugins/*/; do
-    if [[ -f "$dir/tessera.toml" && -f "$dir/Cargo.toml" ]]; then
-        target/release/tessera build "$dir"
-    fi
+bash scripts/build-examples.sh
+# The cascade's calibration for these experts, fitted on the development
+# set (`tessera eval --calibrate`), unless the arguments or a config file
+# say otherwise.
+defaults=(--cascade-calibration plugins/cascade-calibration.json)
+for arg in "$@"; do
+    case "$arg" in
+    --cascade-calibration* | --config* | -c) defaults=() ;;
+    esac
 done
-# The Python example expert is built by componentize-py, not cargo.
-bash plugins/py-runner/build.sh >/dev/null
-exec target/release/tessera serve "$@"
+exec target/release/tessera serve "${defaults[@]}" "$@"

@@ -546,6 +546,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("limits.deadline-ms"), "{err}");
+        for margin in ["-0.1", "1.5", "nan"] {
+            let err = parse(&format!(
+                "name = \"a\"\nversion = \"1.0.0\"\n[routing]\nmargin = {margin}\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("routing.margin"), "{err}");
+        }
     }
 
     #[test]
