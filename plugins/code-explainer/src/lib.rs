@@ -1,6 +1,8 @@
 //! Code explainer: finds the code in the question (a fenced block, or the
 //! text after the first colon), names its language when it can tell, and
-//! asks the model to explain it. Streams the explanation.
+//! asks the model to explain it. Streams the explanation. A question with
+//! nothing that looks like code is refused (`invalid-input`), so that the
+//! router's next candidate or the base model answers it.
 
 use tessera_sdk::prelude::*;
 
@@ -13,6 +15,12 @@ impl Expert for CodeExplainer {
 
     fn handle(req: Request) -> Result<Response, Error> {
         let question = req.require_user_message()?;
+        if !has_code(question) {
+            // Another expert, or the base model, answers instead.
+            return Err(Error::invalid_input(
+                "no code found: paste the code after a colon or in a ``` block",
+            ));
+        }
         let code = extract_code(question);
         let language = guess_language(code);
         let mut system = String::from(
@@ -48,6 +56,16 @@ pub fn extract_code(question: &str) -> &str {
         Some((_, rest)) if !rest.trim().is_empty() => rest.trim(),
         _ => question.trim(),
     }
+}
+
+/// Whether `question` holds something that looks like code: a fenced
+/// block, a language's telltale tokens, or code punctuation.
+pub fn has_code(question: &str) -> bool {
+    question.contains("```")
+        || guess_language(question).is_some()
+        || question.contains([
+            '(', ')', '{', '}', '=', ';', '[', ']', '<', '>', '`', '$', '|', '_',
+        ])
 }
 
 /// A guess at the language from telltale tokens.
@@ -91,5 +109,14 @@ mod tests {
             Some("Rust")
         );
         assert_eq!(guess_language("hello world"), None);
+    }
+
+    #[test]
+    fn prose_without_code_is_not_taken() {
+        assert!(!has_code("Iron has which element symbol?"));
+        assert!(!has_code("What is a closure in programming?"));
+        assert!(has_code("What does x = [i * 2 for i in range(3)] give?"));
+        assert!(has_code("Explain: SELECT name FROM users"));
+        assert!(has_code("What does `ls -la` print?"));
     }
 }

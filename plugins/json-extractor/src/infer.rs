@@ -60,6 +60,7 @@ const STOPWORDS: &[&str] = &[
 /// The fields named in `question` and the text to extract from, or
 /// `None` when the question names no fields.
 pub fn fields_and_text(question: &str) -> Option<(Vec<Field>, String)> {
+    let question = &unparenthesise(question);
     let lower = question.to_lowercase();
     // The instruction is what precedes the first colon (the text follows
     // it); without a colon, the whole question.
@@ -97,6 +98,54 @@ pub fn fields_and_text(question: &str) -> Option<(Vec<Field>, String)> {
             .unwrap_or_else(|| question.to_string()),
     };
     (!text.is_empty()).then_some((fields, text))
+}
+
+/// "Make JSON (fields: team, wins) out of this: …" as "Make JSON with
+/// fields team, wins out of this: …", so that the first colon starts the
+/// text again.
+fn unparenthesise(question: &str) -> String {
+    let lower = question.to_lowercase();
+    for marker in ["(fields:", "(keys:", "(fields ", "(keys "] {
+        if let Some(i) = lower.find(marker)
+            && let Some(j) = lower[i..].find(')')
+        {
+            let list = question[i + marker.len()..i + j].trim();
+            return format!(
+                "{} with fields {list}{}",
+                question[..i].trim_end(),
+                &question[i + j + 1..]
+            );
+        }
+    }
+    question.to_string()
+}
+
+/// Small whole numbers written as words ("two legs").
+fn number_word(t: &str) -> Option<usize> {
+    const WORDS: [&str; 21] = [
+        "zero",
+        "one",
+        "two",
+        "three",
+        "four",
+        "five",
+        "six",
+        "seven",
+        "eight",
+        "nine",
+        "ten",
+        "eleven",
+        "twelve",
+        "thirteen",
+        "fourteen",
+        "fifteen",
+        "sixteen",
+        "seventeen",
+        "eighteen",
+        "nineteen",
+        "twenty",
+    ];
+    WORDS.iter().position(|w| t.eq_ignore_ascii_case(w))
 }
 
 /// One item of a field list: "age", "the city", "member (a boolean)",
@@ -194,6 +243,8 @@ pub fn candidates(text: &str, field: &Field) -> Vec<Span> {
         let t = tokens[i];
         if is_number(t) {
             push(Span::Number(t.replace(',', "")), &mut out);
+        } else if let Some(n) = number_word(t) {
+            push(Span::Number(n.to_string()), &mut out);
         } else if !numeric_only && capitalised(t) {
             let mut j = i + 1;
             while j < tokens.len() && capitalised(tokens[j]) {
@@ -226,7 +277,10 @@ pub fn boolean(text: &str) -> bool {
     !lower
         .split(|c: char| !(c.is_alphanumeric() || c == '\''))
         .any(|w| {
-            matches!(w, "not" | "no" | "never" | "without" | "none" | "false") || w.ends_with("n't")
+            matches!(
+                w,
+                "not" | "no" | "never" | "without" | "none" | "false" | "cannot" | "neither"
+            ) || w.ends_with("n't")
         })
 }
 
@@ -288,6 +342,14 @@ mod tests {
         let (_, text) =
             fields_and_text("Get JSON with keys city and country from Paris is in France").unwrap();
         assert_eq!(text, "Paris is in France");
+        // A parenthesised list before the text's colon.
+        let (fields, text) = fields_and_text(
+            "Make JSON (fields: team, wins) out of this: The Falcons won 12 games.",
+        )
+        .unwrap();
+        let names: Vec<&str> = fields.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["team", "wins"]);
+        assert_eq!(text, "The Falcons won 12 games.");
     }
 
     #[test]
@@ -318,11 +380,23 @@ mod tests {
             },
         );
         assert!(!spans.iter().any(|s| s.text() == "players"), "{spans:?}");
+        // Small numbers in words are numbers.
+        let spans = candidates(
+            "A spider has eight legs.",
+            &Field {
+                name: "legs".into(),
+                kind: FieldType::Integer,
+                description: None,
+                required: true,
+            },
+        );
+        assert_eq!(spans, [Span::Number("8".into())]);
     }
 
     #[test]
     fn booleans_follow_negation() {
         assert!(!boolean("Lena is not a member."));
+        assert!(!boolean("A penguin has two legs but cannot fly."));
         assert!(!boolean("The shop isn't open on Sundays."));
         assert!(boolean("Tom is a member of the club."));
     }
