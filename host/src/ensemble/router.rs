@@ -33,6 +33,8 @@ pub const DEFAULT_PLUGIN_DEADLINE_MS: u64 = 2_000;
 pub const SHORT_TURN_BYTES: usize = 48;
 /// Most bytes of the earlier turn added as context.
 pub const CONTEXT_BYTES: usize = 256;
+/// Shortest instruction head routed on by itself ("TL;DR", "Sum up").
+pub const MIN_HEAD_BYTES: usize = 5;
 /// Largest `top_k` a request or config may ask for.
 pub const MAX_TOP_K: usize = 16;
 
@@ -166,7 +168,7 @@ pub fn query_views(query: &str) -> Vec<String> {
         .map(|(i, _)| i);
     if let Some(end) = head_end {
         let head = query[..end].trim();
-        if head.len() >= 8 && head.len() * 2 <= query.len() {
+        if head.len() >= MIN_HEAD_BYTES && head.len() * 2 <= query.len() {
             views.push(head.to_string());
         }
     }
@@ -359,6 +361,9 @@ mod tests {
         let views = query_views("Summarise this: the council met on Tuesday and voted on it.");
         assert_eq!(views[1], "Summarise this");
         assert_eq!(query_views("What is 2 + 2?").len(), 1);
+        let views = query_views("TL;DR: The city library is extending its opening hours.");
+        assert_eq!(views[1], "TL;DR");
+        assert_eq!(query_views("Q: what is the capital of France?").len(), 1);
     }
 
     #[test]

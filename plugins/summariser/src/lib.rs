@@ -51,12 +51,20 @@ impl Expert for Summariser {
                 })?,
         };
         let passage = passage(question);
+        // `passage` is a slice of `question`: what precedes it is the
+        // instruction.
+        let start = passage.as_ptr() as usize - question.as_ptr() as usize;
+        let asked = asked_length(&question[..start]);
+        let sentences = match (req.metadata("sentences"), asked.sentences) {
+            (None, Some(n)) => n.min(MAX_SENTENCES),
+            _ => sentences,
+        };
         if passage.split_whitespace().count() < 3 {
             return Err(Error::invalid_input(
                 "nothing to summarise: put the text after the request, e.g. \"Summarise this: ...\"",
             ));
         }
-        let budget = budget(passage, sentences);
+        let budget = budget(passage, sentences).min(asked.words.unwrap_or(usize::MAX).max(1));
         let messages = [
             Message::system(format!(
                 "You summarise text in at most {budget} words. Keep only the main point. Use words from the text. Do not add anything, do not introduce your answer."
@@ -99,7 +107,7 @@ impl Expert for Summariser {
 /// The passage: what follows the instruction ("Summarise this: ..."), or
 /// the whole message when there is no instruction line.
 pub fn passage(question: &str) -> &str {
-    let head_end = question.find([':', '\n']).filter(|&i| {
+    let head_end = question.find([':', '\n', '?']).filter(|&i| {
         let head = question[..i].to_lowercase();
         [
             "summar",
@@ -111,6 +119,10 @@ pub fn passage(question: &str) -> &str {
             "key points",
             "abstract",
             "gist",
+            "main point",
+            "what does this say",
+            "in short",
+            "recap",
         ]
         .iter()
         .any(|w| head.contains(w))
@@ -119,6 +131,64 @@ pub fn passage(question: &str) -> &str {
         Some(i) => question[i + 1..].trim(),
         None => question.trim(),
     }
+}
+
+/// The length an instruction asks for ("in under 15 words", "in one
+/// sentence", "a one-line summary", "in 3 sentences").
+#[derive(Debug, Default, PartialEq)]
+pub struct Asked {
+    /// Most words.
+    pub words: Option<usize>,
+    /// Sentences.
+    pub sentences: Option<u32>,
+}
+
+/// Read the length asked for from the instruction before the passage.
+pub fn asked_length(instruction: &str) -> Asked {
+    let lower = instruction.to_lowercase();
+    let words: Vec<&str> = lower
+        .split(|c: char| !(c.is_alphanumeric() || c == '-'))
+        .filter(|w| !w.is_empty())
+        .collect();
+    let number = |w: &str| -> Option<usize> {
+        w.parse().ok().or_else(|| {
+            [
+                "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+            ]
+            .iter()
+            .position(|n| *n == w)
+            .map(|i| i + 1)
+        })
+    };
+    let mut asked = Asked::default();
+    for (i, w) in words.iter().enumerate() {
+        let Some(n) = number(w) else {
+            if matches!(*w, "one-line" | "one-sentence") {
+                asked.sentences = Some(1);
+            }
+            continue;
+        };
+        let before = i.checked_sub(1).map(|j| words[j]);
+        let strict = matches!(before, Some("under" | "fewer" | "less" | "below"))
+            || (i >= 2 && matches!(words[i - 2], "fewer" | "less") && before == Some("than"));
+        match words.get(i + 1).copied() {
+            Some("words" | "word") => {
+                asked.words = Some(if strict { n.saturating_sub(1) } else { n }.max(1));
+            }
+            Some("sentences" | "sentence" | "lines" | "line") => {
+                asked.sentences = Some(n.clamp(1, 10) as u32);
+            }
+            _ => {}
+        }
+    }
+    if asked.sentences.is_none()
+        && (lower.contains("a sentence")
+            || lower.contains("a single sentence")
+            || lower.contains("a line"))
+    {
+        asked.sentences = Some(1);
+    }
+    asked
 }
 
 /// Words a summary of `passage` may have.
@@ -293,9 +363,41 @@ mod tests {
     }
 
     #[test]
+    fn the_length_asked_for_is_read_from_the_instruction() {
+        let asked = asked_length("Summarize in under 15 words:");
+        assert_eq!(asked.words, Some(14));
+        assert_eq!(
+            asked_length("Summarise in 20 words or fewer:").words,
+            Some(20)
+        );
+        assert_eq!(
+            asked_length("Sum it up in fewer than ten words:").words,
+            Some(9)
+        );
+        assert_eq!(
+            asked_length("Write a one-line summary of this email:").sentences,
+            Some(1)
+        );
+        assert_eq!(
+            asked_length("Give me the gist in one sentence:").sentences,
+            Some(1)
+        );
+        assert_eq!(asked_length("Summarise in 3 sentences:").sentences, Some(3));
+        assert_eq!(
+            asked_length("Summarise in a sentence or two:").sentences,
+            Some(1)
+        );
+        assert_eq!(asked_length("TL;DR:"), Asked::default());
+    }
+
+    #[test]
     fn the_passage_follows_the_instruction() {
         assert_eq!(passage("Summarize briefly: A B C."), "A B C.");
         assert_eq!(passage("Please condense this:\nA B C."), "A B C.");
+        assert_eq!(
+            passage("In a sentence or two, what does this say? A B C."),
+            "A B C."
+        );
         assert_eq!(
             passage("The council met: it voted."),
             "The council met: it voted."
