@@ -167,14 +167,12 @@ mod tests {
             "1969-07-20 is a Sunday."
         );
         assert!(ask("What day of the week is July 4, 1776?").contains("Thursday"));
-        assert!(ask("What day of the week was 1 January 2000?").contains("Saturday"));
+        assert!(ask("Name the weekday of 1976-07-04.").contains("Sunday"));
     }
 
     #[test]
     fn days_between() {
-        assert!(
-            ask("How many days are there between 2020-02-01 and 2020-03-01?").contains("29 days")
-        );
+        assert!(ask("Count the days from 2016-02-01 to 2016-03-01.").contains("29 days"));
         assert!(ask("Count the days from March 1, 2023 to March 1, 2024.").contains("366 days"));
         assert!(ask("How many weeks from 2024-01-01 to 2024-02-05?").contains("5 weeks"));
     }
@@ -191,8 +189,8 @@ mod tests {
     #[test]
     fn leap_years_and_lengths() {
         assert!(ask("Was 1900 a leap year?").starts_with("No"));
-        assert!(ask("Is 2000 a leap year?").starts_with("Yes"));
-        assert!(ask("Is 2024 a leap year?").starts_with("Yes"));
+        assert!(ask("Is 1600 a leap year?").starts_with("Yes"));
+        assert!(ask("Is 2028 a leap year?").starts_with("Yes"));
         assert!(ask("How many days are in February 2023?").contains("28 days"));
         assert!(ask("How many days does February 2024 have?").contains("29 days"));
         assert!(ask("How many days are in the year 2100?").contains("365 days"));

@@ -81,7 +81,7 @@ pub fn question(text: &str) -> Result<Question, String> {
             .map(chrono::Datelike::year)
             .or_else(|| month_year.map(|(y, _)| y))
             .or_else(|| tokens.iter().find_map(|t| year(t)))
-            .ok_or("which year? Ask like \"Is 2024 a leap year?\"")?;
+            .ok_or("which year? Ask like \"Is 2032 a leap year?\"")?;
         return Ok(Question::LeapYear(year));
     }
     match dates.as_slice() {

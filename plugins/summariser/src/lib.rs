@@ -50,11 +50,8 @@ impl Expert for Summariser {
                     ))
                 })?,
         };
-        let passage = passage(question);
-        // `passage` is a slice of `question`: what precedes it is the
-        // instruction.
-        let start = passage.as_ptr() as usize - question.as_ptr() as usize;
-        let asked = asked_length(&question[..start]);
+        let (instruction, passage) = split(question);
+        let asked = asked_length(instruction);
         let sentences = match (req.metadata("sentences"), asked.sentences) {
             (None, Some(n)) => n.min(MAX_SENTENCES),
             _ => sentences,
@@ -107,6 +104,12 @@ impl Expert for Summariser {
 /// The passage: what follows the instruction ("Summarise this: ..."), or
 /// the whole message when there is no instruction line.
 pub fn passage(question: &str) -> &str {
+    split(question).1
+}
+
+/// The instruction ("Summarise in one sentence") and the passage after it;
+/// no instruction when the message has no instruction line.
+pub fn split(question: &str) -> (&str, &str) {
     let head_end = question.find([':', '\n', '?']).filter(|&i| {
         let head = question[..i].to_lowercase();
         [
@@ -128,8 +131,8 @@ pub fn passage(question: &str) -> &str {
         .any(|w| head.contains(w))
     });
     match head_end {
-        Some(i) => question[i + 1..].trim(),
-        None => question.trim(),
+        Some(i) => (&question[..i], question[i + 1..].trim()),
+        None => ("", question.trim()),
     }
 }
 
