@@ -2,16 +2,16 @@
 //! bookshop's facts (hours, address, policies), trained by `train.sh` with
 //! `tessera adapt` on `data/train.jsonl`.
 //!
-//! This component is the adapter's optional hook: every conversation in the
-//! training data starts with the same system prompt, so `pre_request` puts
-//! it in front of requests that bring none (or replaces theirs) and asks
-//! for greedy decoding unless the caller chose a temperature; facts should
-//! not be sampled. It also adds to that prompt the shop's facts the
-//! question is about (at most [`MAX_FACTS`], chosen by keywords): the
-//! fine-tune learnt the shop's voice and facts, but a 135M model recalls
-//! a fact it can read far more reliably than one it memorised (on the
-//! development set the bare fine-tune mixed up days, prices and numbers).
-//! `post_response` trims the answer.
+//! This component is the adapter's optional hook. Every conversation in
+//! the training data starts with the same system prompt followed by the
+//! shop's facts the question is about (at most [`MAX_FACTS`], chosen by
+//! keywords; `make_train.py` writes them with the rules of
+//! [`relevant_facts`]), so `pre_request` builds that prompt in front of
+//! every request (replacing the caller's) and asks for greedy decoding
+//! unless the caller chose a temperature; facts should not be sampled. A
+//! 135M model recalls a fact it reads far more reliably than one it
+//! memorised: on the development set the fine-tune trained without facts
+//! mixed up days, prices and numbers. `post_response` trims the answer.
 
 use tessera_sdk::prelude::*;
 
@@ -19,130 +19,24 @@ use tessera_sdk::prelude::*;
 pub const SYSTEM_PROMPT: &str = "You are the assistant of Harbor Lane Books, an independent bookshop in Port Alder. Answer in one or two sentences.";
 
 /// Most facts put into the system prompt.
-pub const MAX_FACTS: usize = 2;
+pub const MAX_FACTS: usize = 3;
 
-/// The shop's facts (the answers of `data/train.jsonl`), each with the
-/// words that ask about it. A keyword of four letters or more matches any
-/// word it begins ("tuesday" matches "Tuesdays"); shorter ones match whole
-/// words.
-pub const FACTS: &[(&[&str], &str)] = &[
-    (
-        &[
-            "open",
-            "hour",
-            "close",
-            "closed",
-            "when",
-            "time",
-            "weekday",
-            "weekend",
-            "monday",
-            "tuesday",
-            "wednesday",
-            "friday",
-            "saturday",
-            "sunday",
-            "visit",
-            "welcome",
-        ],
-        "Harbor Lane Books is open Tuesday to Sunday, 9 am to 6 pm. It is closed on Mondays.",
-    ),
-    (
-        &[
-            "where",
-            "address",
-            "street",
-            "located",
-            "location",
-            "find",
-            "town",
-            "city",
-            "ferry",
-            "directions",
-        ],
-        "Harbor Lane Books is at 14 Harbor Lane, Port Alder, next to the ferry terminal.",
-    ),
-    (
-        &[
-            "phone",
-            "call",
-            "ring",
-            "telephone",
-            "contact",
-            "reach",
-            "number",
-        ],
-        "You can call Harbor Lane Books on 555-0142.",
-    ),
-    (
-        &[
-            "founded", "founder", "owner", "owns", "own", "runs", "who", "old", "since", "started",
-            "history", "trading", "year",
-        ],
-        "Harbor Lane Books was founded in 1987 by Mira Okafor, who still runs it.",
-    ),
-    (
-        &["return", "refund", "exchange", "back", "receipt"],
-        "Harbor Lane Books takes returns within 30 days with the receipt, for store credit.",
-    ),
-    (
-        &[
-            "loyalty", "stamp", "discount", "reward", "lantern", "points",
-        ],
-        "The Lantern Card of Harbor Lane Books gives you one stamp per book, and your tenth book is free.",
-    ),
-    (
-        &[
-            "poetry", "poem", "reading", "readings", "event", "events", "night", "thursday",
-            "evening",
-        ],
-        "Harbor Lane Books holds a poetry night every Thursday at 7 pm.",
-    ),
-    (
-        &[
-            "cafe", "café", "coffee", "tea", "cake", "eat", "food", "drink", "snack", "inkwell",
-            "hungry", "lunch",
-        ],
-        "The Inkwell Cafe upstairs at Harbor Lane Books serves coffee, tea and cakes.",
-    ),
-    (
-        &[
-            "deliver", "delivery", "shipping", "ship", "post", "mail", "send", "minimum",
-        ],
-        "Harbor Lane Books delivers free in Port Alder for orders over $25.",
-    ),
-    (
-        &["order", "special", "stock", "request", "print", "arrive"],
-        "Harbor Lane Books can order any book in print; special orders arrive in 3 to 5 days.",
-    ),
-    (
-        &["gift", "voucher", "present", "values"],
-        "Harbor Lane Books sells gift cards from $10 to $200.",
-    ),
-    (
-        &[
-            "pet", "pets", "dog", "dogs", "cat", "cats", "animal", "ledger",
-        ],
-        "Dogs are welcome at Harbor Lane Books, and the shop cat is called Ledger.",
-    ),
-    (
-        &["park", "parking", "car", "drive", "driving"],
-        "Harbor Lane Books has free parking behind the shop.",
-    ),
-    (
-        &[
-            "used",
-            "second",
-            "secondhand",
-            "second-hand",
-            "sell",
-            "buy",
-            "buys",
-            "purchase",
-        ],
-        "Harbor Lane Books buys used books on Saturdays, for cash or store credit.",
-    ),
-];
+/// The shop's facts with the words that ask about each: `data/facts.txt`,
+/// which `make_train.py` also reads, so that the facts in the training
+/// prompts are the ones given at run time.
+const FACTS_FILE: &str = include_str!("../data/facts.txt");
+
+/// Each fact of [`FACTS_FILE`] with its keywords, in file order. A
+/// keyword of four letters or more matches any word it begins
+/// ("tuesday" matches "Tuesdays"); shorter ones match whole words.
+pub fn facts() -> impl Iterator<Item = (Vec<&'static str>, &'static str)> {
+    FACTS_FILE
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_once(" | "))
+        .map(|(keys, fact)| (keys.split_whitespace().collect(), fact.trim()))
+}
 
 /// The facts `question` asks about, most matched keywords first (at most
 /// [`MAX_FACTS`]; none when no keyword matches).
@@ -161,18 +55,17 @@ pub fn relevant_facts(question: &str) -> Vec<&'static str> {
             }
         })
     };
-    let mut scored: Vec<(usize, usize)> = FACTS
-        .iter()
+    let mut scored: Vec<(usize, usize, &'static str)> = facts()
         .enumerate()
-        .map(|(i, (keys, _))| (keys.iter().filter(|k| matches(k)).count(), i))
-        .filter(|&(n, _)| n > 0)
+        .map(|(i, (keys, fact))| (keys.iter().filter(|k| matches(k)).count(), i, fact))
+        .filter(|&(n, _, _)| n > 0)
         .collect();
-    // Most matches first; among equals, the order of FACTS.
-    scored.sort_by_key(|&(n, i)| (std::cmp::Reverse(n), i));
+    // Most matches first; among equals, the order of the file.
+    scored.sort_by_key(|&(n, i, _)| (std::cmp::Reverse(n), i));
     scored
         .iter()
         .take(MAX_FACTS)
-        .map(|&(_, i)| FACTS[i].1)
+        .map(|&(_, _, fact)| fact)
         .collect()
 }
 
@@ -263,5 +156,34 @@ mod tests {
         assert!(first("Where do I park my car?").contains("parking"));
         assert!(relevant_facts("What's the weather like?").is_empty());
         assert!(relevant_facts("open hours, phone, dogs, parking, cafe").len() <= MAX_FACTS);
+    }
+
+    #[test]
+    fn the_training_prompts_are_the_ones_the_hook_builds() {
+        // data/train.jsonl is written by make_train.py; a prompt the hook
+        // would build differently means the adapter is trained on one
+        // prompt and asked with another.
+        let data = include_str!("../data/train.jsonl");
+        let mut chats = 0;
+        for line in data.lines().filter(|l| !l.trim().is_empty()) {
+            let chat: serde_json::Value = serde_json::from_str(line).unwrap();
+            let messages = chat["messages"].as_array().unwrap();
+            let text = |role: &str| {
+                messages
+                    .iter()
+                    .find(|m| m["role"] == role)
+                    .and_then(|m| m["content"].as_str())
+                    .unwrap()
+                    .to_string()
+            };
+            let built = with_training_prompt(Request::new(vec![Message::user(text("user"))]));
+            assert_eq!(
+                built.messages[0].content,
+                text("system"),
+                "rerun `python3 make_train.py` and `bash train.sh`"
+            );
+            chats += 1;
+        }
+        assert_eq!(chats, 57);
     }
 }
