@@ -1248,9 +1248,10 @@ fn eval_scores_a_slice_against_its_own_host() {
 
 /// `tessera eval` of a development-set slice on the real models, through
 /// every strategy: exact experts answer their categories right in all of
-/// them (MoA selects the certain answer), and a prompt routed to experts
-/// that all refuse ("How many sides does a hexagon have?" scores highest
-/// for text-stats, then calculator and unit-converter) is answered by the
+/// them (MoA selects the certain answer), a fact from a published table
+/// comes from the reference expert, and a prompt routed to experts that
+/// all refuse ("How many sides does a hexagon have?" scores highest for
+/// text-stats, then calculator and unit-converter) is answered by the
 /// base model, never an error, with the refusals listed.
 #[test]
 fn eval_through_every_strategy_falls_back_and_selects_exact_answers() {
@@ -1259,6 +1260,7 @@ fn eval_through_every_strategy_falls_back_and_selects_exact_answers() {
         "plugins/text-stats",
         "plugins/calculator",
         "plugins/unit-converter",
+        "plugins/reference",
     ];
     for p in plugins {
         let built = tessera(&["build", p]);
@@ -1316,6 +1318,14 @@ fn eval_through_every_strategy_falls_back_and_selects_exact_answers() {
             "{o:?}"
         );
         assert!(o.fallbacks.iter().any(|e| e == "text-stats"), "{o:?}");
+    }
+    // "Which element has the symbol K?": the base model says "K"; the
+    // periodic table says potassium.
+    let potassium: Vec<_> = outcomes.iter().filter(|o| o.id == "dev-facts-13").collect();
+    assert_eq!(potassium.len(), 3);
+    for o in potassium {
+        assert!(o.correct, "{o:?}");
+        assert_eq!(o.answered_by.as_deref(), Some("reference"), "{o:?}");
     }
     // MoA kept the exact tools' answers by their certainty.
     let moa_dates = outcomes

@@ -12,7 +12,7 @@
 use crate::schema::{Field, FieldType, MAX_FIELDS};
 
 /// Markers after which the field list starts, most specific first.
-const LIST_MARKERS: [&str; 14] = [
+const LIST_MARKERS: [&str; 16] = [
     "with the fields ",
     "with fields ",
     "with the keys ",
@@ -27,6 +27,9 @@ const LIST_MARKERS: [&str; 14] = [
     "pull out the ",
     "containing ",
     "including ",
+    // "a JSON object with name, age and …": the list right after "with".
+    "object with ",
+    "json with ",
 ];
 
 /// Where the field list ends.
@@ -330,6 +333,12 @@ mod tests {
         assert_eq!(
             names("Return JSON with fields book and year from: Emma was published in 1815."),
             ["book", "year"]
+        );
+        assert_eq!(
+            names(
+                "Fill a JSON object with title, year and sequel (a boolean): Dune came out in 1965."
+            ),
+            ["title", "year", "sequel"]
         );
         assert!(names("Tell me a joke").is_empty());
         let (fields, text) = fields_and_text(
