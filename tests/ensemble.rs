@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tessera_host::ensemble::strategy::ROUTER_TIE;
+use tessera_host::ensemble::strategy::{DEFAULT_CASCADE_WINDOW, ROUTER_TIE};
 use tessera_host::ensemble::{Ensemble, RouterConfig};
 use tessera_host::inference::ModelEngine;
 use tessera_host::server::{self, AppState, ServerOptions};
@@ -385,7 +385,7 @@ async fn cascade_stops_at_a_confident_answer_and_escalates_below_it() {
     .await;
     let base = start(ensemble.clone()).await;
 
-    // The unit converter is the cheapest (cost 0) and sure of itself.
+    // The unit converter leads and is sure of itself.
     let (status, _, body) = post(
         &base,
         "/v1/chat/completions",
@@ -402,12 +402,13 @@ async fn cascade_stops_at_a_confident_answer_and_escalates_below_it() {
         "3 kg = 6.61387 pounds"
     );
 
-    // No model answer is 99.9% sure: every stage runs, in the router's
-    // order (cheapest first among near ties), and the most confident
-    // answer stands.
+    // No model answer is 99.9% sure: with a window that takes every
+    // candidate, every stage runs, in the router's order, and the most
+    // confident answer stands.
     let mut config = ensemble.router_config();
     config.cascade_threshold = 0.999;
-    ensemble.set_router_config(config);
+    config.cascade_window = 2.0;
+    ensemble.set_router_config(config.clone());
     let (status, _, body) = post(
         &base,
         "/v1/chat/completions",
@@ -418,10 +419,8 @@ async fn cascade_stops_at_a_confident_answer_and_escalates_below_it() {
     let stages = body["tessera"]["cascade"]["stages"].as_array().unwrap();
     let choices = body["tessera"]["route"]["choices"].as_array().unwrap();
     assert_eq!(stages.len(), choices.len(), "{body}");
-    let lead = choices[0]["score"].as_f64().unwrap()
-        - choices.get(1).map_or(0.0, |c| c["score"].as_f64().unwrap());
-    if lead > f64::from(ROUTER_TIE) {
-        assert_eq!(stages[0]["expert"], choices[0]["expert"], "{body}");
+    for (stage, choice) in stages.iter().zip(choices) {
+        assert_eq!(stage["expert"], choice["expert"], "{body}");
     }
     assert!(stages.iter().all(|s| s["accepted"] == false), "{body}");
     let best = stages
@@ -431,6 +430,30 @@ async fn cascade_stops_at_a_confident_answer_and_escalates_below_it() {
     let answered = body["tessera"]["answered_by"].as_str().unwrap();
     let answered_stage = stages.iter().find(|s| s["expert"] == answered).unwrap();
     assert_eq!(answered_stage["confidence"].as_f64().unwrap(), best);
+
+    // With the default window, a low-confidence answer escalates only to
+    // the candidates within 0.03 of the best score.
+    config.cascade_window = DEFAULT_CASCADE_WINDOW;
+    ensemble.set_router_config(config);
+    let (status, _, body) = post(
+        &base,
+        "/v1/chat/completions",
+        chat("tessera/auto:cascade", "Write a haiku about the ocean.", 12),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let stages = body["tessera"]["cascade"]["stages"].as_array().unwrap();
+    let scores: Vec<f64> = body["tessera"]["route"]["choices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["score"].as_f64().unwrap())
+        .collect();
+    let near = scores
+        .iter()
+        .filter(|&&s| s >= scores[0] - f64::from(DEFAULT_CASCADE_WINDOW))
+        .count();
+    assert_eq!(stages.len(), near, "{body}");
     assert!(
         metrics(&base)
             .await

@@ -166,8 +166,9 @@ pub struct RoutingSpec {
     /// stay callable by name.
     #[serde(default = "yes")]
     pub routable: bool,
-    /// Relative cost of an answer (1 = one short model call). A cascade
-    /// tries its candidates cheapest first.
+    /// Relative cost of an answer (1 = one short model call), as the
+    /// author estimates it: shown in the routing index and in a cascade's
+    /// stages, never used to order them (a plugin could claim any cost).
     #[serde(default = "one")]
     pub cost: u32,
     /// How far (in router score) this expert must lead to be chosen: its

@@ -150,6 +150,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "P")]
     cascade_threshold: Option<f32>,
 
+    /// How far (in router score) below the best candidate a cascade still
+    /// escalates a low-confidence answer [default: 0.03]; a failed stage
+    /// moves on to the next candidate whatever its score.
+    #[arg(long, value_name = "SCORE")]
+    cascade_window: Option<f32>,
+
     /// Compare the cascade threshold with calibrated confidence: how often
     /// answers like a stage's were right on a development set (a file from
     /// `tessera eval --calibrate`).
@@ -200,6 +206,7 @@ struct ConfigFile {
     #[serde(default)]
     moa_fuse: bool,
     cascade_threshold: Option<f32>,
+    cascade_window: Option<f32>,
     cascade_calibration: Option<PathBuf>,
     models_dir: Option<PathBuf>,
     model: Option<PathBuf>,
@@ -288,6 +295,7 @@ impl ServeArgs {
         self.aggregator = self.aggregator.take().or(c.aggregator);
         self.moa_fuse |= c.moa_fuse;
         self.cascade_threshold = self.cascade_threshold.or(c.cascade_threshold);
+        self.cascade_window = self.cascade_window.or(c.cascade_window);
         self.cascade_calibration = self.cascade_calibration.take().or(c.cascade_calibration);
         let e = &mut self.engine;
         e.models_dir = e.models_dir.take().or(c.models_dir);
@@ -354,6 +362,12 @@ impl ServeArgs {
                 "--cascade-threshold is a confidence between 0 and 1, not {cascade_threshold}"
             );
         }
+        let cascade_window = self.cascade_window.unwrap_or(d.cascade_window);
+        if !(0.0..=2.0).contains(&cascade_window) {
+            anyhow::bail!(
+                "--cascade-window is a difference of cosine similarities between 0 and 2, not {cascade_window}"
+            );
+        }
         Ok(RouterConfig {
             top_k,
             threshold,
@@ -361,6 +375,7 @@ impl ServeArgs {
             default_strategy: self.strategy.unwrap_or_default(),
             aggregator: self.aggregator.clone().unwrap_or(d.aggregator.clone()),
             cascade_threshold,
+            cascade_window,
             moa_fuse: self.moa_fuse,
             cascade_calibration: match &self.cascade_calibration {
                 Some(path) => Some(std::sync::Arc::new(

@@ -57,6 +57,10 @@ pub struct RouterConfig {
     pub aggregator: String,
     /// A cascade stops at the first answer at least this confident (0..1).
     pub cascade_threshold: f32,
+    /// A cascade escalates a low-confidence answer only to candidates the
+    /// router scored within this of the best (a failed stage moves on to
+    /// the next candidate whatever its score).
+    pub cascade_window: f32,
     /// `moa` has the aggregator write the final answer from the experts'
     /// (generative fusion) instead of selecting one of them.
     pub moa_fuse: bool,
@@ -75,6 +79,7 @@ impl Default for RouterConfig {
             default_strategy: Strategy::Route,
             aggregator: "aggregator".into(),
             cascade_threshold: 0.5,
+            cascade_window: super::strategy::DEFAULT_CASCADE_WINDOW,
             moa_fuse: false,
             cascade_calibration: None,
         }

@@ -5,6 +5,7 @@
 mod cascade;
 mod moa;
 
+pub use cascade::DEFAULT_CASCADE_WINDOW;
 pub use moa::{CERTAIN, ROUTER_TIE};
 mod route;
 
@@ -29,8 +30,8 @@ pub enum Strategy {
     /// The top-k experts answer in parallel and an aggregator writes the
     /// final answer from theirs (`tessera/auto:moa`).
     Moa,
-    /// The cheapest candidate answers first; below the confidence
-    /// threshold the request escalates to the next (`tessera/auto:cascade`).
+    /// The best candidate answers first; below the confidence threshold
+    /// the request escalates to the next near tie (`tessera/auto:cascade`).
     Cascade,
 }
 
