@@ -981,9 +981,10 @@ fn adapt_trains_a_lora_that_learns_the_data() {
     let pull = tessera(&["models", "pull", "--models-dir", models]);
     assert!(pull.status.success(), "{}", stderr(&pull));
     let dir = scratch("adapt");
-    // Three facts of the example fine-tune, a dozen phrasings.
+    // Three facts of the example fine-tune, a dozen phrasings (its
+    // hand-written chats: the training file adds facts to every prompt).
     let all =
-        std::fs::read_to_string(repo().join("plugins/harbor-lane-books/data/train.jsonl")).unwrap();
+        std::fs::read_to_string(repo().join("plugins/harbor-lane-books/data/chats.jsonl")).unwrap();
     let lines: Vec<&str> = all
         .lines()
         .filter(|l| {

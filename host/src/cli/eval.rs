@@ -18,7 +18,9 @@ pub struct EvalArgs {
     data: PathBuf,
 
     /// Models to ask, comma-separated (expert names, the base model,
-    /// adapters, tessera/auto and its strategies).
+    /// adapters, tessera/auto and its strategies). Each item goes to every
+    /// model in turn, a different model first at each item, so that their
+    /// latencies compare.
     #[arg(long, value_delimiter = ',', required = true)]
     models: Vec<String>,
 
@@ -100,19 +102,27 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     );
     let mut outcomes = Vec::with_capacity(total as usize);
     let mut samples = Vec::new();
-    for model in &args.models {
-        let mut correct = 0;
-        for (i, item) in items.iter().enumerate() {
+    let mut correct = vec![0usize; args.models.len()];
+    // Item by item, each model in turn, starting with a different model at
+    // each item: whatever drifts during a run (a warming allocator, the
+    // machine's load) falls on every model alike, so their latencies
+    // compare.
+    for (i, item) in items.iter().enumerate() {
+        for k in 0..args.models.len() {
+            let m = (i + k) % args.models.len();
+            let model = &args.models[m];
             let (outcome, stages) =
                 ask(&client, &url, args.api_key.as_deref(), model, item, &args).await;
             samples.extend(stages);
-            correct += usize::from(outcome.correct);
-            bar.set_message(format!("{model}: {correct}/{} correct", i + 1));
+            correct[m] += usize::from(outcome.correct);
+            bar.set_message(progress(&args.models, &correct, i + 1));
             bar.inc(1);
             outcomes.push(outcome);
         }
-        if bar.is_hidden() {
-            eprintln!("{model}: {correct}/{} correct", items.len());
+    }
+    if bar.is_hidden() {
+        for (model, c) in args.models.iter().zip(&correct) {
+            eprintln!("{model}: {c}/{} correct", items.len());
         }
     }
     bar.finish_and_clear();
@@ -149,6 +159,16 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
         super::print(&render(&summary))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// "auto 9/10, base 2/10": each model's correct answers after `items`.
+fn progress(models: &[String], correct: &[usize], items: usize) -> String {
+    models
+        .iter()
+        .zip(correct)
+        .map(|(m, c)| format!("{m} {c}/{items}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Ask `model` one item at temperature 0 and check the answer, and the
