@@ -187,6 +187,26 @@ async fn models_lists_experts_and_the_base_model() {
     assert_error(&body, Some("model"), "`nope` does not exist");
 }
 
+/// The usage a client is billed is what the host metered for the
+/// expert's model calls (`score` included), not what the expert claims.
+#[tokio::test]
+async fn usage_is_metered_by_the_host_not_reported_by_the_expert() {
+    let state = fake_state(FakeEngine::echo(), ServerOptions::default()).await;
+    let (status, body) = call(
+        &state,
+        "POST",
+        "/v1/chat/completions",
+        Some(chat("hostile", "usage-lie")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["choices"][0]["message"]["content"], "fake: hello");
+    // The fake engine counts words: score read "one two three" + " four"
+    // (4), the chat read "hello" (1) and wrote "fake: hello" (2).
+    assert_eq!(body["usage"]["prompt_tokens"], 5, "{body}");
+    assert_eq!(body["usage"]["completion_tokens"], 2, "{body}");
+}
+
 #[tokio::test]
 async fn chat_and_completions_reach_experts_and_the_base_model() {
     let state = fake_state(FakeEngine::echo(), ServerOptions::default()).await;

@@ -60,6 +60,10 @@ async fn score_is_the_log_likelihood_of_the_continuation() {
         .score("The capital of France is".into(), " Paris".into(), None)
         .await
         .unwrap();
+    // What the model read: "The", " capital", " of", " France", " is",
+    // " Paris" (SmolLM2's tokenizer adds no BOS to a raw prompt).
+    assert_eq!(paris.tokens, 6);
+    let paris = paris.logprob;
     assert!(
         (paris - 0.77f64.ln()).abs() < 0.07,
         "log p(\" Paris\") = {paris}"
@@ -67,13 +71,15 @@ async fn score_is_the_log_likelihood_of_the_continuation() {
     let berlin = engine
         .score("The capital of France is".into(), " Berlin".into(), None)
         .await
-        .unwrap();
+        .unwrap()
+        .logprob;
     assert!(berlin < paris - 2.0, "{berlin} vs {paris}");
     // Two tokens: the sum of both log-probabilities, so lower still.
     let longer = engine
         .score("The capital of France is".into(), " Paris.".into(), None)
         .await
-        .unwrap();
+        .unwrap()
+        .logprob;
     assert!(longer < paris, "{longer} vs {paris}");
 }
 

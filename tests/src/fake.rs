@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tessera_host::inference::{
     ChatMessage, ChatRole, Deltas, Finish, GenerateRequest, Generation, ModelEngine, ModelError,
-    Prompt, SamplingParams,
+    Prompt, SamplingParams, Scored,
 };
 
 type Reply = dyn Fn(&[ChatMessage], &SamplingParams) -> String + Send + Sync;
@@ -129,11 +129,15 @@ impl ModelEngine for FakeEngine {
 
     async fn score(
         &self,
-        _: String,
+        prompt: String,
         continuation: String,
         _: Option<String>,
-    ) -> Result<f64, ModelError> {
-        Ok(-(count_words([continuation]) as f64) * f64::from(-FAKE_LOGPROB))
+    ) -> Result<Scored, ModelError> {
+        let words = count_words([&continuation]);
+        Ok(Scored {
+            logprob: f64::from(words) * f64::from(FAKE_LOGPROB),
+            tokens: count_words([prompt]) + words,
+        })
     }
 
     async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, ModelError> {

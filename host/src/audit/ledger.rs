@@ -30,6 +30,8 @@ pub(crate) struct Ledger {
     recorded_bytes: usize,
     pub(crate) model_calls: u32,
     pub(crate) generated_tokens: u32,
+    /// Tokens the model read: prompts of generations and scored text.
+    pub(crate) read_tokens: u32,
     /// Sum of the log-probabilities of the tokens its model calls
     /// generated, and how many there were: the cascade's confidence when
     /// the expert reports none.
@@ -103,6 +105,7 @@ impl Ledger {
             recorded_bytes: 0,
             model_calls: 0,
             generated_tokens: 0,
+            read_tokens: 0,
             logprob_sum: 0.0,
             logprob_tokens: 0,
             panic_message: None,
@@ -243,6 +246,7 @@ impl Trace {
             peak_memory_bytes: ran.peak_memory_bytes,
             model_calls: ledger.model_calls,
             generated_tokens: ledger.generated_tokens,
+            read_tokens: ledger.read_tokens,
             mean_logprob: (ledger.logprob_tokens > 0)
                 .then(|| (ledger.logprob_sum / f64::from(ledger.logprob_tokens)) as f32),
             host_calls: ledger.host_calls,

@@ -49,6 +49,10 @@ pub enum CallResult {
     Score {
         /// The summed log-likelihood.
         value: f64,
+        /// Tokens the model read (absent in records written before it was
+        /// kept).
+        #[serde(default)]
+        tokens: u32,
     },
     /// `model.embed`.
     Embeddings {

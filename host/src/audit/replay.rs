@@ -25,7 +25,9 @@ use super::{CallResult, HostCall, Record, Trace};
 use crate::bindings::types::Response;
 use crate::caps::{Invoker, Nested};
 use crate::ensemble::{Ensemble, Inherited, Invocation, InvokeError, Rerun};
-use crate::inference::{Deltas, Finish, GenerateRequest, Generation, ModelEngine, ModelError};
+use crate::inference::{
+    Deltas, Finish, GenerateRequest, Generation, ModelEngine, ModelError, Scored,
+};
 
 /// How a record is run again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -271,9 +273,12 @@ impl ModelEngine for ReplayEngine {
         _prompt: String,
         _continuation: String,
         _adapter: Option<String>,
-    ) -> Result<f64, ModelError> {
+    ) -> Result<Scored, ModelError> {
         match self.0.result("score")? {
-            (_, _, CallResult::Score { value }) => Ok(*value),
+            (_, _, CallResult::Score { value, tokens }) => Ok(Scored {
+                logprob: *value,
+                tokens: *tokens,
+            }),
             (i, ..) => Err(ModelError::Failed(format!(
                 "replay: call {i}'s recorded result is not a score"
             ))),
@@ -324,7 +329,7 @@ impl ModelEngine for RecomputeEngine {
         prompt: String,
         continuation: String,
         adapter: Option<String>,
-    ) -> Result<f64, ModelError> {
+    ) -> Result<Scored, ModelError> {
         self.model.score(prompt, continuation, adapter).await
     }
 

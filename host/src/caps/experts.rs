@@ -138,6 +138,9 @@ impl Host for View<'_, ExpertsCtx> {
         ledger.generated_tokens = ledger
             .generated_tokens
             .saturating_add(invocation.trace.generated_tokens);
+        ledger.read_tokens = ledger
+            .read_tokens
+            .saturating_add(invocation.trace.read_tokens);
         ledger.model_calls = ledger
             .model_calls
             .saturating_add(invocation.trace.model_calls);

@@ -108,6 +108,7 @@ impl View<'_, ModelCtx> {
         ledger.generated_tokens = ledger
             .generated_tokens
             .saturating_add(generation.completion_tokens);
+        ledger.read_tokens = ledger.read_tokens.saturating_add(generation.prompt_tokens);
         for (_, logprob) in &generation.token_logprobs {
             ledger.logprob_sum += f64::from(*logprob);
             ledger.logprob_tokens += 1;
@@ -385,18 +386,28 @@ impl Host for View<'_, ModelCtx> {
             Err(e) => Err(e),
         };
         let end = match &result {
-            Ok(score) => CallEnd {
-                bytes_out: 8,
-                output_sha256: Digest::new("tessera:expert/model.score.out")
-                    .num(score.to_bits())
-                    .finish(),
-                result: Some(CallResult::Score { value: *score }),
-                ..CallEnd::default()
-            },
+            Ok(scored) => {
+                self.ledger.read_tokens = self.ledger.read_tokens.saturating_add(scored.tokens);
+                CallEnd {
+                    bytes_out: 8,
+                    output_sha256: Digest::new("tessera:expert/model.score.out")
+                        .num(scored.logprob.to_bits())
+                        .finish(),
+                    tokens: Some(TokenCount {
+                        prompt: scored.tokens,
+                        completion: 0,
+                    }),
+                    result: Some(CallResult::Score {
+                        value: scored.logprob,
+                        tokens: scored.tokens,
+                    }),
+                    ..CallEnd::default()
+                }
+            }
             Err(e) => CallEnd::failed(e),
         };
         self.ledger.end_call(record, end);
-        Ok(result)
+        Ok(result.map(|scored| scored.logprob))
     }
 
     async fn embed(

@@ -565,10 +565,13 @@ pub(crate) fn expert_answer(
     let confidence = response
         .confidence
         .or_else(|| trace.mean_logprob.map(|l| l.exp()));
+    // Usage is what the host metered (every model call of the expert and
+    // of the experts it called, `score` included), not what the expert
+    // says it spent.
     Ok(Answer {
         finish: Finish::Stop,
-        prompt_tokens: response.usage.prompt_tokens,
-        completion_tokens: response.usage.completion_tokens,
+        prompt_tokens: trace.read_tokens,
+        completion_tokens: trace.generated_tokens,
         logprobs: Vec::new(),
         report: Report {
             expert: Some(ExpertReport {

@@ -516,7 +516,7 @@ impl ModelEngine for BurnEngine {
         prompt: String,
         continuation: String,
         adapter: Option<String>,
-    ) -> Result<f64, ModelError> {
+    ) -> Result<super::Scored, ModelError> {
         let adapter = self.adapter(adapter).await?;
         self.check_prompt_bytes(prompt.len() + continuation.len())?;
         let mut tokens = self.raw_prompt(prompt).await?.to_vec();
@@ -526,8 +526,12 @@ impl ModelEngine for BurnEngine {
             return Err(ModelError::InvalidInput("the continuation is empty".into()));
         }
         tokens.extend(rest);
+        let read = u32::try_from(tokens.len()).unwrap_or(u32::MAX);
         let scored = self.score_ids(tokens, from, adapter).await?;
-        Ok(scored.iter().map(|t| f64::from(t.logprob)).sum())
+        Ok(super::Scored {
+            logprob: scored.iter().map(|t| f64::from(t.logprob)).sum(),
+            tokens: read,
+        })
     }
 
     async fn rate(

@@ -255,6 +255,15 @@ impl GenerateRequest {
     }
 }
 
+/// What [`ModelEngine::score`] found.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scored {
+    /// Summed log-likelihood of the continuation.
+    pub logprob: f64,
+    /// Tokens the model read: the prompt's and the continuation's.
+    pub tokens: u32,
+}
+
 /// A language and embedding model engine shared by every expert.
 #[async_trait]
 pub trait ModelEngine: Send + Sync + 'static {
@@ -273,13 +282,14 @@ pub trait ModelEngine: Send + Sync + 'static {
     /// Token ids of `text`, without BOS.
     async fn tokenize(&self, text: String) -> Result<Vec<u32>, ModelError>;
 
-    /// Summed log-likelihood of `continuation` after `prompt`.
+    /// Summed log-likelihood of `continuation` after `prompt`, and how
+    /// many tokens the model read for it.
     async fn score(
         &self,
         prompt: String,
         continuation: String,
         adapter: Option<String>,
-    ) -> Result<f64, ModelError>;
+    ) -> Result<Scored, ModelError>;
 
     /// One L2-normalised embedding per text.
     async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, ModelError>;
@@ -407,7 +417,7 @@ impl ModelEngine for NoModel {
         Err(Self::error())
     }
 
-    async fn score(&self, _: String, _: String, _: Option<String>) -> Result<f64, ModelError> {
+    async fn score(&self, _: String, _: String, _: Option<String>) -> Result<Scored, ModelError> {
         Err(Self::error())
     }
 

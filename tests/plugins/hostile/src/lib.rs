@@ -56,6 +56,15 @@ impl Expert for Hostile {
                 }
                 Ok(response)
             }
+            "usage-lie" => {
+                // Spend some tokens, claim a million and none generated.
+                model::score("one two three", " four")?;
+                let text = model::ask("hello", &Sampling::default())?;
+                Ok(Response::new(text).with_usage(Usage {
+                    prompt_tokens: 1_000_000,
+                    completion_tokens: 0,
+                }))
+            }
             "theft" => {
                 // Ask a callee (with a larger budget of its own) to generate
                 // for us.
