@@ -1,6 +1,7 @@
-//! The burn engine on the real models: SmolLM2 (GGUF, Q4_1) and MiniLM.
+//! The engine on the real models: SmolLM2 (GGUF, Q4_1) and MiniLM.
 //! Figures from DESIGN.md: " Paris" after "The capital of France is" with
-//! p ≈ 0.77; MiniLM cosine of the food pair ≈ 0.755.
+//! p ≈ 0.77; MiniLM cosine of the food pair ≈ 0.755. The quantized CPU
+//! model is checked against burn's f32 model of the same weights.
 
 mod common;
 
@@ -19,6 +20,38 @@ fn engine() -> Arc<BurnEngine> {
         .get_or_init(|| {
             let store = common::models();
             Arc::new(BurnEngine::from_store(&store, EngineOptions::default()).unwrap())
+        })
+        .clone()
+}
+
+/// burn's f32 model (the GGUF's weights dequantized) on its CPU backend:
+/// the reference the quantized CPU model is checked against.
+fn reference() -> Arc<BurnEngine> {
+    use tessera_host::inference::TextTokenizer;
+    use tessera_host::inference::llama::Llama;
+    use tessera_host::inference::weights::GgufWeights;
+
+    static ENGINE: OnceLock<Arc<BurnEngine>> = OnceLock::new();
+    ENGINE
+        .get_or_init(|| {
+            let path = common::models()
+                .require(
+                    &tessera_host::inference::SMOLLM2,
+                    "SmolLM2-135M-Instruct.Q4_1.gguf",
+                )
+                .unwrap();
+            let gguf = GgufWeights::open(&path).unwrap();
+            let tokenizer = TextTokenizer::from_gguf(gguf.file()).unwrap();
+            let llama = Llama::load(&gguf, &burn::tensor::Device::flex()).unwrap();
+            let engine = BurnEngine::start(
+                "SmolLM2-135M-Instruct".into(),
+                llama,
+                tokenizer,
+                None,
+                &EngineOptions::default(),
+            )
+            .unwrap();
+            Arc::new(engine)
         })
         .clone()
 }
@@ -51,6 +84,41 @@ async fn paris_is_the_likely_next_token() {
     assert_eq!(engine.tokenizer().token(top).as_deref(), Some("ĠParis"));
     let p = probs[top as usize];
     assert!((p - 0.77).abs() <= 0.05, "p(\" Paris\") = {p}");
+}
+
+/// Largest absolute difference of two logit rows, and the largest logit.
+fn logit_gap(a: &[f32], b: &[f32]) -> (f32, f32) {
+    let gap = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    (gap, a.iter().copied().fold(f32::NEG_INFINITY, f32::max))
+}
+
+/// The quantized CPU model (Q4_1/Q8_0 weights, int8 activations) against
+/// burn's f32 model of the same weights: the same top token, logits
+/// within 2% of the largest logit, and the same greedy text.
+#[tokio::test]
+async fn quantized_model_agrees_with_the_f32_reference() {
+    let (fast, slow) = (engine(), reference());
+    let long = "Tessera hosts many small experts. ".repeat(12);
+    for prompt in ["The capital of France is", "1, 2, 3, 4,", long.as_str()] {
+        let a = fast.next_token_logits(prompt).await.unwrap();
+        let b = slow.next_token_logits(prompt).await.unwrap();
+        let (gap, top) = logit_gap(&a, &b);
+        assert!(
+            gap <= 0.02 * top,
+            "{prompt:?}: logits differ by {gap} (largest logit {top})"
+        );
+        assert_eq!(argmax(&a), argmax(&b), "{prompt:?}");
+    }
+    for prompt in ["The capital of France is", "def fibonacci(n):"] {
+        let request = || GenerateRequest::text(prompt.into(), greedy(32));
+        let a = fast.generate(request(), None).await.unwrap();
+        let b = slow.generate(request(), None).await.unwrap();
+        assert_eq!(a.text, b.text, "{prompt:?}");
+    }
 }
 
 #[tokio::test]
@@ -423,7 +491,9 @@ async fn hugging_face_directory_matches_gguf() {
         hf.tokenizer().encode(text).unwrap(),
         base.tokenizer().encode(text).unwrap()
     );
-    let a = base.next_token_logits(text).await.unwrap();
+    // The f32 directory runs dense on the CPU: it matches burn's f32 model
+    // of the same (dequantized) weights.
+    let a = reference().next_token_logits(text).await.unwrap();
     let b = hf.next_token_logits(text).await.unwrap();
     let max_diff = a
         .iter()

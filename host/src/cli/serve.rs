@@ -214,6 +214,9 @@ struct ConfigFile {
     kv_budget_mib: Option<usize>,
     max_batch: Option<usize>,
     adapter_budget_mib: Option<usize>,
+    threads: Option<usize>,
+    quantize: Option<super::engine::QuantizeArg>,
+    activation_bits: Option<u8>,
     /// Adapter name → PEFT directory.
     adapters: Option<std::collections::BTreeMap<String, PathBuf>>,
 }
@@ -311,6 +314,15 @@ impl ServeArgs {
         e.kv_budget_mib = e.kv_budget_mib.or(c.kv_budget_mib);
         e.max_batch = e.max_batch.or(c.max_batch);
         e.adapter_budget_mib = e.adapter_budget_mib.or(c.adapter_budget_mib);
+        e.threads = e.threads.or(c.threads);
+        e.quantize = e.quantize.or(c.quantize);
+        if let Some(bits) = c.activation_bits
+            && bits != 16
+            && bits != 8
+        {
+            anyhow::bail!("{}: activation-bits: {bits} is not 16 or 8", path.display());
+        }
+        e.activation_bits = e.activation_bits.or(c.activation_bits);
         if self.adapters.is_empty() {
             self.adapters = c
                 .adapters

@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 
 use super::adapters::{AdapterInfo, AdapterSet};
 use super::batch::{BatchModel, Embed};
+use super::cpu_llama::CpuLlama;
 use super::device::DeviceChoice;
 use super::llama::Llama;
 use super::lora::LoraAdapter;
@@ -41,6 +42,8 @@ pub struct EngineOptions {
     /// Memory for loaded LoRA adapters, in bytes; least recently used ones
     /// are evicted past it (and loaded again when asked for).
     pub adapter_budget_bytes: usize,
+    /// Threads and weight quantization of the CPU model.
+    pub cpu: super::cpu_llama::CpuOptions,
 }
 
 impl Default for EngineOptions {
@@ -51,6 +54,7 @@ impl Default for EngineOptions {
             prefill_chunk: 256,
             kv_budget_bytes: 2 << 30,
             adapter_budget_bytes: super::DEFAULT_ADAPTER_BUDGET_BYTES,
+            cpu: super::cpu_llama::CpuOptions::default(),
         }
     }
 }
@@ -133,10 +137,32 @@ impl BurnEngine {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "model".into());
         let name = name.split('.').next().unwrap_or(&name).to_string();
-        let llama = Llama::load(weights.as_ref(), &device).map_err(failed)?;
+        // On the CPU the quantized model runs; burn's runs on wgpu.
+        enum Loaded {
+            Cpu(Box<CpuLlama>),
+            Burn(Box<Llama>),
+        }
+        let llama = match options.device.resolve() {
+            DeviceChoice::Wgpu => Loaded::Burn(Box::new(
+                Llama::load(weights.as_ref(), &device).map_err(failed)?,
+            )),
+            _ => {
+                let model = CpuLlama::load(weights.as_ref(), &options.cpu).map_err(failed)?;
+                tracing::info!(
+                    weights_mib = model.weight_bytes() >> 20,
+                    "language model on the CPU: {}",
+                    model.describe()
+                );
+                Loaded::Cpu(Box::new(model))
+            }
+        };
         drop(weights);
+        let config = match &llama {
+            Loaded::Cpu(m) => m.config().clone(),
+            Loaded::Burn(m) => m.config().clone(),
+        };
         let adapters = AdapterSet::for_llama(
-            llama.config().clone(),
+            config,
             device.clone(),
             name.clone(),
             options.adapter_budget_bytes,
@@ -155,7 +181,10 @@ impl BurnEngine {
             .transpose()
             .map_err(failed)?;
         let embedder = embedder_name.zip(embedder);
-        let mut engine = Self::start(name, llama, tokenizer, embedder, &options)?;
+        let mut engine = match llama {
+            Loaded::Cpu(m) => Self::start(name, *m, tokenizer, embedder, &options)?,
+            Loaded::Burn(m) => Self::start(name, *m, tokenizer, embedder, &options)?,
+        };
         engine.adapters = adapters;
         engine.weights_sha256 =
             Some(weights_digest(model).map_err(|e| {

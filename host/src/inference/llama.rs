@@ -530,7 +530,7 @@ fn rope(x: Tensor<3>, cos: &Tensor<3>, sin: &Tensor<3>) -> Tensor<3> {
     Tensor::cat(vec![rotated1, rotated2], 2)
 }
 
-fn rope_tables(context: usize, head_dim: usize, base: f64) -> (Vec<f32>, Vec<f32>) {
+pub(crate) fn rope_tables(context: usize, head_dim: usize, base: f64) -> (Vec<f32>, Vec<f32>) {
     let half = head_dim / 2;
     let mut cos = Vec::with_capacity(context * half);
     let mut sin = Vec::with_capacity(context * half);
@@ -559,7 +559,7 @@ pub(crate) fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 /// Reorder the output rows of a Q or K projection (`[heads * hd, cols]`)
 /// from interleaved RoPE pairs to NeoX halves: within each head, rows
 /// `0, 2, 4, ...` come first, then `1, 3, 5, ...`.
-pub fn interleaved_to_neox_rows(w: &[f32], heads: usize, hd: usize, cols: usize) -> Vec<f32> {
+pub fn interleaved_to_neox_rows<T: Copy>(w: &[T], heads: usize, hd: usize, cols: usize) -> Vec<T> {
     let mut out = Vec::with_capacity(w.len());
     for head in 0..heads {
         for parity in 0..2 {

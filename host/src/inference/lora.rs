@@ -212,6 +212,24 @@ struct Pair {
     b: Tensor<2>,
 }
 
+/// One adapted projection as host f32 arrays, for the CPU model: `A` as
+/// `[inputs, rank]` and `B` as `[rank, outputs]`, row-major.
+#[derive(Debug)]
+pub struct HostPair {
+    /// `A`, `[inputs, rank]`.
+    pub a: Vec<f32>,
+    /// `B`, `[rank, outputs]`.
+    pub b: Vec<f32>,
+    /// Input width.
+    pub inputs: usize,
+    /// The rank.
+    pub rank: usize,
+    /// Output width.
+    pub outputs: usize,
+}
+
+type HostLayers = Vec<[Option<HostPair>; 7]>;
+
 /// A loaded LoRA adapter.
 pub struct LoraAdapter {
     /// Its rank.
@@ -226,6 +244,8 @@ pub struct LoraAdapter {
     pub bytes: usize,
     /// Per layer, per target (in [`Target::ALL`] order).
     layers: Vec<[Option<Pair>; 7]>,
+    /// The same as host arrays, made when the CPU model first asks.
+    host: std::sync::OnceLock<HostLayers>,
 }
 
 impl std::fmt::Debug for LoraAdapter {
@@ -338,6 +358,7 @@ impl LoraAdapter {
             base_model: config.base_model_name_or_path,
             bytes: total,
             layers,
+            host: std::sync::OnceLock::new(),
         })
     }
 
@@ -350,6 +371,32 @@ impl LoraAdapter {
                 .matmul(pair.b.clone())
                 .mul_scalar(self.scale),
         )
+    }
+
+    /// `A` and `B` of `target` in `layer` as host arrays (copied from the
+    /// tensors once, on first use); `None` when the adapter leaves that
+    /// projection alone.
+    pub fn host_pair(&self, layer: usize, target: Target) -> Option<&HostPair> {
+        let host = self.host.get_or_init(|| {
+            self.layers
+                .iter()
+                .map(|pairs| {
+                    pairs.each_ref().map(|pair| {
+                        let pair = pair.as_ref()?;
+                        let [inputs, rank] = pair.a.dims();
+                        let [_, outputs] = pair.b.dims();
+                        Some(HostPair {
+                            a: pair.a.clone().into_data().try_into_vec::<f32>().ok()?,
+                            b: pair.b.clone().into_data().try_into_vec::<f32>().ok()?,
+                            inputs,
+                            rank,
+                            outputs,
+                        })
+                    })
+                })
+                .collect()
+        });
+        host.get(layer)?[target as usize].as_ref()
     }
 
     /// An adapter of rank `rank` from its tensors: per layer, per target
@@ -385,6 +432,7 @@ impl LoraAdapter {
             base_model,
             bytes,
             layers,
+            host: std::sync::OnceLock::new(),
         }
     }
 

@@ -8,6 +8,7 @@
 
 mod adapters;
 pub mod batch;
+pub mod cpu_llama;
 mod decode;
 mod device;
 mod engine;

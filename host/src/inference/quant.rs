@@ -1,8 +1,10 @@
-//! Dequantization of GGUF tensor data to f32, following ggml's reference
-//! (`dequantize_row_*` in ggml-quants.c): F32, F16, BF16, Q4_0, Q4_1,
-//! Q8_0, Q4_K and Q6_K. Other types are refused by name.
+//! Dequantization of GGUF tensor data to f32: F32, F16 and BF16 here,
+//! Q4_0, Q4_1, Q8_0, Q4_K and Q6_K by [`tessera_kernels::dequantize`]
+//! (ggml's `dequantize_row_*`). Other types are refused by name.
 
 use half::{bf16, f16};
+
+use tessera_kernels::QType;
 
 use super::gguf::TensorType;
 
@@ -47,7 +49,6 @@ pub fn dequantize(ty: TensorType, data: &[u8], elements: usize) -> Result<Vec<f3
         });
     }
     let mut out = Vec::with_capacity(elements);
-    let blocks = data.chunks_exact(block_bytes);
     match ty {
         TensorType::F32 => out.extend(
             data.chunks_exact(4)
@@ -58,84 +59,23 @@ pub fn dequantize(ty: TensorType, data: &[u8], elements: usize) -> Result<Vec<f3
             data.chunks_exact(2)
                 .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()),
         ),
-        TensorType::Q4_0 => {
-            for b in blocks {
-                let d = f16_at(b, 0);
-                let qs = &b[2..18];
-                out.extend(qs.iter().map(|q| (f32::from(q & 0xF) - 8.0) * d));
-                out.extend(qs.iter().map(|q| (f32::from(q >> 4) - 8.0) * d));
-            }
+        other => {
+            let ty = match other {
+                TensorType::Q4_0 => QType::Q4_0,
+                TensorType::Q4_1 => QType::Q4_1,
+                TensorType::Q8_0 => QType::Q8_0,
+                TensorType::Q4K => QType::Q4_K,
+                TensorType::Q6K => QType::Q6_K,
+                other => return Err(QuantError::Unsupported(other)),
+            };
+            debug_assert_eq!(
+                (ty.block_values(), ty.block_bytes()),
+                (per_block, block_bytes)
+            );
+            tessera_kernels::dequantize(ty, data, &mut out);
         }
-        TensorType::Q4_1 => {
-            for b in blocks {
-                let (d, m) = (f16_at(b, 0), f16_at(b, 2));
-                let qs = &b[4..20];
-                out.extend(qs.iter().map(|q| f32::from(q & 0xF) * d + m));
-                out.extend(qs.iter().map(|q| f32::from(q >> 4) * d + m));
-            }
-        }
-        TensorType::Q8_0 => {
-            for b in blocks {
-                let d = f16_at(b, 0);
-                out.extend(b[2..34].iter().map(|&q| f32::from(q as i8) * d));
-            }
-        }
-        TensorType::Q4K => {
-            for b in blocks {
-                let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
-                let scales = &b[4..16];
-                let qs = &b[16..144];
-                for (j, q) in qs.chunks_exact(32).enumerate() {
-                    let (sc1, m1) = scale_min_k4(2 * j, scales);
-                    let (sc2, m2) = scale_min_k4(2 * j + 1, scales);
-                    let (d1, m1) = (d * f32::from(sc1), dmin * f32::from(m1));
-                    let (d2, m2) = (d * f32::from(sc2), dmin * f32::from(m2));
-                    out.extend(q.iter().map(|q| d1 * f32::from(q & 0xF) - m1));
-                    out.extend(q.iter().map(|q| d2 * f32::from(q >> 4) - m2));
-                }
-            }
-        }
-        TensorType::Q6K => {
-            for b in blocks {
-                let (ql, qh, sc) = (&b[0..128], &b[128..192], &b[192..208]);
-                let d = f16_at(b, 208);
-                let mut y = [0f32; 256];
-                for half in 0..2 {
-                    let (ql, qh) = (&ql[64 * half..], &qh[32 * half..]);
-                    let sc = &sc[8 * half..];
-                    let y = &mut y[128 * half..];
-                    for l in 0..32 {
-                        let is = l / 16;
-                        let q = |low: u8, high: u8| f32::from(((low | (high << 4)) as i8) - 32);
-                        let q1 = q(ql[l] & 0xF, qh[l] & 3);
-                        let q2 = q(ql[l + 32] & 0xF, (qh[l] >> 2) & 3);
-                        let q3 = q(ql[l] >> 4, (qh[l] >> 4) & 3);
-                        let q4 = q(ql[l + 32] >> 4, (qh[l] >> 6) & 3);
-                        let s = |k: usize| d * f32::from(sc[is + k] as i8);
-                        y[l] = s(0) * q1;
-                        y[l + 32] = s(2) * q2;
-                        y[l + 64] = s(4) * q3;
-                        y[l + 96] = s(6) * q4;
-                    }
-                }
-                out.extend_from_slice(&y);
-            }
-        }
-        other => return Err(QuantError::Unsupported(other)),
     }
     Ok(out)
-}
-
-/// The 6-bit scale and minimum of sub-block `j` of a Q4_K block.
-fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
-    if j < 4 {
-        (q[j] & 63, q[j + 4] & 63)
-    } else {
-        (
-            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
-            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
-        )
-    }
 }
 
 #[cfg(test)]

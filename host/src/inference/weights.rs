@@ -34,6 +34,18 @@ pub trait WeightSource {
     fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Vec<f32>, LoadError> {
         self.read(name, &[rows, cols])
     }
+    /// Matrix `name` in its quantized blocks, checked to be `[rows, cols]`,
+    /// when the source holds it in a type the kernels multiply; `None`
+    /// for any other type (read it with [`matrix`](Self::matrix)).
+    fn quantized(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Option<tessera_kernels::QMatrix>, LoadError> {
+        let _ = (name, rows, cols);
+        Ok(None)
+    }
     /// Vector `name`, checked to hold `len` values.
     fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, LoadError> {
         self.read(name, &[len])
@@ -145,6 +157,42 @@ impl WeightSource for GgufWeights {
 
     fn read(&self, name: &str, dims: &[usize]) -> Result<Vec<f32>, LoadError> {
         self.read_tensor(name, dims)
+    }
+
+    fn quantized(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Option<tessera_kernels::QMatrix>, LoadError> {
+        use super::gguf::TensorType;
+        use tessera_kernels::QType;
+        let info = self
+            .file
+            .tensor(name)
+            .ok_or_else(|| self.error(format!("tensor `{name}` is missing")))?;
+        let ty = match info.ty {
+            TensorType::Q8_0 => QType::Q8_0,
+            TensorType::Q4_0 => QType::Q4_0,
+            TensorType::Q4_1 => QType::Q4_1,
+            TensorType::Q4K => QType::Q4_K,
+            TensorType::Q6K => QType::Q6_K,
+            _ => return Ok(None),
+        };
+        let have: Vec<usize> = info.dims.iter().rev().map(|&d| d as usize).collect();
+        if have != [rows, cols] {
+            return Err(self.error(format!(
+                "tensor `{name}` has shape {have:?}, expected {:?}",
+                [rows, cols]
+            )));
+        }
+        let (_, bytes) = self
+            .file
+            .tensor_bytes(name)
+            .map_err(|e| self.error(e.to_string()))?;
+        tessera_kernels::QMatrix::new(ty, rows, cols, bytes.into())
+            .map(Some)
+            .map_err(|e| self.error(format!("tensor `{name}`: {e}")))
     }
 
     fn error(&self, message: String) -> LoadError {
