@@ -196,7 +196,7 @@ mod scalar {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(crate) mod x86 {
     use std::arch::x86_64::*;
 
     use super::*;
@@ -256,8 +256,9 @@ mod x86 {
         }
     }
 
+    /// The sum of the 8 lanes (shared by the kernels).
     #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
+    pub(crate) unsafe fn hsum(v: __m256) -> f32 {
         // SAFETY: AVX, as every caller.
         unsafe {
             let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
@@ -266,8 +267,9 @@ mod x86 {
         }
     }
 
+    /// The f16 at `b[i..i + 2]` as f32 (shared by the kernels).
     #[inline(always)]
-    unsafe fn f16(b: &[u8], i: usize) -> f32 {
+    pub(crate) unsafe fn f16(b: &[u8], i: usize) -> f32 {
         // SAFETY: F16C, as every caller; `i + 2 <= b.len()` is checked.
         unsafe {
             let bits = u16::from_le_bytes([b[i], b[i + 1]]);

@@ -182,25 +182,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::*;
-
-    #[inline(always)]
-    unsafe fn f16(b: &[u8], i: usize) -> f32 {
-        // SAFETY: F16C, as every caller; the slice index is checked.
-        unsafe {
-            let bits = u16::from_le_bytes([b[i], b[i + 1]]);
-            _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
-        }
-    }
-
-    #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
-        // SAFETY: AVX, as every caller.
-        unsafe {
-            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-            _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<1>(s, s)))
-        }
-    }
+    use crate::dot::x86::{f16, hsum};
 
     /// 32 weights as two vectors of 16 × i16 (values 0..16, 16..32), the
     /// scales of each 16 and the min, for each 32 of block `b`.
