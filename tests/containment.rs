@@ -672,6 +672,18 @@ async fn embed_bomb_is_refused() {
     assert!(message.contains("at most 256 texts"), "{message}");
 }
 
+/// Ten thousand continuations in one `model.score-choices` are refused
+/// with the cap, not queued on the engine.
+#[tokio::test]
+async fn score_choices_bomb_is_refused() {
+    let host = model_host(tessera_tests::FakeEngine::echo()).await;
+    let inv = host
+        .invoke("hostile", Request::from_prompt("choices-bomb"))
+        .await;
+    let message = inv.result.unwrap_err().message;
+    assert!(message.contains("at most 256 continuations"), "{message}");
+}
+
 /// A thousand stop strings (each searched for on every token, on the
 /// engine thread) are refused by the shared sampling check.
 #[tokio::test]

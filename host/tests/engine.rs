@@ -152,6 +152,57 @@ async fn score_is_the_log_likelihood_of_the_continuation() {
 }
 
 #[tokio::test]
+async fn score_choices_read_the_prompt_once_and_agree_with_score() {
+    let engine = engine();
+    let prompt = "Question: Which city is the capital of France?\nAnswer:";
+    let choices = [" Paris", " Berlin", " Paris, of course.", " Lyon"];
+    let together = engine
+        .score_choices(
+            prompt.into(),
+            choices.iter().map(|c| c.to_string()).collect(),
+            None,
+        )
+        .await
+        .unwrap();
+    let mut alone_tokens = 0;
+    let prompt_tokens = engine.tokenize(prompt.into()).await.unwrap().len() as u32;
+    let mut continuation_tokens = 0;
+    for (choice, together) in choices.iter().zip(&together.logprobs) {
+        let alone = engine
+            .score(prompt.into(), choice.to_string(), None)
+            .await
+            .unwrap();
+        alone_tokens += alone.tokens;
+        continuation_tokens += alone.tokens - prompt_tokens;
+        assert!(
+            (alone.logprob - together).abs() < 1e-3 * alone.logprob.abs().max(1.0),
+            "{choice:?}: {together} together, {} alone",
+            alone.logprob
+        );
+    }
+    assert!(together.logprobs[0] > together.logprobs[1] + 2.0);
+    // The prompt once, the continuations, and the prompt's last token
+    // again before each continuation after the first.
+    assert_eq!(together.tokens, prompt_tokens + continuation_tokens + 3);
+    assert!(together.tokens * 2 < alone_tokens);
+
+    // Bad input is refused by name.
+    for (continuations, expected) in [
+        (vec![], "no continuations"),
+        (
+            vec![" Paris".to_string(), String::new()],
+            "continuation 1 is empty",
+        ),
+    ] {
+        let err = engine
+            .score_choices(prompt.into(), continuations, None)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains(expected), "{err}");
+    }
+}
+
+#[tokio::test]
 async fn chat_answer_names_paris() {
     let engine = engine();
     let g = engine

@@ -54,6 +54,13 @@ pub enum CallResult {
         #[serde(default)]
         tokens: u32,
     },
+    /// `model.score-choices`.
+    Scores {
+        /// The summed log-likelihood of each continuation.
+        values: Vec<f64>,
+        /// Tokens the model read for all of them.
+        tokens: u32,
+    },
     /// `model.embed`.
     Embeddings {
         /// One vector per text.
@@ -74,6 +81,7 @@ impl CallResult {
             }
             CallResult::Tokens { ids } => ids.len() * 4,
             CallResult::Score { .. } => 8,
+            CallResult::Scores { values, .. } => values.len() * 8,
             CallResult::Embeddings { vectors } => vectors.iter().map(|v| v.len() * 4).sum(),
             CallResult::Response(r) => r.content.len() + metadata_len(&r.metadata),
             CallResult::Error(e) => e.message.len(),

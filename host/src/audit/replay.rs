@@ -26,7 +26,7 @@ use crate::bindings::types::Response;
 use crate::caps::{Invoker, Nested};
 use crate::ensemble::{Ensemble, Inherited, Invocation, InvokeError, Rerun};
 use crate::inference::{
-    Deltas, Finish, GenerateRequest, Generation, ModelEngine, ModelError, Scored,
+    Deltas, Finish, GenerateRequest, Generation, ModelEngine, ModelError, Scored, ScoredChoices,
 };
 
 /// How a record is run again.
@@ -285,6 +285,23 @@ impl ModelEngine for ReplayEngine {
         }
     }
 
+    async fn score_choices(
+        &self,
+        _prompt: String,
+        _continuations: Vec<String>,
+        _adapter: Option<String>,
+    ) -> Result<ScoredChoices, ModelError> {
+        match self.0.result("score-choices")? {
+            (_, _, CallResult::Scores { values, tokens }) => Ok(ScoredChoices {
+                logprobs: values.clone(),
+                tokens: *tokens,
+            }),
+            (i, ..) => Err(ModelError::Failed(format!(
+                "replay: call {i}'s recorded result is not a list of scores"
+            ))),
+        }
+    }
+
     async fn embed(&self, _texts: Vec<String>) -> Result<Vec<Vec<f32>>, ModelError> {
         match self.0.result("embed")? {
             (_, _, CallResult::Embeddings { vectors }) => Ok(vectors.clone()),
@@ -331,6 +348,17 @@ impl ModelEngine for RecomputeEngine {
         adapter: Option<String>,
     ) -> Result<Scored, ModelError> {
         self.model.score(prompt, continuation, adapter).await
+    }
+
+    async fn score_choices(
+        &self,
+        prompt: String,
+        continuations: Vec<String>,
+        adapter: Option<String>,
+    ) -> Result<ScoredChoices, ModelError> {
+        self.model
+            .score_choices(prompt, continuations, adapter)
+            .await
     }
 
     async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, ModelError> {

@@ -18,6 +18,8 @@ const INTERFACE: &str = "tessera:expert/model";
 
 /// Most texts one `model.embed` call may send.
 pub const MAX_EMBED_TEXTS: usize = 256;
+/// Most continuations one `model.score-choices` call may rate.
+pub const MAX_SCORE_CHOICES: usize = 256;
 
 /// What the `model` interface of one invocation holds: the engine, the
 /// bundle's grant, and where streamed text goes.
@@ -408,6 +410,76 @@ impl Host for View<'_, ModelCtx> {
         };
         self.ledger.end_call(record, end);
         Ok(result.map(|scored| scored.logprob))
+    }
+
+    async fn score_choices(
+        &mut self,
+        prompt: String,
+        continuations: Vec<String>,
+        adapter: Option<String>,
+    ) -> wasmtime::Result<Result<Vec<f64>, Error>> {
+        let input = Digest::new("tessera:expert/model.score-choices.in")
+            .text(&prompt)
+            .texts(continuations.iter().map(String::as_str))
+            .text(adapter.as_deref().unwrap_or_default())
+            .finish();
+        let record = self.ledger.begin_call(
+            INTERFACE,
+            "score-choices",
+            prompt.len() as u64 + super::strings_len(&continuations),
+            input,
+        );
+        let access = self
+            .check_adapter(adapter.as_deref())
+            .and_then(|()| self.check_model_access(false))
+            .and_then(|()| {
+                if continuations.len() > MAX_SCORE_CHOICES {
+                    Err(Error::LimitExceeded(format!(
+                        "model.score-choices rates at most {MAX_SCORE_CHOICES} continuations per call, got {}; send them in batches",
+                        continuations.len()
+                    )))
+                } else {
+                    Ok(())
+                }
+            });
+        let result = match access {
+            Ok(()) => {
+                let engine = self.ctx.engine.clone();
+                engine
+                    .score_choices(prompt, continuations, adapter)
+                    .await
+                    .map_err(model_error)
+            }
+            Err(e) => Err(e),
+        };
+        let end = match &result {
+            Ok(scored) => {
+                self.ledger.read_tokens = self.ledger.read_tokens.saturating_add(scored.tokens);
+                CallEnd {
+                    bytes_out: scored.logprobs.len() as u64 * 8,
+                    output_sha256: scored
+                        .logprobs
+                        .iter()
+                        .fold(
+                            Digest::new("tessera:expert/model.score-choices.out"),
+                            |d, v| d.num(v.to_bits()),
+                        )
+                        .finish(),
+                    tokens: Some(TokenCount {
+                        prompt: scored.tokens,
+                        completion: 0,
+                    }),
+                    result: Some(CallResult::Scores {
+                        values: scored.logprobs.clone(),
+                        tokens: scored.tokens,
+                    }),
+                    ..CallEnd::default()
+                }
+            }
+            Err(e) => CallEnd::failed(e),
+        };
+        self.ledger.end_call(record, end);
+        Ok(result.map(|scored| scored.logprobs))
     }
 
     async fn embed(

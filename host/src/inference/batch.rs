@@ -43,6 +43,11 @@ pub trait BatchModel {
     /// An empty cache for a new sequence.
     fn new_cache(&self) -> Self::Cache;
 
+    /// Forget every token of `cache` past the first `len`, so that the
+    /// sequence can go on from there with other tokens (scoring several
+    /// continuations of one prompt reads the prompt once).
+    fn truncate(&self, cache: &mut Self::Cache, len: usize);
+
     /// Run one forward pass over every input. Returns, per input, the
     /// logits of its last new token (or of every new token with
     /// `all_logits`), each `shape().vocab` long.

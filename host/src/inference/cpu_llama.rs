@@ -203,6 +203,18 @@ impl CpuKvCache {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+
+    /// Keep the first `len` tokens only.
+    pub fn truncate(&mut self, len: usize) {
+        if len >= self.len {
+            return;
+        }
+        for layer in self.keys.iter_mut().chain(&mut self.values) {
+            let width = layer.len() / self.len;
+            layer.truncate(len * width);
+        }
+        self.len = len;
+    }
 }
 
 /// A Llama-family model on the CPU; see the module docs.
@@ -592,6 +604,10 @@ impl BatchModel for CpuLlama {
 
     fn new_cache(&self) -> CpuKvCache {
         CpuLlama::new_cache(self)
+    }
+
+    fn truncate(&self, cache: &mut CpuKvCache, len: usize) {
+        cache.truncate(len);
     }
 
     fn step(&self, inputs: &mut [StepInput<'_, CpuKvCache>]) -> Vec<Vec<Vec<f32>>> {

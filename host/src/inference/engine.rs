@@ -563,6 +563,55 @@ impl ModelEngine for BurnEngine {
         })
     }
 
+    async fn score_choices(
+        &self,
+        prompt: String,
+        continuations: Vec<String>,
+        adapter: Option<String>,
+    ) -> Result<super::ScoredChoices, ModelError> {
+        let adapter = self.adapter(adapter).await?;
+        self.check_prompt_bytes(
+            prompt.len() + continuations.iter().map(String::len).sum::<usize>(),
+        )?;
+        let prompt = self.raw_prompt(prompt).await?.to_vec();
+        let mut ids = Vec::with_capacity(continuations.len());
+        for (i, continuation) in continuations.into_iter().enumerate() {
+            let rest = self.tokenize(continuation).await?;
+            if rest.is_empty() {
+                return Err(ModelError::InvalidInput(format!(
+                    "continuation {i} is empty"
+                )));
+            }
+            ids.push(rest);
+        }
+        if ids.is_empty() {
+            return Err(ModelError::InvalidInput(
+                "there are no continuations to score".into(),
+            ));
+        }
+        // The prompt once, each continuation, and the prompt's last token
+        // again before every continuation but the first.
+        let again = if prompt.is_empty() { 0 } else { ids.len() - 1 };
+        let read = prompt.len() + ids.iter().map(Vec::len).sum::<usize>() + again;
+        let job = JobKind::Choices {
+            prompt,
+            continuations: ids,
+        };
+        let scored = self
+            .submit_with(None, job, adapter, |output| match output {
+                Output::Choices(c) => Some(c),
+                _ => None,
+            })
+            .await?;
+        Ok(super::ScoredChoices {
+            logprobs: scored
+                .iter()
+                .map(|c| c.iter().map(|t| f64::from(t.logprob)).sum())
+                .collect(),
+            tokens: u32::try_from(read).unwrap_or(u32::MAX),
+        })
+    }
+
     async fn rate(
         &self,
         prompt: super::Prompt,

@@ -126,6 +126,21 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+
+    /// Keep the first `len` tokens only.
+    pub fn truncate(&mut self, len: usize) {
+        if len >= self.len {
+            return;
+        }
+        for layer in &mut self.layers {
+            *layer = match layer.take() {
+                Some(_) if len == 0 => None,
+                Some((k, v)) => Some((k.narrow(1, 0, len), v.narrow(1, 0, len))),
+                None => None,
+            };
+        }
+        self.len = len;
+    }
 }
 
 impl BatchModel for Llama {
@@ -141,6 +156,10 @@ impl BatchModel for Llama {
 
     fn new_cache(&self) -> KvCache {
         Llama::new_cache(self)
+    }
+
+    fn truncate(&self, cache: &mut KvCache, len: usize) {
+        cache.truncate(len);
     }
 
     fn step(&self, inputs: &mut [StepInput<'_, KvCache>]) -> Vec<Vec<Vec<f32>>> {

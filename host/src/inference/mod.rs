@@ -265,6 +265,15 @@ pub struct Scored {
     pub tokens: u32,
 }
 
+/// What [`ModelEngine::score_choices`] found.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ScoredChoices {
+    /// Summed log-likelihood of each continuation, in order.
+    pub logprobs: Vec<f64>,
+    /// Tokens the model read for all of them.
+    pub tokens: u32,
+}
+
 /// A language and embedding model engine shared by every expert.
 #[async_trait]
 pub trait ModelEngine: Send + Sync + 'static {
@@ -291,6 +300,27 @@ pub trait ModelEngine: Send + Sync + 'static {
         continuation: String,
         adapter: Option<String>,
     ) -> Result<Scored, ModelError>;
+
+    /// [`score`](Self::score) for each of `continuations` after one
+    /// `prompt`. Engines that can read the prompt once and go back to it
+    /// between continuations do (the in-process engine does); this default
+    /// scores them one by one.
+    async fn score_choices(
+        &self,
+        prompt: String,
+        continuations: Vec<String>,
+        adapter: Option<String>,
+    ) -> Result<ScoredChoices, ModelError> {
+        let mut scored = ScoredChoices::default();
+        for continuation in continuations {
+            let one = self
+                .score(prompt.clone(), continuation, adapter.clone())
+                .await?;
+            scored.logprobs.push(one.logprob);
+            scored.tokens = scored.tokens.saturating_add(one.tokens);
+        }
+        Ok(scored)
+    }
 
     /// One L2-normalised embedding per text.
     async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, ModelError>;

@@ -34,7 +34,7 @@ use schema::{Field, FieldType, Schema};
 pub const TRIES: u32 = 3;
 /// Tokens of one field's answer.
 const FIELD_TOKENS: u32 = 32;
-/// Most spans rated in one request (each is one `score` call).
+/// Most spans rated in one request (one `score-choices` call per field).
 pub const RATING_BUDGET: usize = 64;
 
 struct JsonExtractor;
@@ -88,7 +88,7 @@ impl Expert for JsonExtractor {
             } else if choices.is_empty() {
                 ask_until_it_fits(&text, field, &req, &mut usage, &mut calls)?
             } else {
-                calls += choices.len();
+                calls += 1;
                 let scores = rate(&text, field, &choices)?;
                 rated.push((field, choices, scores));
                 continue;
@@ -137,10 +137,11 @@ fn unfilled(field: &Field) -> Error {
 /// The model's log-likelihood of each of `choices` as `field`'s value.
 fn rate(text: &str, field: &Field, choices: &[Span]) -> Result<Vec<f64>, Error> {
     let prompt = infer::prompt(text, &field.name);
-    choices
+    let continuations: Vec<String> = choices
         .iter()
-        .map(|choice| model::score(&prompt, &format!(" {}\n", choice.text())))
-        .collect()
+        .map(|choice| format!(" {}\n", choice.text()))
+        .collect();
+    model::score_choices(&prompt, &continuations)
 }
 
 /// Values for the rated fields: the most confident field takes its best

@@ -85,6 +85,13 @@ pub(super) enum JobKind {
         tokens: Vec<u32>,
         from: usize,
     },
+    /// The log-likelihood of each of `continuations` after `prompt`: the
+    /// prompt is read once, and the cache goes back to it between
+    /// continuations. Never empty.
+    Choices {
+        prompt: Vec<u32>,
+        continuations: Vec<Vec<u32>>,
+    },
     /// The logits of the token after `tokens`.
     Logits {
         tokens: Vec<u32>,
@@ -111,6 +118,8 @@ pub(super) enum Output {
     Generation(Generation),
     /// One entry per scored token.
     Score(Vec<TokenScore>),
+    /// One [`Output::Score`] per continuation, in order.
+    Choices(Vec<Vec<TokenScore>>),
     Logits(Vec<f32>),
     Embeddings(Vec<Vec<f32>>),
 }
@@ -124,6 +133,14 @@ enum Purpose {
     Score {
         from: usize,
         scored: Vec<TokenScore>,
+    },
+    /// Scores the continuation after `tokens[..from]`, then goes back to
+    /// the prompt for the next one.
+    Choices {
+        from: usize,
+        scored: Vec<TokenScore>,
+        next: VecDeque<Vec<u32>>,
+        done: Vec<Vec<TokenScore>>,
     },
     Logits,
 }
@@ -418,13 +435,39 @@ impl<M: BatchModel, D: Detokenize> Scheduler<M, D> {
             };
             let queue = &self.queues[&owner];
             let job = queue.front().expect("queues are never empty");
+            let longest;
             let (tokens, extra) = match &job.kind {
                 JobKind::Generate { prompt, params, .. } => (prompt, params.max_tokens as usize),
                 JobKind::Score { tokens, .. } | JobKind::Logits { tokens } => (tokens, 0),
+                // The cache holds the prompt and one continuation at a time.
+                JobKind::Choices {
+                    prompt,
+                    continuations,
+                } => {
+                    longest = continuations
+                        .iter()
+                        .max_by_key(|c| c.len())
+                        .map(|c| [prompt.as_slice(), c].concat())
+                        .unwrap_or_default();
+                    (&longest, 0)
+                }
                 JobKind::Embed { .. } => unreachable!("embeddings are queued apart"),
             };
             let need = (tokens.len() + extra).min(context);
-            let refusal = self.refusal(tokens, need);
+            let refusal = match &job.kind {
+                JobKind::Choices { continuations, .. }
+                    if continuations.is_empty() || continuations.iter().any(Vec::is_empty) =>
+                {
+                    Some(ModelError::InvalidInput(
+                        "there are no continuations to score, or one is empty".into(),
+                    ))
+                }
+                JobKind::Choices { continuations, .. } => continuations
+                    .iter()
+                    .find_map(|c| self.refusal(c, 0))
+                    .or_else(|| self.refusal(tokens, need)),
+                _ => self.refusal(tokens, need),
+            };
             if refusal.is_none() && self.reserved_tokens + need > self.budget_tokens {
                 // Wait for running sequences to finish and free their cache.
                 return;
@@ -469,6 +512,23 @@ impl<M: BatchModel, D: Detokenize> Scheduler<M, D> {
                         scored: Vec::new(),
                     },
                 ),
+                JobKind::Choices {
+                    prompt,
+                    continuations,
+                } => {
+                    let mut next = VecDeque::from(continuations);
+                    let first = next.pop_front().expect("refused when empty");
+                    let from = prompt.len();
+                    (
+                        [prompt, first].concat(),
+                        Purpose::Choices {
+                            from,
+                            scored: Vec::new(),
+                            next,
+                            done: Vec::new(),
+                        },
+                    )
+                }
                 JobKind::Logits { tokens } => (tokens, Purpose::Logits),
                 JobKind::Embed { .. } => unreachable!("embeddings are queued apart"),
             };
@@ -516,7 +576,10 @@ impl<M: BatchModel, D: Detokenize> Scheduler<M, D> {
                 .map(|(s, &n)| StepInput {
                     tokens: &s.tokens[s.fed..s.fed + n],
                     cache: &mut s.cache,
-                    all_logits: matches!(s.purpose, Purpose::Score { .. }),
+                    all_logits: matches!(
+                        s.purpose,
+                        Purpose::Score { .. } | Purpose::Choices { .. }
+                    ),
                     adapter: s.adapter.as_deref(),
                 })
                 .collect();
@@ -537,7 +600,7 @@ impl<M: BatchModel, D: Detokenize> Scheduler<M, D> {
 
         let mut finished = Vec::new();
         for (index, (seq, rows)) in self.active.iter_mut().zip(logits).enumerate() {
-            if let Some(output) = advance(seq, rows, self.detokenizer.as_ref()) {
+            if let Some(output) = advance(&self.model, seq, rows, self.detokenizer.as_ref()) {
                 finished.push((index, output));
             }
         }
@@ -555,6 +618,31 @@ impl<M: BatchModel, D: Detokenize> Scheduler<M, D> {
     }
 }
 
+/// Score the tokens that `rows` (logits of the step that fed
+/// `tokens[..fed]`'s last `rows.len()` tokens) predict, from `from` on.
+fn score_rows(
+    tokens: &[u32],
+    fed: usize,
+    from: usize,
+    rows: &[Vec<f32>],
+    scored: &mut Vec<TokenScore>,
+) {
+    // Row j predicts the token after position fed_from + j.
+    let fed_from = fed - rows.len();
+    for (j, row) in rows.iter().enumerate() {
+        let next = fed_from + j + 1;
+        if next >= from && next < tokens.len() {
+            let token = tokens[next];
+            let best = super::sampler::argmax(row);
+            scored.push(TokenScore {
+                logprob: log_softmax_at(row, token as usize),
+                best,
+                best_logprob: log_softmax_at(row, best as usize),
+            });
+        }
+    }
+}
+
 /// The text of a panic's payload.
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     panic
@@ -565,29 +653,40 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// Take one step's logits for `seq`; returns its answer when it is done.
-fn advance<C>(
-    seq: &mut Sequence<C>,
+fn advance<M: BatchModel>(
+    model: &M,
+    seq: &mut Sequence<M::Cache>,
     rows: Vec<Vec<f32>>,
     detokenizer: &impl Detokenize,
 ) -> Option<Output> {
     let done_feeding = seq.pending() == 0;
     match &mut seq.purpose {
         Purpose::Score { from, scored } => {
-            // Row j predicts the token after position fed_from + j.
-            let fed_from = seq.fed - rows.len();
-            for (j, row) in rows.iter().enumerate() {
-                let next = fed_from + j + 1;
-                if next >= *from && next < seq.tokens.len() {
-                    let token = seq.tokens[next];
-                    let best = super::sampler::argmax(row);
-                    scored.push(TokenScore {
-                        logprob: log_softmax_at(row, token as usize),
-                        best,
-                        best_logprob: log_softmax_at(row, best as usize),
-                    });
-                }
-            }
+            score_rows(&seq.tokens, seq.fed, *from, &rows, scored);
             done_feeding.then(|| Output::Score(std::mem::take(scored)))
+        }
+        Purpose::Choices {
+            from,
+            scored,
+            next,
+            done,
+        } => {
+            score_rows(&seq.tokens, seq.fed, *from, &rows, scored);
+            if !done_feeding {
+                return None;
+            }
+            done.push(std::mem::take(scored));
+            let Some(continuation) = next.pop_front() else {
+                return Some(Output::Choices(std::mem::take(done)));
+            };
+            // Back to the prompt less its last token, whose logits predict
+            // the next continuation's first token: fed again with it.
+            let keep = from.saturating_sub(1);
+            model.truncate(&mut seq.cache, keep);
+            seq.tokens.truncate(*from);
+            seq.tokens.extend(continuation);
+            seq.fed = keep;
+            None
         }
         Purpose::Logits => done_feeding
             .then(|| rows.into_iter().last().map(Output::Logits))

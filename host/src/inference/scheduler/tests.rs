@@ -55,6 +55,10 @@ impl BatchModel for Counting {
         Vec::new()
     }
 
+    fn truncate(&self, cache: &mut Vec<u32>, len: usize) {
+        cache.truncate(len);
+    }
+
     fn step(&self, inputs: &mut [StepInput<'_, Vec<u32>>]) -> Vec<Vec<Vec<f32>>> {
         self.steps
             .lock()
@@ -342,6 +346,89 @@ fn scores_sum_the_log_likelihood_of_the_continuation() {
     };
     assert!(score(0) > -0.001, "{}", score(0));
     assert!(score(1) < -30.0, "{}", score(1));
+}
+
+#[test]
+fn choices_read_the_prompt_once_and_score_like_separate_scores() {
+    // A 40-token prompt and five 10-token continuations: the fake model
+    // panics past 64 cached tokens, so this passes only if the cache goes
+    // back to the prompt between continuations.
+    let prompt: Vec<u32> = (0..40).map(|i| i % 27).collect();
+    // After token t the model is sure of t + 1 (mod 27): the first
+    // continuation goes on from the prompt's last token (12), the others
+    // jump.
+    let continuations: Vec<Vec<u32>> = (0..5u32)
+        .map(|c| {
+            (0..10)
+                .map(|i| if c == 0 { 13 + i } else { (c * 3 + i * 2) % 27 })
+                .collect()
+        })
+        .collect();
+    let mut bench = bench(limits(4, 64));
+    let mut answers = vec![bench.submit(
+        "",
+        JobKind::Choices {
+            prompt: prompt.clone(),
+            continuations: continuations.clone(),
+        },
+    )];
+    for c in &continuations {
+        let tokens = [prompt.as_slice(), c].concat();
+        answers.push(bench.submit("", JobKind::Score { tokens, from: 40 }));
+    }
+    let done = bench.drain(answers);
+    let of = |i: usize| &done.iter().find(|(j, _)| *j == i).unwrap().1;
+    let Ok(Output::Choices(choices)) = of(0) else {
+        panic!("{:?}", of(0));
+    };
+    assert_eq!(choices.len(), 5);
+    for (c, choice) in choices.iter().enumerate() {
+        let Ok(Output::Score(alone)) = of(c + 1) else {
+            panic!("{:?}", of(c + 1));
+        };
+        assert_eq!(choice, alone, "continuation {c}");
+        assert_eq!(choice.len(), 10);
+    }
+    let sum = |s: &[TokenScore]| s.iter().map(|t| f64::from(t.logprob)).sum::<f64>();
+    assert!(sum(&choices[0]) > -0.01, "{}", sum(&choices[0]));
+    for choice in &choices[1..] {
+        assert!(sum(choice) < -30.0, "{}", sum(choice));
+    }
+}
+
+#[test]
+fn choices_refuse_an_empty_list_or_an_empty_continuation() {
+    let mut bench = bench(limits(4, 64));
+    let none = bench.submit(
+        "",
+        JobKind::Choices {
+            prompt: vec![1, 2],
+            continuations: Vec::new(),
+        },
+    );
+    let empty = bench.submit(
+        "",
+        JobKind::Choices {
+            prompt: vec![1, 2],
+            continuations: vec![vec![3], Vec::new()],
+        },
+    );
+    let too_long = bench.submit(
+        "",
+        JobKind::Choices {
+            prompt: vec![1; 40],
+            continuations: vec![vec![3], vec![4; 30]],
+        },
+    );
+    let done = bench.drain(vec![none, empty, too_long]);
+    for (i, output) in &done {
+        let err = error(output);
+        let expected = if *i == 2 { "context" } else { "continuation" };
+        assert!(
+            matches!(&err, ModelError::InvalidInput(m) if m.contains(expected)),
+            "{err}"
+        );
+    }
 }
 
 #[test]

@@ -42,6 +42,11 @@ impl Expert for Hostile {
                 let texts = vec!["x".to_string(); 10_000];
                 model::embed(&texts).map(|v| Response::new(v.len().to_string()))
             }
+            "choices-bomb" => {
+                let continuations = vec![" x".to_string(); 10_000];
+                model::score_choices("pick one:", &continuations)
+                    .map(|v| Response::new(v.len().to_string()))
+            }
             "stop-bomb" => {
                 let mut sampling = Sampling::default();
                 for i in 0..1000 {
