@@ -1,86 +1,86 @@
-//! Prefill and decode throughput of Tessera's burn engine, with candle's
-//! `quantized_llama` on the same GGUF as the same-run reference.
+//! One engine's figures on a GGUF, as one JSON line: Tessera's engine or
+//! candle's `quantized_llama`, each in a process of its own so that its
+//! peak RSS is its own. `bench/llm/run.sh` builds both (and llama.cpp's
+//! `llama-bench`) with the same flags and runs them in turn.
 //!
-//! Figures: prefill tok/s (one 128-token prompt), decode tok/s at batch 1,
-//! aggregate decode tok/s with 8 and 32 concurrent sequences (burn only:
-//! candle's example model has no batching), and peak resident memory.
+//! The work matches `llama-bench -p P -n N` and `llama-batched-bench
+//! -npp 16 -ntg N -npl B`:
+//!
+//! - prefill: one P-token prompt into an empty cache (Tessera's figure
+//!   also samples the token after it: one decode step more than the
+//!   others do, counted against it);
+//! - decode: N tokens, one at a time, from a one-token context, past any
+//!   end-of-turn token;
+//! - aggregate (Tessera only: candle's model has no batching): B
+//!   sequences at once, each a 16-token prompt and N generated tokens;
+//!   generated tokens over the whole time, prefills included.
+//!
+//! Token ids are a fixed pseudo-random sequence (llama-bench feeds random
+//! ids too), the same for both engines. Each figure is the median of
+//! `--repeat` runs after a warm-up.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
-use clap::Parser;
+use anyhow::{Context, Result, bail};
+use clap::{Parser, ValueEnum};
 use tessera_host::inference::{
-    BurnEngine, DeviceChoice, EngineOptions, GenerateRequest, MINILM, ModelEngine, ModelStore,
-    SMOLLM2, SamplingParams,
+    BurnEngine, DeviceChoice, EngineOptions, ModelStore, SMOLLM2, SamplingParams,
+    cpu_llama::{Activations, CpuOptions},
 };
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Which {
+    Tessera,
+    Candle,
+}
 
 #[derive(Parser)]
 struct Args {
+    /// The engine to measure.
+    #[arg(long, value_enum)]
+    engine: Which,
+    /// The GGUF file (default: SmolLM2's Q4_1 in the models directory).
+    #[arg(long)]
+    gguf: Option<PathBuf>,
     /// Models directory (as for `tessera models pull`).
     #[arg(long)]
     models_dir: Option<PathBuf>,
-    /// burn device: cpu or wgpu.
-    #[arg(long, default_value = "cpu")]
-    device: DeviceChoice,
-    /// Tokens decoded per sequence.
-    #[arg(long, default_value_t = 64)]
-    decode_tokens: u32,
-    /// Prompt length for the prefill figure.
+    /// Prompt tokens for the prefill figure (llama-bench `-p`).
     #[arg(long, default_value_t = 128)]
     prompt_tokens: usize,
-    /// Skip candle.
+    /// Tokens decoded per sequence (llama-bench `-n`).
+    #[arg(long, default_value_t = 128)]
+    decode_tokens: usize,
+    /// Threads (llama-bench `-t`). Tessera's pool gets this many; candle's
+    /// is rayon's global pool: run it with RAYON_NUM_THREADS set.
     #[arg(long)]
-    no_candle: bool,
-    /// Batch sizes for the aggregate figures.
+    threads: usize,
+    /// Concurrent sequences for the aggregate figures (Tessera).
     #[arg(long, value_delimiter = ',', default_value = "8,32")]
     batches: Vec<usize>,
-    /// Only compare next-token logits on cpu and wgpu (needs `--features wgpu`).
-    #[arg(long)]
-    compare_devices: bool,
+    /// Runs per figure; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// Tessera's activations: 16 (the default, the f32 model's answers)
+    /// or 8 (llama.cpp's scheme).
+    #[arg(long, default_value_t = 16)]
+    activation_bits: u8,
 }
 
-async fn compare_devices(store: &ModelStore) -> Result<()> {
-    let text = "The capital of France is";
-    let mut rows = Vec::new();
-    for device in [DeviceChoice::Cpu, DeviceChoice::Wgpu] {
-        let started = Instant::now();
-        let engine = BurnEngine::from_store(
-            store,
-            EngineOptions {
-                device,
-                ..EngineOptions::default()
-            },
-        )?;
-        let loaded = started.elapsed();
-        let t = Instant::now();
-        let logits = engine.next_token_logits(text).await?;
-        let forward = t.elapsed();
-        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let sum: f32 = logits.iter().map(|l| (l - max).exp()).sum();
-        let top = tessera_host::inference::sampler::argmax(&logits);
-        let t = Instant::now();
-        let g = engine
-            .generate(GenerateRequest::text(text.into(), greedy(8)), None)
-            .await?;
-        let decode = f64::from(g.completion_tokens) / t.elapsed().as_secs_f64();
-        println!(
-            "{:4}: load {loaded:.1?}, prefill forward {forward:.1?}, top {:?} p={:.4}, greedy {:?} ({decode:.1} tok/s)",
-            device.as_str(),
-            engine.tokenizer().token(top).unwrap_or_default(),
-            1.0 / sum,
-            g.text
-        );
-        rows.push(logits);
-    }
-    let diff = rows[0]
-        .iter()
-        .zip(&rows[1])
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
-    println!("largest cpu/wgpu logit difference: {diff:.2e}");
-    Ok(())
+/// The fixed pseudo-random token ids of both engines.
+fn token_ids(n: usize, salt: u64) -> Vec<u32> {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ salt;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Ordinary tokens of SmolLM2's 49,152: past the specials.
+            100 + (x % 40_000) as u32
+        })
+        .collect()
 }
 
 fn peak_rss_mib() -> f64 {
@@ -94,164 +94,157 @@ fn peak_rss_mib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-fn prompt_ids(engine: &BurnEngine, n: usize) -> Vec<u32> {
-    let text = "The history of the city begins with a small settlement on the river. ".repeat(64);
-    let mut ids = engine.tokenizer().encode(&text).unwrap();
-    ids.truncate(n);
-    ids
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
 }
 
-fn greedy(max_tokens: u32) -> SamplingParams {
+fn per_second(tokens: usize, took: Duration) -> f64 {
+    tokens as f64 / took.as_secs_f64()
+}
+
+fn fixed(max_tokens: usize) -> SamplingParams {
     SamplingParams {
         temperature: 0.0,
-        max_tokens,
+        max_tokens: max_tokens as u32,
+        ignore_eos: true,
         ..SamplingParams::default()
     }
 }
 
-async fn burn_figures(args: &Args, store: &ModelStore) -> Result<()> {
-    let started = Instant::now();
-    let engine = Arc::new(BurnEngine::from_store(
-        store,
+async fn tessera(args: &Args, gguf: &std::path::Path) -> Result<serde_json::Value> {
+    let activations = match args.activation_bits {
+        16 => Activations::I16,
+        8 => Activations::I8,
+        other => bail!("--activation-bits is 16 or 8, not {other}"),
+    };
+    let engine = Arc::new(BurnEngine::load(
+        gguf,
+        None,
         EngineOptions {
-            device: args.device,
+            device: DeviceChoice::Cpu,
+            cpu: CpuOptions {
+                threads: Some(args.threads),
+                activations,
+                ..CpuOptions::default()
+            },
             ..EngineOptions::default()
         },
     )?);
-    println!(
-        "burn ({}): loaded in {:.1?}",
-        args.device.as_str(),
-        started.elapsed()
-    );
-    let prompt = prompt_ids(&engine, args.prompt_tokens);
-    // Warm up.
-    engine.generate_ids(prompt[..8].to_vec(), greedy(4), None).await?;
-
-    // Prefill: one token generated after the prompt.
-    let t = Instant::now();
-    engine.generate_ids(prompt.clone(), greedy(1), None).await?;
-    let prefill = prompt.len() as f64 / t.elapsed().as_secs_f64();
-
-    // Decode at batch 1: time for n tokens minus a 1-token run.
-    let short = &prompt[..16];
-    let t = Instant::now();
-    engine.generate_ids(short.to_vec(), greedy(1), None).await?;
-    let base = t.elapsed();
-    let t = Instant::now();
-    let g = engine
-        .generate_ids(short.to_vec(), greedy(args.decode_tokens), None)
+    let (p, n) = (args.prompt_tokens, args.decode_tokens);
+    // Warm up: the pool's threads, the caches, the allocator.
+    engine
+        .generate_ids(token_ids(32, 1), fixed(16), None)
         .await?;
-    let decode = (g.completion_tokens - 1) as f64 / (t.elapsed() - base).as_secs_f64();
-    println!(
-        "burn prefill  {prefill:8.1} tok/s ({} tokens)",
-        prompt.len()
-    );
-    println!("burn decode@1 {decode:8.1} tok/s");
 
-    for &batch in &args.batches {
+    let mut prefill = Vec::new();
+    let mut decode = Vec::new();
+    for r in 0..args.repeat {
         let t = Instant::now();
-        let handles: Vec<_> = (0..batch)
-            .map(|i| {
-                let engine = engine.clone();
-                // Different prompts so the sequences differ.
-                let ids = prompt[i % 8..i % 8 + 16].to_vec();
-                let n = args.decode_tokens;
-                tokio::spawn(async move { engine.generate_ids(ids, greedy(n), None).await })
-            })
-            .collect();
-        let mut tokens = 0;
-        for h in handles {
-            tokens += h.await??.completion_tokens;
-        }
-        let aggregate = f64::from(tokens) / t.elapsed().as_secs_f64();
-        println!(
-            "burn decode@{batch:<2} {aggregate:8.1} tok/s aggregate ({:.1}x batch 1)",
-            aggregate / decode
-        );
+        engine
+            .generate_ids(token_ids(p, 2 + r as u64), fixed(1), None)
+            .await?;
+        prefill.push(per_second(p, t.elapsed()));
+        let t = Instant::now();
+        let g = engine
+            .generate_ids(token_ids(1, 3 + r as u64), fixed(n), None)
+            .await?;
+        anyhow::ensure!(g.completion_tokens as usize == n, "decode stopped early");
+        decode.push(per_second(n, t.elapsed()));
     }
-    let v = engine.embed(vec!["warm".into()]).await?;
-    let t = Instant::now();
-    let texts: Vec<String> = (0..32)
-        .map(|i| format!("sentence number {i} about cats"))
-        .collect();
-    engine.embed(texts).await?;
-    println!(
-        "minilm embed  {:8.1} texts/s (batch 32, {} dims)",
-        32.0 / t.elapsed().as_secs_f64(),
-        v[0].len()
-    );
-    println!("peak RSS {:.0} MiB", peak_rss_mib());
-    Ok(())
+    let mut aggregate = serde_json::Map::new();
+    for &batch in &args.batches {
+        let mut runs = Vec::new();
+        for r in 0..args.repeat {
+            let t = Instant::now();
+            let handles: Vec<_> = (0..batch)
+                .map(|i| {
+                    let engine = engine.clone();
+                    let ids = token_ids(16, 1000 * (r as u64 + 1) + i as u64);
+                    tokio::spawn(async move { engine.generate_ids(ids, fixed(n), None).await })
+                })
+                .collect();
+            let mut tokens = 0;
+            for h in handles {
+                tokens += h.await??.completion_tokens as usize;
+            }
+            runs.push(per_second(tokens, t.elapsed()));
+        }
+        aggregate.insert(batch.to_string(), median(runs).into());
+    }
+    Ok(serde_json::json!({
+        "engine": "tessera",
+        "prefill": median(prefill),
+        "decode": median(decode),
+        "aggregate": aggregate,
+        "peak_rss_mib": peak_rss_mib(),
+    }))
 }
 
-fn candle_figures(args: &Args, gguf: &Path, prompt: &[u32]) -> Result<()> {
+fn candle(args: &Args, gguf: &std::path::Path) -> Result<serde_json::Value> {
     use candle_core::quantized::gguf_file;
     use candle_core::{Device, Tensor};
     use candle_transformers::models::quantized_llama::ModelWeights;
 
+    let threads = candle_core::utils::get_num_threads();
+    if threads != args.threads {
+        bail!("candle runs on {threads} threads, not --threads {}: set RAYON_NUM_THREADS", args.threads);
+    }
     let device = Device::Cpu;
-    let load = || -> Result<ModelWeights> {
-        let mut file = std::fs::File::open(gguf)?;
-        let content = gguf_file::Content::read(&mut file)?;
-        Ok(ModelWeights::from_gguf(content, &mut file, &device)?)
-    };
+    let mut file = std::fs::File::open(gguf)?;
+    let content = gguf_file::Content::read(&mut file)?;
+    let mut model = ModelWeights::from_gguf(content, &mut file, &device)?;
     let argmax =
         |logits: &Tensor| -> Result<u32> { Ok(logits.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?) };
-    let mut model = load()?;
-    // Warm up.
-    let x = Tensor::new(&prompt[..8], &device)?.unsqueeze(0)?;
+    let (p, n) = (args.prompt_tokens, args.decode_tokens);
+    // Warm up. The model's cache starts over at position 0.
+    let x = Tensor::new(token_ids(32, 1).as_slice(), &device)?.unsqueeze(0)?;
     model.forward(&x, 0)?;
 
-    let mut model = load()?;
-    let t = Instant::now();
-    let x = Tensor::new(prompt, &device)?.unsqueeze(0)?;
-    let logits = model.forward(&x, 0)?;
-    let mut next = argmax(&logits)?;
-    let prefill = prompt.len() as f64 / t.elapsed().as_secs_f64();
+    let mut prefill = Vec::new();
+    let mut decode = Vec::new();
+    for r in 0..args.repeat {
+        let ids = token_ids(p, 2 + r as u64);
+        let t = Instant::now();
+        let x = Tensor::new(ids.as_slice(), &device)?.unsqueeze(0)?;
+        argmax(&model.forward(&x, 0)?)?;
+        prefill.push(per_second(p, t.elapsed()));
 
-    let mut pos = prompt.len();
-    let t = Instant::now();
-    for _ in 0..args.decode_tokens {
-        let x = Tensor::new(&[next], &device)?.unsqueeze(0)?;
-        let logits = model.forward(&x, pos)?;
-        next = argmax(&logits)?;
-        pos += 1;
+        let t = Instant::now();
+        let mut next = token_ids(1, 3 + r as u64)[0];
+        for pos in 0..n {
+            let x = Tensor::new(&[next], &device)?.unsqueeze(0)?;
+            next = argmax(&model.forward(&x, pos)?)?;
+        }
+        decode.push(per_second(n, t.elapsed()));
     }
-    let decode = f64::from(args.decode_tokens) / t.elapsed().as_secs_f64();
-    println!(
-        "candle prefill  {prefill:8.1} tok/s ({} tokens)",
-        prompt.len()
-    );
-    println!("candle decode@1 {decode:8.1} tok/s");
-    Ok(())
+    Ok(serde_json::json!({
+        "engine": "candle",
+        "prefill": median(prefill),
+        "decode": median(decode),
+        "aggregate": {},
+        "peak_rss_mib": peak_rss_mib(),
+    }))
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let store = ModelStore::new(
-        args.models_dir
-            .clone()
-            .unwrap_or_else(ModelStore::default_dir),
-    );
-    let gguf = store
+    anyhow::ensure!(args.repeat > 0, "--repeat must be at least 1");
+    let gguf = match &args.gguf {
+        Some(path) => path.clone(),
+        None => ModelStore::new(
+            args.models_dir
+                .clone()
+                .unwrap_or_else(ModelStore::default_dir),
+        )
         .require(&SMOLLM2, SMOLLM2.files[0].name)
-        .context("run `tessera models pull` first")?;
-    store.require(&MINILM, "model.safetensors")?;
-    if args.compare_devices {
-        return compare_devices(&store).await;
-    }
-    println!(
-        "machine: {} threads; target-cpu native: {}",
-        std::thread::available_parallelism().map_or(0, usize::from),
-        cfg!(target_feature = "avx2")
-    );
-    burn_figures(&args, &store).await?;
-    if !args.no_candle {
-        let engine = BurnEngine::from_store(&store, EngineOptions::default())?;
-        let prompt = prompt_ids(&engine, args.prompt_tokens);
-        drop(engine);
-        candle_figures(&args, &gguf, &prompt)?;
-    }
+        .context("run `tessera models pull` first, or pass --gguf")?,
+    };
+    let figures = match args.engine {
+        Which::Tessera => tessera(&args, &gguf).await?,
+        Which::Candle => candle(&args, &gguf)?,
+    };
+    println!("{figures}");
     Ok(())
 }

@@ -42,6 +42,11 @@ pub struct GenerateArgs {
     #[arg(long)]
     seed: Option<u64>,
 
+    /// Generate to --max-tokens even past the end-of-turn token (for
+    /// timing a fixed decode length, as llama-bench does).
+    #[arg(long)]
+    ignore_eos: bool,
+
     /// Stop at this string (repeatable).
     #[arg(long)]
     stop: Vec<String>,
@@ -87,6 +92,7 @@ pub async fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
         seed: args.seed,
         stop: args.stop,
         owner: None,
+        ignore_eos: args.ignore_eos,
     };
     let started = Instant::now();
     let mut request = if args.raw {

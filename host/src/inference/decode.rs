@@ -32,6 +32,8 @@ pub(super) struct Decode {
     streamed: usize,
     /// The sampler's seed.
     seed: u64,
+    /// Generate past the end-of-turn token.
+    ignore_eos: bool,
 }
 
 impl Decode {
@@ -56,6 +58,7 @@ impl Decode {
             stop,
             prompt_len,
             max_tokens,
+            ignore_eos: params.ignore_eos,
             logprobs: Vec::new(),
             ids: Vec::new(),
             text: String::new(),
@@ -76,7 +79,7 @@ impl Decode {
     ) -> Option<Generation> {
         let picked = self.sampler.sample(logits, tokens);
         let generated = tokens.len() - self.prompt_len;
-        if picked.token == detokenizer.eos() {
+        if picked.token == detokenizer.eos() && !self.ignore_eos {
             // The end-of-turn token is not part of the answer: counts and
             // log-probabilities cover the text only.
             let rest = self.window.rest(&tokens[self.prompt_len..], detokenizer);

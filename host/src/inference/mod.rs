@@ -86,6 +86,10 @@ pub struct SamplingParams {
     /// Who asks (an expert's name): the scheduler queues fairly between
     /// owners. `None` shares one queue.
     pub owner: Option<String>,
+    /// Keep generating past the end-of-turn token, to `max_tokens`: for
+    /// benchmarks that compare fixed decode lengths (llama.cpp's
+    /// `llama-bench` does the same). Never set from a client or an expert.
+    pub ignore_eos: bool,
 }
 
 impl Default for SamplingParams {
@@ -99,6 +103,7 @@ impl Default for SamplingParams {
             seed: None,
             stop: Vec::new(),
             owner: None,
+            ignore_eos: false,
         }
     }
 }

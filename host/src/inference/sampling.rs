@@ -131,6 +131,7 @@ impl Sampling {
             seed: self.seed,
             stop: self.stop.into_iter().filter(|s| !s.is_empty()).collect(),
             owner: None,
+            ignore_eos: false,
         })
     }
 }

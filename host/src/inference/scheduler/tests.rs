@@ -198,6 +198,33 @@ fn a_generation_runs_to_its_end_of_turn() {
 }
 
 #[test]
+fn ignore_eos_generates_to_max_tokens() {
+    let mut bench = bench(limits(4, 64));
+    let params = SamplingParams {
+        temperature: 0.0,
+        max_tokens: 6,
+        ignore_eos: true,
+        ..SamplingParams::default()
+    };
+    let answer = bench.submit(
+        "",
+        JobKind::Generate {
+            prompt: vec![23],
+            params,
+            stream: None,
+        },
+    );
+    let done = bench.drain(vec![answer]);
+    let Ok(Output::Generation(g)) = &done[0].1 else {
+        panic!("{:?}", done[0].1);
+    };
+    // x, y, z, the end of turn (no text), then on: a, b.
+    assert_eq!(g.text, "xyzab");
+    assert_eq!(g.completion_tokens, 6);
+    assert_eq!(g.finish, Finish::Length);
+}
+
+#[test]
 fn owners_take_turns_whatever_the_order_they_asked_in() {
     let mut bench = bench(limits(1, 64));
     let mut answers = Vec::new();
