@@ -1,15 +1,16 @@
 //! The kernels on SmolLM2-135M's shapes (random weights, the layout of
 //! its Q4_1 GGUF): every projection of one decode step (30 layers of
 //! q, k, v, o, gate, up, down, then the tied output head), per
-//! instruction set on one thread, and on the rayon pool at batch 1, 8 and
-//! 32 rows. `cargo bench -p tessera-kernels`; `RAYON_NUM_THREADS` sets
-//! the pool.
+//! instruction set on one thread, and on the rayon pool at batch 1, 2, 4,
+//! 8 and 32 rows with 8-bit, 16-bit and f32 activations (the engine uses
+//! 16 bits below four rows and f32 tiles from there).
+//! `cargo bench -p tessera-kernels`; `RAYON_NUM_THREADS` sets the pool.
 
 use std::hint::black_box;
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use tessera_kernels::{Isa, QMatrix, QType};
+use tessera_kernels::{Isa, Q16Row, QMatrix, QType};
 
 const LAYERS: usize = 30;
 const HIDDEN: usize = 576;
@@ -65,6 +66,27 @@ fn step(model: &[QMatrix], n: usize, isa: Isa) {
     }
 }
 
+/// The same step with 16-bit activations, the engine's default.
+fn step_i16(model: &[QMatrix], n: usize, isa: Isa) {
+    for m in model {
+        let x = vec![0.5f32; n * m.cols()];
+        let xq: Vec<Q16Row> = x.chunks_exact(m.cols()).map(Q16Row::quantize).collect();
+        let mut out = vec![0f32; n * m.rows()];
+        m.matmul_wide(&xq, &mut out, isa);
+        black_box(&out);
+    }
+}
+
+/// The same step with f32 activations on dequantized tiles.
+fn step_f32(model: &[QMatrix], n: usize, isa: Isa) {
+    for m in model {
+        let x = vec![0.5f32; n * m.cols()];
+        let mut out = vec![0f32; n * m.rows()];
+        m.matmul_f32(&x, &mut out, isa);
+        black_box(&out);
+    }
+}
+
 fn decode_step(c: &mut Criterion) {
     let model = model(QType::Q4_1);
     let bytes: usize = model.iter().map(QMatrix::bytes).sum();
@@ -80,10 +102,16 @@ fn decode_step(c: &mut Criterion) {
             b.iter(|| single.install(|| step(&model, 1, isa)))
         });
     }
-    for n in [1, 8, 32] {
+    for n in [1, 2, 4, 8, 32] {
         group.throughput(Throughput::Elements(n as u64));
         group.bench_function(format!("{} pool n={n}", Isa::best().name()), |b| {
             b.iter(|| step(&model, n, Isa::best()))
+        });
+        group.bench_function(format!("{} i16 pool n={n}", Isa::best().name()), |b| {
+            b.iter(|| step_i16(&model, n, Isa::best()))
+        });
+        group.bench_function(format!("{} f32 pool n={n}", Isa::best().name()), |b| {
+            b.iter(|| step_f32(&model, n, Isa::best()))
         });
     }
     group.finish();

@@ -18,6 +18,7 @@
 mod blocks;
 mod dot;
 mod matmul;
+mod tile;
 mod wide;
 
 pub use blocks::{Q8Row, QType, dequantize, quantize_q8_0};

@@ -5,6 +5,7 @@ use rayon::prelude::*;
 
 use crate::blocks::{Q8Blocks, Q8Row, QType};
 use crate::dot::{Isa, dot};
+use crate::tile;
 use crate::wide::{self, Q16Row};
 
 /// Why bytes cannot be a [`QMatrix`].
@@ -200,6 +201,53 @@ impl QMatrix {
         });
     }
 
+    /// `out = x · selfᵀ` with f32 activations, for batches and prompts:
+    /// [`W`](tile::W) weight rows at a time are dequantized to f32 and
+    /// multiplied by every activation row in register tiles (see the
+    /// `tile` module), split over the current rayon pool. The result is
+    /// the f32 product of the dequantized weights up to f32 rounding, and
+    /// a row's result does not depend on the other rows.
+    ///
+    /// # Panics
+    ///
+    /// If `isa` is not available on this CPU, or the shapes do not match.
+    pub fn matmul_f32(&self, x: &[f32], out: &mut [f32], isa: Isa) {
+        check_isa(isa);
+        let (rows, cols) = (self.rows, self.cols);
+        assert!(
+            x.len().is_multiple_of(cols),
+            "{} activations are not rows of {cols}",
+            x.len()
+        );
+        let n = x.len() / cols;
+        assert_eq!(out.len(), n * rows, "the output must be [{n}, {rows}]");
+        if n == 0 {
+            return;
+        }
+        let tasks = rayon::current_num_threads() * 4;
+        let per_task = rows
+            .div_ceil(tasks)
+            .max(MIN_ROWS_PER_TASK)
+            .next_multiple_of(tile::W);
+        let row_bytes = self.ty.row_bytes(cols);
+        let mut transposed = vec![0f32; rows * n];
+        transposed
+            .par_chunks_mut(per_task * n)
+            .enumerate()
+            .for_each(|(task, out)| {
+                let mut w = Vec::with_capacity(tile::W * cols);
+                for (g, out) in out.chunks_mut(tile::W * n).enumerate() {
+                    let first = task * per_task + g * tile::W;
+                    let wr = out.len() / n;
+                    w.clear();
+                    let data = &self.data[first * row_bytes..(first + wr) * row_bytes];
+                    tile::dequantize(isa, self.ty, data, &mut w);
+                    tile::tile(isa, &w, wr, x, n, cols, out);
+                }
+            });
+        transpose(&transposed, n, rows, out);
+    }
+
     /// Split the output rows over the pool: `f(r, column)` fills output
     /// row `r` for each of the `n` inputs. Each task computes its rows
     /// for every input while the weights are in cache, into `[rows, n]`,
@@ -231,10 +279,19 @@ impl QMatrix {
                     f(task * per_task + i, column);
                 }
             });
-        for (r, column) in transposed.chunks_exact(n).enumerate() {
-            for (t, v) in column.iter().enumerate() {
-                out[t * rows + r] = *v;
-            }
+        transpose(&transposed, n, rows, out);
+    }
+}
+
+/// `out` (`[n, rows]`) from `transposed` (`[rows, n]`).
+fn transpose(transposed: &[f32], n: usize, rows: usize, out: &mut [f32]) {
+    if n == 1 {
+        out.copy_from_slice(transposed);
+        return;
+    }
+    for (r, column) in transposed.chunks_exact(n).enumerate() {
+        for (t, v) in column.iter().enumerate() {
+            out[t * rows + r] = *v;
         }
     }
 }

@@ -1,5 +1,6 @@
-//! Dot products of one weight row (GGUF blocks) with up to two rows of
-//! 16-bit activations.
+//! Dot products of one weight row (GGUF blocks) with up to four rows of
+//! 16-bit activations: a batch unpacks each weight block once per four
+//! sequences.
 //!
 //! Activations are quantized per 32 values to i16 (`d = max|x| / 32767`,
 //! 256 times finer than llama.cpp's 8 bits), weights widened from their
@@ -15,8 +16,10 @@
 use crate::blocks::{QType, f16_at, scale_min_k4};
 use crate::dot::Isa;
 
-/// Activation rows one call takes at most.
-pub(crate) const ROWS: usize = 2;
+/// Activation rows one call takes at most: each unpacked weight block
+/// serves this many sequences of a batch. Four keeps the accumulators,
+/// the unpacked block and the loads within AVX2's 16 registers.
+pub(crate) const ROWS: usize = 4;
 
 /// One row of activations quantized to i16 per 32 values.
 #[derive(Debug, Clone)]
@@ -82,10 +85,11 @@ pub(crate) fn dot_rows(isa: Isa, ty: QType, w: &[u8], xs: &[&Q16Row], out: &mut 
             // SAFETY: every x86 `Isa` includes AVX2, FMA and F16C, and the
             // caller checked it is available.
             unsafe {
-                if xs.len() == 1 {
-                    x86::dot_rows::<1>(ty, w, xs, out);
-                } else {
-                    x86::dot_rows::<2>(ty, w, xs, out);
+                match xs.len() {
+                    1 => x86::dot_rows::<1>(ty, w, xs, out),
+                    2 => x86::dot_rows::<2>(ty, w, xs, out),
+                    3 => x86::dot_rows::<3>(ty, w, xs, out),
+                    _ => x86::dot_rows::<4>(ty, w, xs, out),
                 }
             }
         }

@@ -151,6 +151,32 @@ fn check(ty: QType, rows: usize, cols: usize, n: usize, seed: u64) {
             );
         }
 
+        // f32 activations on dequantized tiles: W · x up to f32 rounding
+        // (at most ~cols/8 · 2⁻²⁴ of Σ|w·x| for eight-lane sums), and the same
+        // bits for a row alone as in its batch.
+        let mut out = vec![0f32; n * rows];
+        m.matmul_f32(&x, &mut out, isa);
+        for i in 0..n * rows {
+            let got = f64::from(out[i]);
+            let tol = 2e-5 * abs_exact[i] + 1e-6;
+            assert!(
+                (got - f32_product[i]).abs() <= tol,
+                "{ty} {rows}x{cols} n={n} f32 on {}: output {i} is {got}, W·x is {}",
+                isa.name(),
+                f32_product[i]
+            );
+        }
+        for t in 0..n {
+            let mut alone = vec![0f32; rows];
+            m.matmul_f32(&x[t * cols..(t + 1) * cols], &mut alone, isa);
+            assert_eq!(
+                alone,
+                out[t * rows..(t + 1) * rows],
+                "{ty} f32 row {t} on {}",
+                isa.name()
+            );
+        }
+
         let mut out = vec![0f32; n * rows];
         m.matmul_quantized(&xq, &mut out, isa);
         for i in 0..n * rows {
@@ -191,6 +217,8 @@ fn every_type_agrees_with_the_dequantized_product_on_every_isa() {
         check(ty, 7, 3 * block, 1, seed + 1);
         check(ty, 33, 2 * block, 3, seed + 2);
         check(ty, 100, 5 * block, 8, seed + 3);
+        // Four rows per weight block, then one left over.
+        check(ty, 20, 4 * block, 5, seed + 4);
     }
 }
 

@@ -39,7 +39,7 @@ enum Which {
 #[derive(Parser)]
 struct Args {
     /// The engine to measure.
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, default_value = "tessera")]
     engine: Which,
     /// The GGUF file (default: SmolLM2's Q4_1 in the models directory).
     #[arg(long)]
@@ -55,7 +55,7 @@ struct Args {
     decode_tokens: usize,
     /// Threads (llama-bench `-t`). Tessera's pool gets this many; candle's
     /// is rayon's global pool: run it with RAYON_NUM_THREADS set.
-    #[arg(long)]
+    #[arg(long, default_value_t = 2)]
     threads: usize,
     /// Concurrent sequences for the aggregate figures (Tessera).
     #[arg(long, value_delimiter = ',', default_value = "8,32")]
@@ -63,6 +63,10 @@ struct Args {
     /// Runs per figure; the median is reported.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
+    /// Fetch the model if missing, print the GGUF's path and exit (for
+    /// run.sh, which hands the same file to llama.cpp).
+    #[arg(long)]
+    locate: bool,
     /// Tessera's activations: 16 (the default, the f32 model's answers)
     /// or 8 (llama.cpp's scheme).
     #[arg(long, default_value_t = 16)]
@@ -188,7 +192,10 @@ fn candle(args: &Args, gguf: &std::path::Path) -> Result<serde_json::Value> {
 
     let threads = candle_core::utils::get_num_threads();
     if threads != args.threads {
-        bail!("candle runs on {threads} threads, not --threads {}: set RAYON_NUM_THREADS", args.threads);
+        bail!(
+            "candle runs on {threads} threads, not --threads {}: set RAYON_NUM_THREADS",
+            args.threads
+        );
     }
     let device = Device::Cpu;
     let mut file = std::fs::File::open(gguf)?;
@@ -233,14 +240,23 @@ async fn main() -> Result<()> {
     anyhow::ensure!(args.repeat > 0, "--repeat must be at least 1");
     let gguf = match &args.gguf {
         Some(path) => path.clone(),
-        None => ModelStore::new(
-            args.models_dir
-                .clone()
-                .unwrap_or_else(ModelStore::default_dir),
-        )
-        .require(&SMOLLM2, SMOLLM2.files[0].name)
-        .context("run `tessera models pull` first, or pass --gguf")?,
+        None => {
+            // As `tessera models pull` does: fetched once, checked by sha256.
+            let store = ModelStore::new(
+                args.models_dir
+                    .clone()
+                    .unwrap_or_else(ModelStore::default_dir),
+            );
+            store
+                .pull(&SMOLLM2, false, true, &mut |_| {})
+                .context("fetching SmolLM2 (or pass --gguf)")?;
+            store.require(&SMOLLM2, SMOLLM2.files[0].name)?
+        }
     };
+    if args.locate {
+        println!("{}", gguf.display());
+        return Ok(());
+    }
     let figures = match args.engine {
         Which::Tessera => tessera(&args, &gguf).await?,
         Which::Candle => candle(&args, &gguf)?,

@@ -37,8 +37,13 @@ pub struct CpuOptions {
 /// kernels.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Activations {
-    /// 16 bits per value, a scale per 32: the f32 model's answers (the
-    /// default).
+    /// 16 bits per value, a scale per 32, for steps of fewer than
+    /// [`TILE_MIN_ROWS`] rows (a lone sequence's decode); from there (a
+    /// batch, a prompt) f32 activations on dequantized weight tiles, which
+    /// reuse each unpacked block for every row. Either way the f32
+    /// model's answers (the default); a row's logits in a batch and alone
+    /// differ by rounding only (16-bit activations move each by at most
+    /// 1/65534 of its block's largest value).
     #[default]
     I16,
     /// 8 bits per value, a scale per block, as llama.cpp does: fewer
@@ -46,6 +51,14 @@ pub enum Activations {
     /// and some greedy answers change.
     I8,
 }
+
+/// Rows from which a step's projections run on f32 tiles
+/// ([`QMatrix::matmul_f32`]) instead of the 16-bit kernels. Measured with
+/// `cargo bench -p tessera-kernels` (all of SmolLM2's matrices of one
+/// step, 2 threads, AVX-512 VNNI machine), 16-bit / f32: 1 row 13.0 /
+/// 18.7 ms, 2 rows 15.6 / 19.8, 4 rows 27.0 / 28.5, 8 rows 46.2 / 36.1,
+/// 32 rows 188 / 117.
+pub const TILE_MIN_ROWS: usize = 4;
 
 /// A weight matrix `[rows, cols]` (output rows, input columns).
 enum Matrix {
@@ -87,6 +100,7 @@ impl Matrix {
         let mut out = vec![0f32; n * self.rows()];
         match self {
             Matrix::Quant(m) => match x.activations {
+                Activations::I16 if n >= TILE_MIN_ROWS => m.matmul_f32(x.x, &mut out, Isa::best()),
                 Activations::I16 => m.matmul_wide(x.wide(self.cols()), &mut out, Isa::best()),
                 Activations::I8 => m.matmul_int8(x.x, &mut out),
             },
