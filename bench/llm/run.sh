@@ -16,8 +16,8 @@
 #   (generated tokens over the whole time, prefill included);
 # - rounds alternate the engines (T C L, T C L, ...) so that drift in the
 #   machine's speed hits all of them; each figure is the median over rounds;
-# - peak RSS is each process's own (wait4's ru_maxrss; Tessera's and
-#   candle's are read from /proc/self/status at their end, the same value).
+# - peak RSS is each process's own (wait4's ru_maxrss), for llama-bench's
+#   work and for the aggregates in separate processes on every side.
 #
 # Raw lines go to target/bench/llm-<time>.jsonl; the table is printed.
 set -euo pipefail
@@ -63,9 +63,16 @@ def run(cmd, env=None):
 def ours(engine):
     cmd = [bench, "--engine", engine, "--threads", str(threads), "--prompt-tokens",
            str(prompt), "--decode-tokens", str(decode), "--repeat", "1", "--gguf", gguf]
-    stdout, rss = run(cmd, {"RAYON_NUM_THREADS": str(threads)})
+    env = {"RAYON_NUM_THREADS": str(threads)}
+    # llama-bench's work and llama-batched-bench's in processes of their
+    # own, as llama.cpp's two binaries: each peak RSS is that work's.
+    stdout, rss = run(cmd + ["--no-aggregate"], env)
     line = json.loads(stdout.strip().splitlines()[-1])
     line["peak_rss_mib"] = rss
+    if engine == "tessera":
+        stdout, rss = run(cmd + ["--aggregate-only"], env)
+        line["aggregate"] = json.loads(stdout.strip().splitlines()[-1])["aggregate"]
+        line["peak_rss_aggregate_mib"] = rss
     return line
 
 
@@ -78,7 +85,7 @@ def llama_cpp():
         key = "prefill" if row["n_prompt"] > 0 else "decode"
         figures[key] = row["avg_ts"]
     ctx = 32 * (16 + decode)
-    stdout, _ = run([f"{llama}/llama-batched-bench", "-m", gguf, "-c", str(ctx), "-b", "2048",
+    stdout, figures["peak_rss_aggregate_mib"] = run([f"{llama}/llama-batched-bench", "-m", gguf, "-c", str(ctx), "-b", "2048",
                      "-ub", "512", "-npp", "16", "-ntg", str(decode), "-npl", "8,32",
                      "-t", str(threads), "--output-format", "jsonl"])
     for line in stdout.splitlines():
@@ -102,7 +109,8 @@ with open(out, "w") as f:
 
 
 def med(engine, key, sub=None):
-    xs = [(l[key] if sub is None else l[key].get(sub)) for l in results if l["engine"] == engine]
+    xs = [(l.get(key) if sub is None else l.get(key, {}).get(sub))
+          for l in results if l["engine"] == engine]
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None
 
@@ -115,7 +123,8 @@ names = ["tessera", "candle", "llama.cpp"]
 rows = [("decode, batch 1 (tok/s)", "decode", None), ("prefill (tok/s)", "prefill", None),
         ("aggregate, 8 sequences (tok/s)", "aggregate", "8"),
         ("aggregate, 32 sequences (tok/s)", "aggregate", "32"),
-        ("peak RSS (MiB)", "peak_rss_mib", None)]
+        ("peak RSS, prefill + decode (MiB)", "peak_rss_mib", None),
+        ("peak RSS, the aggregates (MiB)", "peak_rss_aggregate_mib", None)]
 print(f"{rounds} rounds, {threads} threads, prompt {prompt}, decode {decode}; medians")
 print("| figure | Tessera | candle | llama.cpp | Tessera ÷ llama.cpp |")
 print("|---|---|---|---|---|")

@@ -60,6 +60,13 @@ struct Args {
     /// Concurrent sequences for the aggregate figures (Tessera).
     #[arg(long, value_delimiter = ',', default_value = "8,32")]
     batches: Vec<usize>,
+    /// Only prefill and decode (llama-bench's work): the peak RSS is then
+    /// that work's alone.
+    #[arg(long, conflicts_with = "aggregate_only")]
+    no_aggregate: bool,
+    /// Only the aggregates (llama-batched-bench's work).
+    #[arg(long)]
+    aggregate_only: bool,
     /// Runs per figure; the median is reported.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
@@ -98,9 +105,10 @@ fn peak_rss_mib() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-fn median(mut xs: Vec<f64>) -> f64 {
+/// The median, or `None` for no runs.
+fn median(mut xs: Vec<f64>) -> Option<f64> {
     xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
+    xs.get(xs.len() / 2).copied()
 }
 
 fn per_second(tokens: usize, took: Duration) -> f64 {
@@ -143,7 +151,8 @@ async fn tessera(args: &Args, gguf: &std::path::Path) -> Result<serde_json::Valu
 
     let mut prefill = Vec::new();
     let mut decode = Vec::new();
-    for r in 0..args.repeat {
+    let singles = if args.aggregate_only { 0 } else { args.repeat };
+    for r in 0..singles {
         let t = Instant::now();
         engine
             .generate_ids(token_ids(p, 2 + r as u64), fixed(1), None)
@@ -157,7 +166,8 @@ async fn tessera(args: &Args, gguf: &std::path::Path) -> Result<serde_json::Valu
         decode.push(per_second(n, t.elapsed()));
     }
     let mut aggregate = serde_json::Map::new();
-    for &batch in &args.batches {
+    let batches: &[usize] = if args.no_aggregate { &[] } else { &args.batches };
+    for &batch in batches {
         let mut runs = Vec::new();
         for r in 0..args.repeat {
             let t = Instant::now();
