@@ -1228,6 +1228,12 @@ fn eval_scores_a_slice_against_its_own_host() {
         "plugins/calculator",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
+    // Not a terminal: the last item's progress line stands in for the bar.
+    assert!(
+        stderr(&out).contains("3/3 items") && stderr(&out).contains("calculator 3/3"),
+        "{}",
+        stderr(&out)
+    );
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let calculator = &summary["models"][0];
     assert_eq!(calculator["model"], "calculator", "{summary}");

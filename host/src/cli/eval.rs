@@ -119,6 +119,17 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
             bar.inc(1);
             outcomes.push(outcome);
         }
+        // Without a terminal the bar is hidden: a line now and then, so a
+        // run under a script still shows it is moving.
+        if bar.is_hidden() && ((i + 1) % PLAIN_PROGRESS_EVERY == 0 || i + 1 == items.len()) {
+            eprintln!(
+                "{}/{} items, {:.0?}: {}",
+                i + 1,
+                items.len(),
+                bar.elapsed(),
+                progress(&args.models, &correct, i + 1)
+            );
+        }
     }
     if bar.is_hidden() {
         for (model, c) in args.models.iter().zip(&correct) {
@@ -160,6 +171,9 @@ pub async fn run(args: EvalArgs) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// Items between progress lines when stderr is not a terminal.
+const PLAIN_PROGRESS_EVERY: usize = 10;
 
 /// "auto 9/10, base 2/10": each model's correct answers after `items`.
 fn progress(models: &[String], correct: &[usize], items: usize) -> String {
