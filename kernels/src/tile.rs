@@ -1,7 +1,8 @@
 //! Batches with f32 activations: a few weight rows are dequantized to f32
 //! at a time (into a buffer that stays in L1) and multiplied by every
 //! activation row in register tiles, [`W`] weight rows by [`X`]
-//! activation rows, one vector accumulator per pair.
+//! activation rows, one vector accumulator per pair (512-bit registers
+//! where the CPU has AVX-512, else AVX2's 256).
 //!
 //! Why: with many rows (a batch of sequences, a prompt's prefill) the
 //! integer kernels spend most of their time re-scaling each 32-value
@@ -44,6 +45,13 @@ pub(crate) fn tile(
         let xs = &x[j * cols..(j + xr) * cols];
         let mut sums = [[0f32; X]; W];
         match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni if x86::has_avx512f() && cols.is_multiple_of(16) => {
+                // SAFETY: AVX-512F was detected (and AVX-512 VNNI implies
+                // the rest of x86-64-v4 on every CPU that has it); the
+                // shapes are checked above.
+                unsafe { x86::dispatch512(w, wr, xs, xr, cols, &mut sums) }
+            }
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 | Isa::AvxVnni | Isa::Avx512Vnni => {
                 // SAFETY: every x86 `Isa` includes AVX2 and FMA, and the
@@ -155,6 +163,32 @@ mod x86 {
         }
     }
 
+    /// Whether the CPU has AVX-512F (detected once).
+    pub(super) fn has_avx512f() -> bool {
+        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *HAS.get_or_init(|| is_x86_feature_detected!("avx512f"))
+    }
+
+    /// `kernel::<wr, xr>` for the tile's actual shape.
+    macro_rules! by_shape {
+        ($kernel:ident, $wr:expr, $xr:expr, $args:tt) => {
+            match ($wr, $xr) {
+                (3, 4) => $kernel::<3, 4> $args,
+                (3, 3) => $kernel::<3, 3> $args,
+                (3, 2) => $kernel::<3, 2> $args,
+                (3, _) => $kernel::<3, 1> $args,
+                (2, 4) => $kernel::<2, 4> $args,
+                (2, 3) => $kernel::<2, 3> $args,
+                (2, 2) => $kernel::<2, 2> $args,
+                (2, _) => $kernel::<2, 1> $args,
+                (_, 4) => $kernel::<1, 4> $args,
+                (_, 3) => $kernel::<1, 3> $args,
+                (_, 2) => $kernel::<1, 2> $args,
+                (_, _) => $kernel::<1, 1> $args,
+            }
+        };
+    }
+
     /// # Safety
     ///
     /// AVX2 and FMA; `w` holds `wr` rows and `x` holds `xr` rows of
@@ -169,20 +203,56 @@ mod x86 {
         sums: &mut [[f32; X]; W],
     ) {
         // SAFETY: as this function's.
+        unsafe { by_shape!(kernel, wr, xr, (w, x, cols, sums)) }
+    }
+
+    /// # Safety
+    ///
+    /// AVX-512F; `w` holds `wr` rows and `x` holds `xr` rows of `cols`
+    /// values, `cols` a multiple of 16.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn dispatch512(
+        w: &[f32],
+        wr: usize,
+        x: &[f32],
+        xr: usize,
+        cols: usize,
+        sums: &mut [[f32; X]; W],
+    ) {
+        // SAFETY: as this function's.
+        unsafe { by_shape!(kernel512, wr, xr, (w, x, cols, sums)) }
+    }
+
+    /// [`kernel`] on 512-bit registers: sixteen lanes per accumulator.
+    #[inline(always)]
+    unsafe fn kernel512<const WR: usize, const XR: usize>(
+        w: &[f32],
+        x: &[f32],
+        cols: usize,
+        sums: &mut [[f32; X]; W],
+    ) {
+        assert!(w.len() >= WR * cols && x.len() >= XR * cols && cols.is_multiple_of(16));
+        // SAFETY: every load is of 16 floats at k < cols within a row of
+        // `cols` (asserted above); AVX-512F is the caller's.
         unsafe {
-            match (wr, xr) {
-                (3, 4) => kernel::<3, 4>(w, x, cols, sums),
-                (3, 3) => kernel::<3, 3>(w, x, cols, sums),
-                (3, 2) => kernel::<3, 2>(w, x, cols, sums),
-                (3, _) => kernel::<3, 1>(w, x, cols, sums),
-                (2, 4) => kernel::<2, 4>(w, x, cols, sums),
-                (2, 3) => kernel::<2, 3>(w, x, cols, sums),
-                (2, 2) => kernel::<2, 2>(w, x, cols, sums),
-                (2, _) => kernel::<2, 1>(w, x, cols, sums),
-                (_, 4) => kernel::<1, 4>(w, x, cols, sums),
-                (_, 3) => kernel::<1, 3>(w, x, cols, sums),
-                (_, 2) => kernel::<1, 2>(w, x, cols, sums),
-                (_, _) => kernel::<1, 1>(w, x, cols, sums),
+            let (w, x) = (w.as_ptr(), x.as_ptr());
+            let mut acc = [[_mm512_setzero_ps(); XR]; WR];
+            let mut k = 0;
+            while k < cols {
+                let wv: [__m512; WR] =
+                    std::array::from_fn(|i| _mm512_loadu_ps(w.add(i * cols + k)));
+                for j in 0..XR {
+                    let xv = _mm512_loadu_ps(x.add(j * cols + k));
+                    for (a, w) in acc.iter_mut().zip(&wv) {
+                        a[j] = _mm512_fmadd_ps(*w, xv, a[j]);
+                    }
+                }
+                k += 16;
+            }
+            for (sums, acc) in sums.iter_mut().zip(&acc) {
+                for (s, a) in sums.iter_mut().zip(acc) {
+                    *s = _mm512_reduce_add_ps(*a);
+                }
             }
         }
     }
