@@ -55,9 +55,10 @@ pub enum Activations {
 /// Rows from which a step's projections run on f32 tiles
 /// ([`QMatrix::matmul_f32`]) instead of the 16-bit kernels. Measured with
 /// `cargo bench -p tessera-kernels` (all of SmolLM2's matrices of one
-/// step, 2 threads, AVX-512 VNNI machine), 16-bit / f32: 1 row 13.0 /
-/// 18.7 ms, 2 rows 15.6 / 19.8, 4 rows 27.0 / 28.5, 8 rows 46.2 / 36.1,
-/// 32 rows 188 / 117.
+/// step, 2 threads, AVX-512 VNNI machine), 16-bit / f32 tiles on 512-bit
+/// registers: 1 row 15.2 / 20.7 ms, 2 rows 15.6 / 18.3, 4 rows 27.0 /
+/// 23.8, 8 rows 46.2 / 31.1, 32 rows 180 / 127 (on 256-bit registers 4
+/// rows took 28.5 ms and 8 rows 36.1).
 pub const TILE_MIN_ROWS: usize = 4;
 
 /// A weight matrix `[rows, cols]` (output rows, input columns).
