@@ -223,72 +223,67 @@ mod x86 {
         unsafe { by_shape!(kernel512, wr, xr, (w, x, cols, sums)) }
     }
 
-    /// [`kernel`] on 512-bit registers: sixteen lanes per accumulator.
-    #[inline(always)]
-    unsafe fn kernel512<const WR: usize, const XR: usize>(
-        w: &[f32],
-        x: &[f32],
-        cols: usize,
-        sums: &mut [[f32; X]; W],
-    ) {
-        assert!(w.len() >= WR * cols && x.len() >= XR * cols && cols.is_multiple_of(16));
-        // SAFETY: every load is of 16 floats at k < cols within a row of
-        // `cols` (asserted above); AVX-512F is the caller's.
-        unsafe {
-            let (w, x) = (w.as_ptr(), x.as_ptr());
-            let mut acc = [[_mm512_setzero_ps(); XR]; WR];
-            let mut k = 0;
-            while k < cols {
-                let wv: [__m512; WR] =
-                    std::array::from_fn(|i| _mm512_loadu_ps(w.add(i * cols + k)));
-                for j in 0..XR {
-                    let xv = _mm512_loadu_ps(x.add(j * cols + k));
-                    for (a, w) in acc.iter_mut().zip(&wv) {
-                        a[j] = _mm512_fmadd_ps(*w, xv, a[j]);
+    /// The register-tile kernel for one vector width: `WR × XR`
+    /// accumulators of `$lanes` floats over the columns, left to right,
+    /// then each reduced to its sum. One definition for both widths, so
+    /// that they cannot drift apart.
+    macro_rules! tile_kernel {
+        ($name:ident, $vec:ty, $lanes:literal, $zero:ident, $load:ident, $fmadd:ident, $sum:path) => {
+            #[inline(always)]
+            unsafe fn $name<const WR: usize, const XR: usize>(
+                w: &[f32],
+                x: &[f32],
+                cols: usize,
+                sums: &mut [[f32; X]; W],
+            ) {
+                assert!(
+                    w.len() >= WR * cols && x.len() >= XR * cols && cols.is_multiple_of($lanes)
+                );
+                // SAFETY: every load is of `$lanes` floats at k < cols
+                // within a row of `cols` (asserted above); the features
+                // are the caller's.
+                unsafe {
+                    let (w, x) = (w.as_ptr(), x.as_ptr());
+                    let mut acc = [[$zero(); XR]; WR];
+                    let mut k = 0;
+                    while k < cols {
+                        let wv: [$vec; WR] = std::array::from_fn(|i| $load(w.add(i * cols + k)));
+                        for j in 0..XR {
+                            let xv = $load(x.add(j * cols + k));
+                            for (a, w) in acc.iter_mut().zip(&wv) {
+                                a[j] = $fmadd(*w, xv, a[j]);
+                            }
+                        }
+                        k += $lanes;
+                    }
+                    for (sums, acc) in sums.iter_mut().zip(&acc) {
+                        for (s, a) in sums.iter_mut().zip(acc) {
+                            *s = $sum(*a);
+                        }
                     }
                 }
-                k += 16;
             }
-            for (sums, acc) in sums.iter_mut().zip(&acc) {
-                for (s, a) in sums.iter_mut().zip(acc) {
-                    *s = _mm512_reduce_add_ps(*a);
-                }
-            }
-        }
+        };
     }
 
-    #[inline(always)]
-    unsafe fn kernel<const WR: usize, const XR: usize>(
-        w: &[f32],
-        x: &[f32],
-        cols: usize,
-        sums: &mut [[f32; X]; W],
-    ) {
-        assert!(w.len() >= WR * cols && x.len() >= XR * cols && cols.is_multiple_of(8));
-        // SAFETY: every load is of 8 floats at k < cols within a row of
-        // `cols` (asserted above); AVX2 and FMA are the caller's.
-        unsafe {
-            let (w, x) = (w.as_ptr(), x.as_ptr());
-            let mut acc = [[_mm256_setzero_ps(); XR]; WR];
-            let mut k = 0;
-            while k < cols {
-                let wv: [__m256; WR] =
-                    std::array::from_fn(|i| _mm256_loadu_ps(w.add(i * cols + k)));
-                for j in 0..XR {
-                    let xv = _mm256_loadu_ps(x.add(j * cols + k));
-                    for (a, w) in acc.iter_mut().zip(&wv) {
-                        a[j] = _mm256_fmadd_ps(*w, xv, a[j]);
-                    }
-                }
-                k += 8;
-            }
-            for (sums, acc) in sums.iter_mut().zip(&acc) {
-                for (s, a) in sums.iter_mut().zip(acc) {
-                    *s = hsum(*a);
-                }
-            }
-        }
-    }
+    tile_kernel!(
+        kernel,
+        __m256,
+        8,
+        _mm256_setzero_ps,
+        _mm256_loadu_ps,
+        _mm256_fmadd_ps,
+        hsum
+    );
+    tile_kernel!(
+        kernel512,
+        __m512,
+        16,
+        _mm512_setzero_ps,
+        _mm512_loadu_ps,
+        _mm512_fmadd_ps,
+        _mm512_reduce_add_ps
+    );
 }
 
 #[cfg(test)]
