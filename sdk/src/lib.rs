@@ -48,6 +48,8 @@
 // crates see it; make that path work inside this crate too.
 extern crate self as tessera_sdk;
 
+#[cfg(all(feature = "arena", any(target_arch = "wasm32", test)))]
+mod arena;
 mod helpers;
 
 #[doc = include_str!("../../docs/plugin-guide.md")]

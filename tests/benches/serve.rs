@@ -89,7 +89,10 @@ async fn hello_world() -> String {
         loop {
             let (stream, _) = listener.accept().await.unwrap();
             tokio::spawn(async move {
-                let service = service_fn(|_req| async {
+                // Reads the request body, as the tessera side must.
+                let service = service_fn(|req: hyper::Request<hyper::body::Incoming>| async {
+                    use http_body_util::BodyExt;
+                    let _ = req.into_body().collect().await;
                     Ok::<_, Infallible>(hyper::Response::new(http_body_util::Full::new(
                         hyper::body::Bytes::from_static(b"Hello, World!"),
                     )))
@@ -259,6 +262,9 @@ fn main() {
         let hello = hello_world().await;
         let echo = json!({"model": "echo", "messages": [{"role": "user", "content": "ping"}]}).to_string();
 
+        // (skipped with `--variants`)
+        let table = !std::env::args().any(|a| a == "--variants");
+        if table {
         println!("## trivial expert (echo, no model call) vs bare hyper hello-world, same run");
         println!("| connections | tessera req/s | p50 µs | p99 µs | hyper req/s | p50 µs | p99 µs | ratio |");
         println!("|---|---|---|---|---|---|---|---|");
@@ -270,7 +276,29 @@ fn main() {
                 ours.rps, ours.p50_us, ours.p99_us, bare.rps, bare.p50_us, bare.p99_us, ours.rps / bare.rps
             );
         }
+        }
 
+        // `--variants`: the same client against cheaper tessera routes and
+        // a POST to bare hyper, to see where the network path's time goes.
+        if std::env::args().any(|a| a == "--variants") {
+            for (name, url, body) in [
+                ("hyper POST", hello.clone(), Some(echo.clone())),
+                ("hyper GET", hello.clone(), None),
+                ("tessera GET /healthz", format!("{base}/healthz"), None),
+                ("tessera POST echo", format!("{base}/v1/chat/completions"), Some(echo.clone())),
+            ] {
+                let only = std::env::var("TESSERA_BENCH_ONLY").ok();
+                if only.as_deref().is_some_and(|o| !name.contains(o)) {
+                    continue;
+                }
+                let connections = std::env::var("TESSERA_BENCH_CONNECTIONS")
+                    .ok()
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(1);
+                let f = load_test(&url, body, connections).await;
+                println!("{name} ({connections} connections): {:.0} req/s p50 {:.0} µs p99 {:.0} µs", f.rps, f.p50_us, f.p99_us);
+            }
+        }
         if trivial_only {
             return;
         }
