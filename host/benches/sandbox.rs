@@ -7,7 +7,7 @@
 //!   same, with a signed receipt, and also recorded in the audit store
 //!   (issue 12's cost target, side by side in one run).
 //! - `invoke/bare-wasmtime`: the same component on a bare wasmtime engine
-//!   with the pooling allocator: fresh `Store<()>`, `InstancePre`
+//!   with the host's pooling allocator settings: fresh `Store<()>`, `InstancePre`
 //!   instantiate, `handle`. The reference for the ≤ 1.2× target.
 //! - `host-call/log-x0` and `log-x1000`: the expert calling `log` 0 and
 //!   1,000 times; the difference over 1,000 is the cost of one guest→host
@@ -28,7 +28,7 @@ use tessera_host::inference::NoModel;
 use tessera_host::sandbox::{HostPolicy, Sandbox};
 use tessera_host::types::Request;
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, Store};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -64,10 +64,11 @@ fn invoke(c: &mut Criterion) {
     );
     rt.block_on(host.add(bundle)).unwrap();
 
-    // The reference: bare wasmtime, pooling allocator, async calls.
+    // The reference: bare wasmtime, async calls, and the host's pooling
+    // allocator settings (same slots, same memory kept resident).
     let mut config = Config::new();
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(
-        PoolingAllocationConfig::default(),
+        tessera_host::sandbox::pool_config(&HostPolicy::default()),
     ));
     let engine = Engine::new(&config).unwrap();
     let component = Component::new(&engine, &wasm).unwrap();

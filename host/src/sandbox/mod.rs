@@ -298,6 +298,14 @@ fn engine_config(policy: &HostPolicy) -> Config {
     config.epoch_interruption(true);
     config.max_wasm_stack(MAX_WASM_STACK);
 
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool_config(policy)));
+    config
+}
+
+/// The pooling allocator's settings for `policy`: slot counts, per-component
+/// caps and what stays resident between instances. Public so that the
+/// sandbox benchmark's bare-wasmtime reference runs with the same pool.
+pub fn pool_config(policy: &HostPolicy) -> PoolingAllocationConfig {
     let mut pool = PoolingAllocationConfig::default();
     pool.total_component_instances(policy.pool_instances);
     pool.total_core_instances(policy.pool_instances.saturating_mul(4));
@@ -318,8 +326,7 @@ fn engine_config(policy: &HostPolicy) -> Config {
     pool.table_keep_resident(KEEP_RESIDENT_TABLE_BYTES);
     pool.async_stack_keep_resident(KEEP_RESIDENT_STACK_BYTES);
     pool.pagemap_scan(wasmtime::Enabled::Auto);
-    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    config
+    pool
 }
 
 /// Advance `engine`'s epoch every [`EPOCH_TICK`] until the engine is
