@@ -3,7 +3,10 @@
 //!
 //! 1. Requests per second and p50/p99 latency for the trivial `echo` expert
 //!    (no model call) through `POST /v1/chat/completions`, at 1 and 64
-//!    connections, beside a bare hyper hello-world measured in the same run
+//!    connections, beside bare hyper measured in the same run with the same
+//!    client, request and response bytes (it reads the body and answers
+//!    with the bytes tessera answered; `--variants` adds a GET
+//!    hello-world)
 //!    with the same client.
 //! 2. Time to first token and tokens per second per stream, with 1, 8 and
 //!    32 concurrent streaming clients on the real model.
@@ -78,8 +81,9 @@ async fn load_test(url: &str, body: Option<String>, connections: usize) -> Figur
     }
 }
 
-/// A bare hyper server answering "Hello, World!" to everything.
-async fn hello_world() -> String {
+/// A bare hyper server that reads each request's body and answers `answer`
+/// (with the content type tessera uses).
+async fn bare_hyper(answer: hyper::body::Bytes) -> String {
     use hyper::server::conn::http1;
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
@@ -88,14 +92,22 @@ async fn hello_world() -> String {
     tokio::spawn(async move {
         loop {
             let (stream, _) = listener.accept().await.unwrap();
+            // As the tessera server does.
+            let _ = stream.set_nodelay(true);
+            let answer = answer.clone();
             tokio::spawn(async move {
-                // Reads the request body, as the tessera side must.
-                let service = service_fn(|req: hyper::Request<hyper::body::Incoming>| async {
-                    use http_body_util::BodyExt;
-                    let _ = req.into_body().collect().await;
-                    Ok::<_, Infallible>(hyper::Response::new(http_body_util::Full::new(
-                        hyper::body::Bytes::from_static(b"Hello, World!"),
-                    )))
+                let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let answer = answer.clone();
+                    async move {
+                        use http_body_util::BodyExt;
+                        let _ = req.into_body().collect().await;
+                        let mut response = hyper::Response::new(http_body_util::Full::new(answer));
+                        response.headers_mut().insert(
+                            hyper::header::CONTENT_TYPE,
+                            hyper::header::HeaderValue::from_static("application/json"),
+                        );
+                        Ok::<_, Infallible>(response)
+                    }
                 });
                 let _ = http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
@@ -259,18 +271,32 @@ fn main() {
             println!("invoke with metadata: {:.1} µs", t.elapsed().as_secs_f64() * 1e6 / n as f64);
             return;
         }
-        let hello = hello_world().await;
         let echo = json!({"model": "echo", "messages": [{"role": "user", "content": "ping"}]}).to_string();
+        let answer = reqwest::Client::new()
+            .post(format!("{base}/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(echo.clone())
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let hello = bare_hyper(answer.clone()).await;
+        let hello_world = bare_hyper(hyper::body::Bytes::from_static(b"Hello, World!")).await;
 
         // (skipped with `--variants`)
         let table = !std::env::args().any(|a| a == "--variants");
         if table {
-        println!("## trivial expert (echo, no model call) vs bare hyper hello-world, same run");
+        println!(
+            "## trivial expert (echo, no model call) vs bare hyper, same run, same request and {}-byte answer",
+            answer.len()
+        );
         println!("| connections | tessera req/s | p50 µs | p99 µs | hyper req/s | p50 µs | p99 µs | ratio |");
         println!("|---|---|---|---|---|---|---|---|");
         for connections in [1, 64] {
             let ours = load_test(&format!("{base}/v1/chat/completions"), Some(echo.clone()), connections).await;
-            let bare = load_test(&hello, None, connections).await;
+            let bare = load_test(&hello, Some(echo.clone()), connections).await;
             println!(
                 "| {connections} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2}× |",
                 ours.rps, ours.p50_us, ours.p99_us, bare.rps, bare.p50_us, bare.p99_us, ours.rps / bare.rps
@@ -283,7 +309,7 @@ fn main() {
         if std::env::args().any(|a| a == "--variants") {
             for (name, url, body) in [
                 ("hyper POST", hello.clone(), Some(echo.clone())),
-                ("hyper GET", hello.clone(), None),
+                ("hyper GET hello-world", hello_world.clone(), None),
                 ("tessera GET /healthz", format!("{base}/healthz"), None),
                 ("tessera POST echo", format!("{base}/v1/chat/completions"), Some(echo.clone())),
             ] {
