@@ -5,9 +5,9 @@
 //!    (no model call) through `POST /v1/chat/completions`, at 1 and 64
 //!    connections, beside bare hyper measured in the same run with the same
 //!    client, request and response bytes (it reads the body and answers
-//!    with the bytes tessera answered; `--variants` adds a GET
-//!    hello-world)
-//!    with the same client.
+//!    with the bytes tessera answered). `--variants` instead runs the same
+//!    client against cheaper routes (`TESSERA_BENCH_ONLY` picks one by
+//!    name, `TESSERA_BENCH_CONNECTIONS` the connections; default 1).
 //! 2. Time to first token and tokens per second per stream, with 1, 8 and
 //!    32 concurrent streaming clients on the real model.
 //!
@@ -282,12 +282,35 @@ fn main() {
             .bytes()
             .await
             .unwrap();
-        let hello = bare_hyper(answer.clone()).await;
-        let hello_world = bare_hyper(hyper::body::Bytes::from_static(b"Hello, World!")).await;
+        let reference = bare_hyper(answer.clone()).await;
 
-        // (skipped with `--variants`)
-        let table = !std::env::args().any(|a| a == "--variants");
-        if table {
+        // `--variants`: the same client against cheaper tessera routes and
+        // bare hyper, to see where the network path's time goes.
+        if std::env::args().any(|a| a == "--variants") {
+            let hello_world = bare_hyper(hyper::body::Bytes::from_static(b"Hello, World!")).await;
+            let only = std::env::var("TESSERA_BENCH_ONLY").ok();
+            let connections = std::env::var("TESSERA_BENCH_CONNECTIONS")
+                .ok()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(1);
+            for (name, url, body) in [
+                ("hyper POST", reference.clone(), Some(echo.clone())),
+                ("hyper GET hello-world", hello_world, None),
+                ("tessera GET /healthz", format!("{base}/healthz"), None),
+                ("tessera POST echo", format!("{base}/v1/chat/completions"), Some(echo.clone())),
+            ] {
+                if only.as_deref().is_some_and(|o| !name.contains(o)) {
+                    continue;
+                }
+                let f = load_test(&url, body, connections).await;
+                println!(
+                    "{name} ({connections} connections): {:.0} req/s p50 {:.0} µs p99 {:.0} µs",
+                    f.rps, f.p50_us, f.p99_us
+                );
+            }
+            return;
+        }
+
         println!(
             "## trivial expert (echo, no model call) vs bare hyper, same run, same request and {}-byte answer",
             answer.len()
@@ -296,35 +319,13 @@ fn main() {
         println!("|---|---|---|---|---|---|---|---|");
         for connections in [1, 64] {
             let ours = load_test(&format!("{base}/v1/chat/completions"), Some(echo.clone()), connections).await;
-            let bare = load_test(&hello, Some(echo.clone()), connections).await;
+            let bare = load_test(&reference, Some(echo.clone()), connections).await;
             println!(
                 "| {connections} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2}× |",
                 ours.rps, ours.p50_us, ours.p99_us, bare.rps, bare.p50_us, bare.p99_us, ours.rps / bare.rps
             );
         }
-        }
 
-        // `--variants`: the same client against cheaper tessera routes and
-        // a POST to bare hyper, to see where the network path's time goes.
-        if std::env::args().any(|a| a == "--variants") {
-            for (name, url, body) in [
-                ("hyper POST", hello.clone(), Some(echo.clone())),
-                ("hyper GET hello-world", hello_world.clone(), None),
-                ("tessera GET /healthz", format!("{base}/healthz"), None),
-                ("tessera POST echo", format!("{base}/v1/chat/completions"), Some(echo.clone())),
-            ] {
-                let only = std::env::var("TESSERA_BENCH_ONLY").ok();
-                if only.as_deref().is_some_and(|o| !name.contains(o)) {
-                    continue;
-                }
-                let connections = std::env::var("TESSERA_BENCH_CONNECTIONS")
-                    .ok()
-                    .and_then(|c| c.parse().ok())
-                    .unwrap_or(1);
-                let f = load_test(&url, body, connections).await;
-                println!("{name} ({connections} connections): {:.0} req/s p50 {:.0} µs p99 {:.0} µs", f.rps, f.p50_us, f.p99_us);
-            }
-        }
         if trivial_only {
             return;
         }
