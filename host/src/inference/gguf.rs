@@ -3,6 +3,8 @@
 //! and each [`TensorInfo::offset`] locate it.
 
 use std::collections::BTreeMap;
+
+use bytes::Bytes;
 use std::fmt;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -460,6 +462,57 @@ impl GgufFile {
         Ok((info, bytes))
     }
 
+    /// The whole file, memory-mapped read-only (pages read in at once, as
+    /// loading reads them all anyway): tensors sliced from it with
+    /// [`tensor_slice`](Self::tensor_slice) share the page cache instead of
+    /// being copied.
+    pub fn map(&self) -> Result<Bytes, GgufError> {
+        let io = |reason| GgufError::Io {
+            path: self.path.clone(),
+            reason,
+        };
+        let file = std::fs::File::open(&self.path).map_err(io)?;
+        // SAFETY: the map is read-only and private. Writing the file while
+        // it is mapped changes the weights the model computes with, as
+        // replacing it before loading would; truncating it makes reads of
+        // the lost pages fault (SIGBUS), as with llama.cpp's mmap. The
+        // model directory is the operator's, not a client's or a plugin's.
+        let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }.map_err(io)?;
+        Ok(Bytes::from_owner(map))
+    }
+
+    /// The bytes of tensor `name` within `map` (this file's
+    /// [`map`](Self::map)), shared, not copied.
+    pub fn tensor_slice(&self, map: &Bytes, name: &str) -> Result<(TensorInfo, Bytes), GgufError> {
+        let format = |message: String| GgufError::Format {
+            path: self.path.clone(),
+            message,
+        };
+        let info = self
+            .tensor(name)
+            .ok_or_else(|| format(format!("no tensor named `{name}`")))?
+            .clone();
+        let size = info.byte_size().ok_or_else(|| {
+            format(format!(
+                "tensor `{name}` has type {}, which is not supported",
+                info.ty
+            ))
+        })?;
+        // Checked at open against the file's length then; checked again
+        // against the map, in case the file shrank since.
+        let range = self
+            .data_offset
+            .checked_add(info.offset)
+            .and_then(|start| Some(start..start.checked_add(size)?))
+            .filter(|r| r.end <= map.len() as u64)
+            .ok_or_else(|| {
+                format(format!(
+                    "tensor `{name}` ends past the end of the file (the file is truncated?)"
+                ))
+            })?;
+        Ok((info, map.slice(range.start as usize..range.end as usize)))
+    }
+
     /// Tensor `name` dequantized to f32, in GGUF order (innermost dimension
     /// fastest).
     pub fn tensor_f32(&self, name: &str) -> Result<Vec<f32>, GgufError> {
@@ -526,6 +579,33 @@ mod tests {
         assert_eq!(g.data_offset, data_start as u64);
         let err = g.require_u64("llama.nope").unwrap_err().to_string();
         assert!(err.contains("`llama.nope` is missing"), "{err}");
+    }
+
+    #[test]
+    fn mapped_tensors_are_the_file_bytes_and_a_shrunk_file_is_refused() {
+        let mut b = header(3, 1, 0);
+        b.extend(string("w"));
+        b.extend(2u32.to_le_bytes());
+        b.extend(4u64.to_le_bytes());
+        b.extend(2u64.to_le_bytes());
+        b.extend(0u32.to_le_bytes()); // F32
+        b.extend(0u64.to_le_bytes());
+        let data_start = b.len().div_ceil(32) * 32;
+        b.resize(data_start, 0);
+        b.extend((0..8).flat_map(|i| (i as f32).to_le_bytes()));
+        let f = write_gguf(&b);
+        let g = GgufFile::open(f.path()).unwrap();
+        let map = g.map().unwrap();
+        let (_, mapped) = g.tensor_slice(&map, "w").unwrap();
+        assert_eq!(&mapped[..], &g.tensor_bytes("w").unwrap().1[..]);
+        let err = g.tensor_slice(&map, "nope").unwrap_err().to_string();
+        assert!(err.contains("no tensor named `nope`"), "{err}");
+
+        // The file loses its last bytes after the header was read.
+        f.as_file().set_len(b.len() as u64 - 4).unwrap();
+        let map = g.map().unwrap();
+        let err = g.tensor_slice(&map, "w").unwrap_err().to_string();
+        assert!(err.contains("`w` ends past the end of the file"), "{err}");
     }
 
     #[test]

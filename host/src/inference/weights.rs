@@ -57,6 +57,8 @@ pub trait WeightSource {
 /// A GGUF checkpoint.
 pub struct GgufWeights {
     file: GgufFile,
+    /// The file, memory-mapped: quantized tensors are slices of it.
+    map: bytes::Bytes,
     config: LlamaConfig,
 }
 
@@ -120,7 +122,8 @@ impl GgufWeights {
                 config.head_dim()
             )));
         }
-        Ok(GgufWeights { file, config })
+        let map = file.map().map_err(|e| err(e.to_string()))?;
+        Ok(GgufWeights { file, map, config })
     }
 
     /// The parsed file.
@@ -140,9 +143,12 @@ impl GgufWeights {
                 "tensor `{name}` has shape {have:?}, expected {dims:?}"
             )));
         }
-        self.file
-            .tensor_f32(name)
-            .map_err(|e| self.error(e.to_string()))
+        let (info, bytes) = self
+            .file
+            .tensor_slice(&self.map, name)
+            .map_err(|e| self.error(e.to_string()))?;
+        super::quant::dequantize(info.ty, &bytes, info.elements() as usize)
+            .map_err(|e| self.error(format!("tensor `{name}`: {e}")))
     }
 }
 
@@ -188,9 +194,9 @@ impl WeightSource for GgufWeights {
         }
         let (_, bytes) = self
             .file
-            .tensor_bytes(name)
+            .tensor_slice(&self.map, name)
             .map_err(|e| self.error(e.to_string()))?;
-        tessera_kernels::QMatrix::new(ty, rows, cols, bytes.into())
+        tessera_kernels::QMatrix::new(ty, rows, cols, bytes)
             .map(Some)
             .map_err(|e| self.error(format!("tensor `{name}`: {e}")))
     }
