@@ -121,6 +121,40 @@ async fn quantized_model_agrees_with_the_f32_reference() {
     }
 }
 
+/// `--kv-cache f16` against burn's f32 model: keys and values rounded to
+/// 16 bits move the logits by rounding only (within 2% of the largest,
+/// as the f32 cache) and keep the greedy text.
+#[tokio::test]
+async fn f16_kv_cache_agrees_with_the_f32_reference() {
+    use tessera_host::inference::cpu_llama::{CpuOptions, KvType};
+    let options = EngineOptions {
+        cpu: CpuOptions {
+            kv: KvType::F16,
+            ..CpuOptions::default()
+        },
+        ..EngineOptions::default()
+    };
+    let half = BurnEngine::from_store(&common::models(), options).unwrap();
+    let slow = reference();
+    let long = "Tessera hosts many small experts. ".repeat(12);
+    for prompt in ["The capital of France is", long.as_str()] {
+        let a = half.next_token_logits(prompt).await.unwrap();
+        let b = slow.next_token_logits(prompt).await.unwrap();
+        let (gap, top) = logit_gap(&a, &b);
+        assert!(
+            gap <= 0.02 * top,
+            "{prompt:?}: logits differ by {gap} (largest logit {top})"
+        );
+        assert_eq!(argmax(&a), argmax(&b), "{prompt:?}");
+    }
+    for prompt in ["The capital of France is", "def fibonacci(n):"] {
+        let request = || GenerateRequest::text(prompt.into(), greedy(32));
+        let a = half.generate(request(), None).await.unwrap();
+        let b = slow.generate(request(), None).await.unwrap();
+        assert_eq!(a.text, b.text, "{prompt:?}");
+    }
+}
+
 #[tokio::test]
 async fn score_is_the_log_likelihood_of_the_continuation() {
     let engine = engine();

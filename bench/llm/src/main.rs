@@ -27,7 +27,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
 use tessera_host::inference::{
     BurnEngine, DeviceChoice, EngineOptions, ModelStore, SMOLLM2, SamplingParams,
-    cpu_llama::{Activations, CpuOptions},
+    cpu_llama::{Activations, CpuOptions, KvType},
 };
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -78,6 +78,10 @@ struct Args {
     /// or 8 (llama.cpp's scheme).
     #[arg(long, default_value_t = 16)]
     activation_bits: u8,
+    /// Tessera's KV cache: f32 (the default) or f16 (llama.cpp's default,
+    /// `-ctk f16 -ctv f16`).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
+    kv_cache: String,
 }
 
 /// The fixed pseudo-random token ids of both engines.
@@ -138,6 +142,11 @@ async fn tessera(args: &Args, gguf: &std::path::Path) -> Result<serde_json::Valu
             cpu: CpuOptions {
                 threads: Some(args.threads),
                 activations,
+                kv: if args.kv_cache == "f16" {
+                    KvType::F16
+                } else {
+                    KvType::F32
+                },
                 ..CpuOptions::default()
             },
             ..EngineOptions::default()

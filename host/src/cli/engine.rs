@@ -44,6 +44,13 @@ pub struct EngineArgs {
     #[arg(long, value_name = "16|8", value_parser = clap::builder::PossibleValuesParser::new(["16", "8"]).map(|s| s.parse::<u8>().expect("16 or 8")))]
     pub activation_bits: Option<u8>,
 
+    /// How the CPU model's KV cache stores keys and values: f32 (the f32
+    /// model's answers) or f16 (half the memory per token, so twice the
+    /// tokens in the same --kv-budget-mib; attention moves by rounding
+    /// only) [default: f32].
+    #[arg(long, value_name = "f32|f16")]
+    pub kv_cache: Option<KvCacheArg>,
+
     /// Memory for KV caches, in MiB [default: 2048].
     #[arg(long, value_name = "MIB")]
     pub kv_budget_mib: Option<usize>,
@@ -65,6 +72,19 @@ pub enum QuantizeArg {
     #[value(name = "q8_0")]
     #[serde(rename = "q8_0")]
     Q8_0,
+}
+
+/// What `--kv-cache` accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+pub enum KvCacheArg {
+    /// 32-bit floats.
+    #[value(name = "f32")]
+    #[serde(rename = "f32")]
+    F32,
+    /// 16-bit floats.
+    #[value(name = "f16")]
+    #[serde(rename = "f16")]
+    F16,
 }
 
 /// Default of `--kv-budget-mib`.
@@ -104,6 +124,10 @@ impl EngineArgs {
                 activations: match self.activation_bits {
                     Some(8) => tessera_host::inference::cpu_llama::Activations::I8,
                     _ => tessera_host::inference::cpu_llama::Activations::I16,
+                },
+                kv: match self.kv_cache {
+                    Some(KvCacheArg::F16) => tessera_host::inference::cpu_llama::KvType::F16,
+                    _ => tessera_host::inference::cpu_llama::KvType::F32,
                 },
             },
             ..EngineOptions::default()

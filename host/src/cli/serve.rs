@@ -217,6 +217,7 @@ struct ConfigFile {
     threads: Option<usize>,
     quantize: Option<super::engine::QuantizeArg>,
     activation_bits: Option<u8>,
+    kv_cache: Option<super::engine::KvCacheArg>,
     /// Adapter name → PEFT directory.
     adapters: Option<std::collections::BTreeMap<String, PathBuf>>,
 }
@@ -316,6 +317,7 @@ impl ServeArgs {
         e.adapter_budget_mib = e.adapter_budget_mib.or(c.adapter_budget_mib);
         e.threads = e.threads.or(c.threads);
         e.quantize = e.quantize.or(c.quantize);
+        e.kv_cache = e.kv_cache.or(c.kv_cache);
         if let Some(bits) = c.activation_bits
             && bits != 16
             && bits != 8

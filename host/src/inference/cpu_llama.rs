@@ -14,6 +14,8 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 use tessera_kernels::{Isa, Q16Row, QMatrix, QType};
 
@@ -31,6 +33,30 @@ pub struct CpuOptions {
     pub quantize: bool,
     /// How activations meet quantized weights.
     pub activations: Activations,
+    /// How the KV cache stores keys and values.
+    pub kv: KvType,
+}
+
+/// How the KV cache stores keys and values.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum KvType {
+    /// 32-bit floats: the f32 model's answers (the default).
+    #[default]
+    F32,
+    /// 16-bit floats: half the memory, so twice the tokens in the same
+    /// `--kv-budget-mib`; each key and value is rounded to 11 significant
+    /// bits, which moves attention by rounding only.
+    F16,
+}
+
+impl KvType {
+    /// Bytes one value takes.
+    pub fn bytes(self) -> usize {
+        match self {
+            KvType::F32 => 4,
+            KvType::F16 => 2,
+        }
+    }
 }
 
 /// How the projections quantize their activations for the integer
@@ -203,9 +229,62 @@ struct Layer {
 /// One sequence's keys and values, appended in place: per layer,
 /// `[len, kv_heads · head_dim]` each.
 pub struct CpuKvCache {
-    keys: Vec<Vec<f32>>,
-    values: Vec<Vec<f32>>,
+    keys: Vec<KvRows>,
+    values: Vec<KvRows>,
     len: usize,
+}
+
+/// One layer's keys (or values), in the cache's [`KvType`].
+#[derive(Clone)]
+enum KvRows {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+}
+
+impl KvRows {
+    fn new(ty: KvType) -> KvRows {
+        match ty {
+            KvType::F32 => KvRows::F32(Vec::new()),
+            KvType::F16 => KvRows::F16(Vec::new()),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            KvRows::F32(v) => v.len(),
+            KvRows::F16(v) => v.len(),
+        }
+    }
+
+    fn truncate(&mut self, len: usize) {
+        match self {
+            KvRows::F32(v) => v.truncate(len),
+            KvRows::F16(v) => v.truncate(len),
+        }
+    }
+
+    fn extend(&mut self, values: &[f32]) {
+        match self {
+            KvRows::F32(v) => v.extend_from_slice(values),
+            KvRows::F16(v) => {
+                let start = v.len();
+                v.resize(start + values.len(), f16::ZERO);
+                v[start..].convert_from_f32_slice(values);
+            }
+        }
+    }
+
+    /// Values `start..start + out.len()` as f32: borrowed when stored so,
+    /// else converted into `out`.
+    fn get<'a>(&'a self, start: usize, out: &'a mut [f32]) -> &'a [f32] {
+        match self {
+            KvRows::F32(v) => &v[start..start + out.len()],
+            KvRows::F16(v) => {
+                v[start..start + out.len()].convert_to_f32_slice(out);
+                out
+            }
+        }
+    }
 }
 
 impl CpuKvCache {
@@ -243,6 +322,7 @@ pub struct CpuLlama {
     sin: Vec<f32>,
     pool: rayon::ThreadPool,
     activations: Activations,
+    kv: KvType,
 }
 
 impl CpuLlama {
@@ -259,7 +339,12 @@ impl CpuLlama {
             let permute = heads.filter(|_| interleaved);
             if let Some(m) = source.quantized(name, rows, cols)? {
                 return Ok(Matrix::Quant(match permute {
-                    Some(heads) => permute_rows(&m, heads, hd),
+                    Some(heads) => {
+                        let permuted = permute_rows(&m, heads, hd);
+                        drop(m);
+                        source.release(name);
+                        permuted
+                    }
                     None => m,
                 }));
             }
@@ -344,6 +429,7 @@ impl CpuLlama {
             sin,
             pool,
             activations: options.activations,
+            kv: options.kv,
         })
     }
 
@@ -390,8 +476,12 @@ impl CpuLlama {
             Activations::I16 => "16-bit",
             Activations::I8 => "8-bit",
         };
+        let kv = match self.kv {
+            KvType::F32 => "f32",
+            KvType::F16 => "f16",
+        };
         format!(
-            "{} weights, {activations} activations on {}, {} threads",
+            "{} weights, {activations} activations on {}, {kv} KV cache, {} threads",
             types.join("/"),
             Isa::best().name(),
             self.threads()
@@ -401,8 +491,8 @@ impl CpuLlama {
     /// An empty cache for a new sequence.
     pub fn new_cache(&self) -> CpuKvCache {
         CpuKvCache {
-            keys: vec![Vec::new(); self.config.layers],
-            values: vec![Vec::new(); self.config.layers],
+            keys: vec![KvRows::new(self.kv); self.config.layers],
+            values: vec![KvRows::new(self.kv); self.config.layers],
             len: 0,
         }
     }
@@ -466,8 +556,8 @@ impl CpuLlama {
             let mut spans = Vec::with_capacity(inputs.len());
             for input in inputs.iter_mut() {
                 let n = input.tokens.len();
-                input.cache.keys[li].extend_from_slice(&k[row * kv..(row + n) * kv]);
-                input.cache.values[li].extend_from_slice(&v[row * kv..(row + n) * kv]);
+                input.cache.keys[li].extend(&k[row * kv..(row + n) * kv]);
+                input.cache.values[li].extend(&v[row * kv..(row + n) * kv]);
                 spans.push((row, n, input.cache.len));
                 row += n;
             }
@@ -571,11 +661,14 @@ impl CpuLlama {
             let g = head / group;
             let mut out = vec![0f32; n * hd];
             let mut scores = Vec::with_capacity(past + n);
+            let mut row = vec![0f32; hd];
             for i in 0..n {
                 let qi = &q[(first + i) * h + head * hd..][..hd];
                 let seen = past + i + 1;
                 scores.clear();
-                scores.extend((0..seen).map(|t| dot(qi, &keys[t * kv + g * hd..][..hd]) * scale));
+                scores.extend(
+                    (0..seen).map(|t| dot(qi, keys.get(t * kv + g * hd, &mut row)) * scale),
+                );
                 let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
                 let mut sum = 0f32;
                 for s in &mut scores {
@@ -584,7 +677,7 @@ impl CpuLlama {
                 }
                 let o = &mut out[i * hd..(i + 1) * hd];
                 for (t, p) in scores.iter().enumerate() {
-                    axpy(o, p / sum, &values[t * kv + g * hd..][..hd]);
+                    axpy(o, p / sum, values.get(t * kv + g * hd, &mut row));
                 }
             }
             out
@@ -613,7 +706,8 @@ impl BatchModel for CpuLlama {
         ModelShape {
             context: self.config.context,
             vocab: self.config.vocab,
-            kv_bytes_per_token: self.config.kv_bytes_per_token(),
+            kv_bytes_per_token: self.config.kv_bytes_per_token() / std::mem::size_of::<f32>()
+                * self.kv.bytes(),
         }
     }
 
@@ -699,5 +793,36 @@ fn adapt(y: &mut [f32], x: &[f32], runs: &Runs<'_>, layer: usize, target: Target
                 axpy(yr, m * adapter.scale, b_row);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f16_rows_round_to_half_precision_and_truncate() {
+        let values = [1.0f32, -0.333_333_34, 65_504.0, 1e-3, 3.140_625, 0.0];
+        let mut rows = KvRows::new(KvType::F16);
+        rows.extend(&values[..4]);
+        rows.extend(&values[4..]);
+        assert_eq!(rows.len(), 6);
+        let mut out = [0f32; 6];
+        let got = rows.get(0, &mut out).to_vec();
+        for (g, v) in got.iter().zip(values) {
+            // Independent reference: the half crate's scalar rounding.
+            assert_eq!(*g, f16::from_f32(v).to_f32());
+            assert!((g - v).abs() <= v.abs() / 1024.0, "{v} became {g}");
+        }
+        let mut out = [0f32; 2];
+        assert_eq!(rows.get(4, &mut out), [3.140_625, 0.0]);
+        rows.truncate(2);
+        assert_eq!(rows.len(), 2);
+
+        let mut rows = KvRows::new(KvType::F32);
+        rows.extend(&values);
+        let mut out = [0f32; 3];
+        assert_eq!(rows.get(1, &mut out), &values[1..4]);
+        assert_eq!(KvType::F16.bytes() * 2, KvType::F32.bytes());
     }
 }

@@ -462,10 +462,10 @@ impl GgufFile {
         Ok((info, bytes))
     }
 
-    /// The whole file, memory-mapped read-only (pages read in at once, as
-    /// loading reads them all anyway): tensors sliced from it with
+    /// The whole file, memory-mapped read-only: tensors sliced from it with
     /// [`tensor_slice`](Self::tensor_slice) share the page cache instead of
-    /// being copied.
+    /// being copied, and pages are read in when first touched (tensors
+    /// copied at load, then released, never hold their pages all at once).
     pub fn map(&self) -> Result<Bytes, GgufError> {
         let io = |reason| GgufError::Io {
             path: self.path.clone(),
@@ -477,7 +477,7 @@ impl GgufFile {
         // replacing it before loading would; truncating it makes reads of
         // the lost pages fault (SIGBUS), as with llama.cpp's mmap. The
         // model directory is the operator's, not a client's or a plugin's.
-        let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }.map_err(io)?;
+        let map = unsafe { memmap2::MmapOptions::new().map(&file) }.map_err(io)?;
         Ok(Bytes::from_owner(map))
     }
 

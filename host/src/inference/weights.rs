@@ -50,6 +50,12 @@ pub trait WeightSource {
     fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, LoadError> {
         self.read(name, &[len])
     }
+    /// Tensor `name` was copied (dequantized, or its rows reordered) and
+    /// its bytes in the source are not needed any more: a memory-mapped
+    /// source lets the pages go. A no-op by default.
+    fn release(&self, name: &str) {
+        let _ = name;
+    }
     /// An error about this source.
     fn error(&self, message: String) -> LoadError;
 }
@@ -147,8 +153,10 @@ impl GgufWeights {
             .file
             .tensor_slice(&self.map, name)
             .map_err(|e| self.error(e.to_string()))?;
-        super::quant::dequantize(info.ty, &bytes, info.elements() as usize)
-            .map_err(|e| self.error(format!("tensor `{name}`: {e}")))
+        let values = super::quant::dequantize(info.ty, &bytes, info.elements() as usize)
+            .map_err(|e| self.error(format!("tensor `{name}`: {e}")))?;
+        self.release(name);
+        Ok(values)
     }
 }
 
@@ -199,6 +207,27 @@ impl WeightSource for GgufWeights {
         tessera_kernels::QMatrix::new(ty, rows, cols, bytes)
             .map(Some)
             .map_err(|e| self.error(format!("tensor `{name}`: {e}")))
+    }
+
+    fn release(&self, name: &str) {
+        let Ok((_, bytes)) = self.file.tensor_slice(&self.map, name) else {
+            return;
+        };
+        // The whole pages inside the tensor: those at its ends may hold
+        // a neighbour's bytes.
+        let page = 4096;
+        let start = (bytes.as_ptr() as usize).next_multiple_of(page);
+        let end = (bytes.as_ptr() as usize + bytes.len()) / page * page;
+        if end > start {
+            // SAFETY: the range lies inside the live, private, read-only
+            // file mapping `self.map` holds, and nothing in the process
+            // writes through it. MADV_DONTNEED drops these pages from the
+            // process; a later read faults them in again from the file, so
+            // the bytes any other slice sees stay the same.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+            }
+        }
     }
 
     fn error(&self, message: String) -> LoadError {
