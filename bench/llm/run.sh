@@ -3,7 +3,7 @@
 # same GGUF (SmolLM2-135M Q4_1), the same work and the same build flags:
 #
 #   bash bench/llm/run.sh [ROUNDS]          # default 3 rounds, all cores
-#   THREADS=2 PROMPT=128 DECODE=128 bash bench/llm/run.sh
+#   THREADS=2 PROMPT=128 DECODE=128 KV_CACHE=f16 bash bench/llm/run.sh
 #
 # - every side is built for the native CPU: Tessera and candle with
 #   RUSTFLAGS="-C target-cpu=native" (one binary, its own target folder),
@@ -14,6 +14,11 @@
 #   PROMPT-token prompt, DECODE tokens decoded one at a time) and, for the
 #   aggregate, `llama-batched-bench -npp 16 -ntg DECODE -npl 8,32`
 #   (generated tokens over the whole time, prefill included);
+# - the same KV cache type for Tessera and llama.cpp: f16, llama.cpp's
+#   default (-ctk f16 -ctv f16; llama-bench takes no f32), Tessera's
+#   --kv-cache f16 (KV_CACHE=f32 runs Tessera's default instead, beside
+#   llama.cpp's f16); candle's quantized_llama keeps f32 keys and values,
+#   it has no option;
 # - rounds alternate the engines (T C L, T C L, ...) so that drift in the
 #   machine's speed hits all of them; each figure is the median over rounds;
 # - peak RSS is each process's own (wait4's ru_maxrss), for llama-bench's
@@ -27,6 +32,7 @@ rounds=${1:-3}
 threads=${THREADS:-$(nproc)}
 prompt=${PROMPT:-128}
 decode=${DECODE:-128}
+kv=${KV_CACHE:-f16}
 
 echo "[bench] building the bench binary (Tessera + candle) for the native CPU" >&2
 CARGO_TARGET_DIR=target/bench-native RUSTFLAGS="-C target-cpu=native" \
@@ -39,12 +45,12 @@ llama=$(bash bench/llm/build-llama-cpp.sh)
 gguf=$("$bench" --locate)
 mkdir -p target/bench
 out=target/bench/llm-$(date -u +%Y%m%dT%H%M%SZ).jsonl
-echo "[bench] $rounds rounds, $threads threads, prompt $prompt, decode $decode -> $out" >&2
+echo "[bench] $rounds rounds, $threads threads, prompt $prompt, decode $decode, $kv KV cache -> $out" >&2
 
-python3 - "$bench" "$llama" "$gguf" "$rounds" "$threads" "$prompt" "$decode" "$out" <<'EOF'
+python3 - "$bench" "$llama" "$gguf" "$rounds" "$threads" "$prompt" "$decode" "$out" "$kv" <<'EOF'
 import json, os, statistics, subprocess, sys
 
-bench, llama, gguf, rounds, threads, prompt, decode, out = sys.argv[1:]
+bench, llama, gguf, rounds, threads, prompt, decode, out, kv = sys.argv[1:]
 rounds, threads, prompt, decode = int(rounds), int(threads), int(prompt), int(decode)
 
 
@@ -63,6 +69,8 @@ def run(cmd, env=None):
 def ours(engine):
     cmd = [bench, "--engine", engine, "--threads", str(threads), "--prompt-tokens",
            str(prompt), "--decode-tokens", str(decode), "--repeat", "1", "--gguf", gguf]
+    if engine == "tessera":
+        cmd += ["--kv-cache", kv]
     env = {"RAYON_NUM_THREADS": str(threads)}
     # llama-bench's work and llama-batched-bench's in processes of their
     # own, as llama.cpp's two binaries: each peak RSS is that work's.
@@ -78,7 +86,7 @@ def ours(engine):
 
 def llama_cpp():
     stdout, rss = run([f"{llama}/llama-bench", "-m", gguf, "-p", str(prompt), "-n", str(decode),
-                       "-t", str(threads), "-r", "1", "-o", "json"])
+                       "-t", str(threads), "-r", "1", "-ctk", "f16", "-ctv", "f16", "-o", "json"])
     rows = json.loads(stdout)
     figures = {"engine": "llama.cpp", "aggregate": {}, "peak_rss_mib": rss}
     for row in rows:
@@ -87,7 +95,7 @@ def llama_cpp():
     ctx = 32 * (16 + decode)
     stdout, figures["peak_rss_aggregate_mib"] = run([f"{llama}/llama-batched-bench", "-m", gguf, "-c", str(ctx), "-b", "2048",
                      "-ub", "512", "-npp", "16", "-ntg", str(decode), "-npl", "8,32",
-                     "-t", str(threads), "--output-format", "jsonl"])
+                     "-t", str(threads), "-ctk", "f16", "-ctv", "f16", "--output-format", "jsonl"])
     for line in stdout.splitlines():
         if line.startswith("{"):
             row = json.loads(line)
@@ -125,7 +133,8 @@ rows = [("decode, batch 1 (tok/s)", "decode", None), ("prefill (tok/s)", "prefil
         ("aggregate, 32 sequences (tok/s)", "aggregate", "32"),
         ("peak RSS, prefill + decode (MiB)", "peak_rss_mib", None),
         ("peak RSS, the aggregates (MiB)", "peak_rss_aggregate_mib", None)]
-print(f"{rounds} rounds, {threads} threads, prompt {prompt}, decode {decode}; medians")
+print(f"{rounds} rounds, {threads} threads, prompt {prompt}, decode {decode}, KV cache: "
+      f"Tessera {kv}, candle f32, llama.cpp f16; medians")
 print("| figure | Tessera | candle | llama.cpp | Tessera ÷ llama.cpp |")
 print("|---|---|---|---|---|")
 for label, key, sub in rows:
