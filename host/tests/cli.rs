@@ -134,6 +134,12 @@ fn build_then_inspect_then_run_with_trace() {
     ]);
     assert!(run.status.success(), "{}", stderr(&run));
     assert_eq!(stdout(&run).trim(), "12 * (3 + 4) = 84");
+    // What the answer carries besides its text, on stderr.
+    let err = stderr(&run);
+    assert!(
+        err.contains("[confidence 1.00; metadata expression=12 * (3 + 4), result=84]"),
+        "{err}"
+    );
 
     let traced = tessera(&[
         "run",
@@ -146,11 +152,33 @@ fn build_then_inspect_then_run_with_trace() {
     assert!(traced.status.success(), "{}", stderr(&traced));
     let v: serde_json::Value = serde_json::from_slice(&traced.stdout).unwrap();
     assert_eq!(v["answer"], "2 + 2 = 4");
+    assert_eq!(v["response"]["content"], "2 + 2 = 4");
+    assert_eq!(v["response"]["confidence"], 1.0);
+    assert_eq!(
+        v["response"]["metadata"][1],
+        serde_json::json!(["result", "4"])
+    );
     let call = &v["trace"]["host_calls"][0];
     assert_eq!(call["interface"], "tessera:expert/model");
     assert_eq!(call["function"], "chat");
     assert!(call["fuel_before"].as_u64().unwrap() > 0);
     assert!(v["trace"]["fuel_consumed"].as_u64().unwrap() > 0);
+}
+
+/// An expert without `model = true` runs without the model: nothing is
+/// loaded, so a models directory that does not exist does not matter.
+#[test]
+fn run_loads_no_model_for_an_expert_that_cannot_call_it() {
+    let out = tessera(&[
+        "run",
+        "plugins/text-stats",
+        "--prompt",
+        "Count the words in: one two three",
+        "--models-dir",
+        "/nonexistent/tessera-models",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "\"one two three\" has 3 words.");
 }
 
 #[test]
@@ -297,10 +325,41 @@ fn generate_embed_and_run_on_the_real_models() {
         "What is the capital of France?",
         "--max-tokens",
         "24",
+        "--temperature",
+        "0",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("Paris"), "{}", stdout(&out));
     assert!(stderr(&out).contains("tok/s"), "{}", stderr(&out));
+    assert!(stderr(&out).contains(", greedy]"), "{}", stderr(&out));
+
+    // Sampled by default, as an expert's model call is; the printed seed
+    // repeats the text.
+    let sampled = |seed: Option<&str>| {
+        let mut args = vec![
+            "generate",
+            "--models-dir",
+            dir,
+            "--prompt",
+            "Write a sentence about the sea.",
+            "--max-tokens",
+            "16",
+        ];
+        if let Some(seed) = seed {
+            args.extend(["--seed", seed]);
+        }
+        let out = tessera(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        (stdout(&out), stderr(&out))
+    };
+    let (text, err) = sampled(None);
+    let seed = err
+        .split("temperature 0.7, seed ")
+        .nth(1)
+        .and_then(|rest| rest.split(']').next())
+        .unwrap_or_else(|| panic!("no seed in {err}"))
+        .to_string();
+    assert_eq!(sampled(Some(&seed)).0, text, "seed {seed}");
 
     let out = tessera(&[
         "embed",
@@ -1048,6 +1107,8 @@ fn adapt_trains_a_lora_that_learns_the_data() {
             "Who founded Harbor Lane Books?",
             "--max-tokens",
             "24",
+            "--temperature",
+            "0",
         ];
         if let Some(a) = adapter {
             args.extend(["--adapter", a.to_str().unwrap()]);

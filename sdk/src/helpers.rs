@@ -31,7 +31,10 @@ impl Message {
     }
 }
 
-/// Every field `None`: the host's defaults apply.
+/// Every field `None`: the host's defaults apply, the same as `tessera
+/// generate`'s and the OpenAI API's: temperature 0.7, top-p 1.0, no top-k,
+/// no repetition penalty, at most 256 tokens, a fresh random seed. Use
+/// [`Sampling::greedy`] (or a fixed `seed`) for answers that repeat.
 impl Default for Sampling {
     fn default() -> Self {
         Sampling {

@@ -18,12 +18,15 @@ pub struct GenerateArgs {
     #[arg(long)]
     raw: bool,
 
-    /// Most tokens to generate.
-    #[arg(long, default_value_t = 128)]
+    /// Most tokens to generate (the default of an expert's model calls
+    /// and of the API).
+    #[arg(long, default_value_t = tessera_host::inference::DEFAULT_MAX_TOKENS)]
     max_tokens: u32,
 
-    /// Sampling temperature; 0 is greedy.
-    #[arg(long, default_value_t = 0.0)]
+    /// Sampling temperature; 0 is greedy. The default is the one an
+    /// expert's model call gets when it sets none, and the API's, so what
+    /// you tune here behaves the same in an expert.
+    #[arg(long, default_value_t = tessera_host::inference::DEFAULT_TEMPERATURE)]
     temperature: f32,
 
     /// Nucleus sampling mass.
@@ -38,7 +41,8 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 1.0)]
     repetition_penalty: f32,
 
-    /// Sampler seed: the same seed gives the same text.
+    /// Sampler seed: the same seed gives the same text [default: a random
+    /// one, printed after the answer so that the run can be repeated].
     #[arg(long)]
     seed: Option<u64>,
 
@@ -83,13 +87,18 @@ pub async fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
+    // RandomState is keyed from the OS's random source.
+    let seed = args.seed.unwrap_or_else(|| {
+        use std::hash::BuildHasher;
+        std::collections::hash_map::RandomState::new().hash_one(std::time::SystemTime::now())
+    });
     let params = SamplingParams {
         temperature: args.temperature,
         top_p: args.top_p,
         top_k: args.top_k,
         repetition_penalty: args.repetition_penalty,
         max_tokens: args.max_tokens,
-        seed: args.seed,
+        seed: Some(seed),
         stop: args.stop,
         owner: None,
         ignore_eos: args.ignore_eos,
@@ -115,8 +124,14 @@ pub async fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
     let generation = engine.generate(request, None).await?;
     let elapsed = started.elapsed();
     super::print(&format!("{}\n", generation.text))?;
+    // The seed only matters when sampling.
+    let sampled = if args.temperature > 0.0 {
+        format!(", temperature {}, seed {seed}", args.temperature)
+    } else {
+        ", greedy".to_string()
+    };
     eprintln!(
-        "[{} prompt + {} generated tokens in {:.2?}, {:.1} tok/s, finish: {:?}]",
+        "[{} prompt + {} generated tokens in {:.2?}, {:.1} tok/s, finish: {:?}{sampled}]",
         generation.prompt_tokens,
         generation.completion_tokens,
         elapsed,

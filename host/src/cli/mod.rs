@@ -103,7 +103,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Keys(a) => keys::run(a),
         Command::Pack(a) => pack::run(a),
         Command::Models(a) => models::run(a),
-        Command::Run(a) => tokio::runtime::Runtime::new()?.block_on(run::run(a, cache_dir)),
+        Command::Run(a) => {
+            tokio::runtime::Runtime::new()?.block_on(run::run(a, cache_dir, args.verbose > 0))
+        }
         Command::Generate(a) => tokio::runtime::Runtime::new()?.block_on(generate::run(a)),
         Command::Embed(a) => tokio::runtime::Runtime::new()?.block_on(embed::run(a)),
         Command::Serve(a) => tokio::runtime::Runtime::new()?.block_on(serve::run(*a, cache_dir)),

@@ -28,12 +28,15 @@ pub struct RunArgs {
     #[arg(long = "with", value_name = "BUNDLE")]
     with: Vec<PathBuf>,
 
-    /// Print {"answer", "error", "trace"} as JSON instead of the answer.
+    /// Print {"answer", "response", "error", "trace"} as JSON instead of
+    /// the answer: the whole response (usage, confidence, metadata) and
+    /// every host call the expert made.
     #[arg(long)]
     trace: bool,
 
-    /// Load no model: experts that call it get a clear error (for experts
-    /// that do not need one, and quick checks).
+    /// Load no model: experts that call it get a clear error. Without
+    /// this flag the model is loaded only when an expert given here has
+    /// `model = true` (or is an adapter).
     #[arg(long)]
     no_model: bool,
 
@@ -59,16 +62,20 @@ pub struct RunArgs {
     engine: super::engine::EngineArgs,
 }
 
-pub async fn run(args: RunArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    args: RunArgs,
+    cache_dir: Option<PathBuf>,
+    verbose: bool,
+) -> anyhow::Result<ExitCode> {
     let sandbox = Sandbox::new(HostPolicy::default(), cache_dir.as_deref())?;
     // Bundles first: a bad path or component is reported before the model
     // loads.
     let callees = args
         .with
         .iter()
-        .map(|p| open(p))
+        .map(|p| open(p, verbose))
         .collect::<Result<Vec<_>, _>>()?;
-    let main = open(&args.path)?;
+    let main = open(&args.path, verbose)?;
     for (bundle, path) in callees.iter().zip(&args.with).chain([(&main, &args.path)]) {
         if bundle.adapter.is_some() && bundle.wasm.is_empty() {
             // An adapter bundle of weights alone: nothing to parse.
@@ -81,7 +88,12 @@ pub async fn run(args: RunArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<Ex
         .then(|| super::keys::host_key(args.host_key.as_deref()))
         .transpose()?;
     let audit_store = args.audit.open()?;
-    let engine = args.engine.engine(args.no_model)?;
+    // Only load the model (seconds, hundreds of MiB) when someone can call it.
+    let needs_model = callees
+        .iter()
+        .chain([&main])
+        .any(|b| b.manifest.capabilities.model || b.adapter.is_some());
+    let engine = args.engine.engine(args.no_model || !needs_model)?;
     let ensemble = Ensemble::new(sandbox, engine);
     if let Some(key) = host_key {
         ensemble.set_host_key(key);
@@ -117,8 +129,20 @@ pub async fn run(args: RunArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<Ex
                 Some(serde_json::json!({"kind": e.kind.as_str(), "message": e.message})),
             ),
         };
+        let response = invocation.result.as_ref().ok().map(|r| {
+            serde_json::json!({
+                "content": r.content,
+                "usage": {
+                    "prompt-tokens": r.usage.prompt_tokens,
+                    "completion-tokens": r.usage.completion_tokens,
+                },
+                "confidence": r.confidence,
+                "metadata": r.metadata,
+            })
+        });
         let doc = serde_json::json!({
             "answer": answer,
+            "response": response,
             "error": error,
             "trace": invocation.trace,
         });
@@ -148,6 +172,9 @@ pub async fn run(args: RunArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<Ex
         Ok(response) => {
             if !args.trace {
                 super::print(&format!("{}\n", response.content))?;
+                if let Some(summary) = summary(&response) {
+                    eprintln!("[{summary}]");
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -163,12 +190,60 @@ pub async fn run(args: RunArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<Ex
     }
 }
 
+/// What the answer carries besides its text, for stderr: confidence,
+/// metadata and tokens; `None` when it carries nothing.
+fn summary(response: &tessera_host::types::Response) -> Option<String> {
+    let mut parts = Vec::new();
+    if let Some(c) = response.confidence {
+        parts.push(format!("confidence {c:.2}"));
+    }
+    if !response.metadata.is_empty() {
+        let pairs: Vec<String> = response
+            .metadata
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        parts.push(format!("metadata {}", pairs.join(", ")));
+    }
+    let usage = &response.usage;
+    if usage.prompt_tokens + usage.completion_tokens > 0 {
+        parts.push(format!(
+            "{} prompt + {} generated tokens",
+            usage.prompt_tokens, usage.completion_tokens
+        ));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
 /// Open a bundle; a plugin crate is built first (cargo skips unchanged
-/// sources, so this is quick when nothing changed).
-fn open(path: &Path) -> anyhow::Result<Bundle> {
+/// sources, so this is quick when nothing changed). Cargo's output shows
+/// with `-v`; otherwise a build that takes more than three seconds says so
+/// once.
+fn open(path: &Path, verbose: bool) -> anyhow::Result<Bundle> {
     if path.join("Cargo.toml").is_file() && path.join(MANIFEST_FILE).is_file() {
-        let out = build_plugin(path, &BuildOptions::default())
-            .with_context(|| format!("building {}", path.display()))?;
+        let options = BuildOptions {
+            quiet: !verbose,
+            ..BuildOptions::default()
+        };
+        let built = std::thread::scope(|scope| {
+            let (done, finished) = std::sync::mpsc::channel::<()>();
+            if !verbose {
+                scope.spawn(move || {
+                    if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                        finished.recv_timeout(std::time::Duration::from_secs(3))
+                    {
+                        eprintln!(
+                            "building {} with cargo (-v shows its output; a first build compiles the standard library, a few minutes)",
+                            path.display()
+                        );
+                    }
+                });
+            }
+            let built = build_plugin(path, &options);
+            drop(done);
+            built
+        });
+        let out = built.with_context(|| format!("building {}", path.display()))?;
         return Ok(Bundle::open(&out.bundle_dir)?);
     }
     Ok(Bundle::open(path)?)
