@@ -165,6 +165,72 @@ fn build_then_inspect_then_run_with_trace() {
     assert!(v["trace"]["fuel_consumed"].as_u64().unwrap() > 0);
 }
 
+/// `tessera new` from nothing: each template's native test passes, it
+/// builds, and the expert answers through its exact branch in the sandbox.
+#[test]
+fn new_plugins_build_run_and_pass_their_tests() {
+    let dir = scratch("new");
+    let list = tessera(&["new", "--list"]);
+    assert!(list.status.success(), "{}", stderr(&list));
+    assert!(stdout(&list).contains("agent") && stdout(&list).contains("router"));
+    // One target folder for both: the second reuses the first's std.
+    let target = dir.join("target");
+    let in_dir = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(args)
+            .current_dir(&dir)
+            .env("CARGO_TARGET_DIR", &target)
+            .env(
+                "TESSERA_CACHE_DIR",
+                std::env::temp_dir().join("tessera-cli-test-cache"),
+            )
+            .env("TESSERA_AUDIT_DB", test_audit_db())
+            .output()
+            .unwrap()
+    };
+    for (name, kind) in [("reverser", "agent"), ("tag-router", "router")] {
+        let made = in_dir(&["new", name, "--kind", kind]);
+        assert!(made.status.success(), "{}", stderr(&made));
+        let test = Command::new("cargo")
+            .args(["test", "--quiet"])
+            .current_dir(dir.join(name))
+            .env("CARGO_TARGET_DIR", &target)
+            .output()
+            .unwrap();
+        assert!(test.status.success(), "{name}: {}", stderr(&test));
+        let built = in_dir(&["build", name]);
+        assert!(built.status.success(), "{name}: {}", stderr(&built));
+        assert!(
+            stderr(&built).contains(&format!("({kind} world")),
+            "{}",
+            stderr(&built)
+        );
+    }
+    let run = in_dir(&[
+        "run",
+        "reverser",
+        "--prompt",
+        "reverse: stressed",
+        "--no-model",
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert_eq!(stdout(&run).trim(), "desserts");
+
+    // Mistakes are named.
+    let again = in_dir(&["new", "reverser"]);
+    assert!(
+        stderr(&again).contains("already exists"),
+        "{}",
+        stderr(&again)
+    );
+    let bad = in_dir(&["new", "Bad_Name"]);
+    assert!(
+        stderr(&bad).contains("is not a plugin name"),
+        "{}",
+        stderr(&bad)
+    );
+}
+
 /// An expert without `model = true` runs without the model: nothing is
 /// loaded, so a models directory that does not exist does not matter.
 #[test]

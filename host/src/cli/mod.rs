@@ -11,6 +11,7 @@ mod generate;
 mod inspect;
 mod keys;
 mod models;
+mod new;
 mod pack;
 mod records;
 mod run;
@@ -54,6 +55,8 @@ enum Command {
     Audit(audit::AuditArgs),
     /// Build a Rust plugin crate into a component and a bundle.
     Build(build::BuildArgs),
+    /// Make a new plugin crate (an expert or a router) that builds, runs and passes its test.
+    New(new::NewArgs),
     /// Run an expert on one prompt and print its answer.
     Run(run::RunArgs),
     /// Describe a bundle or component: world, imports, exports, manifest, sha256, signer.
@@ -101,6 +104,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Inspect(a) => inspect::run(a),
         Command::Eval(a) => tokio::runtime::Runtime::new()?.block_on(eval::run(a)),
         Command::Keys(a) => keys::run(a),
+        Command::New(a) => new::run(a),
         Command::Pack(a) => pack::run(a),
         Command::Models(a) => models::run(a),
         Command::Run(a) => {
