@@ -216,6 +216,25 @@ fn new_plugins_build_run_and_pass_their_tests() {
     assert!(run.status.success(), "{}", stderr(&run));
     assert_eq!(stdout(&run).trim(), "desserts");
 
+    // A forgotten capability is reported at build time, with the line to
+    // add, and `inspect` shows used against granted.
+    let manifest = dir.join("reverser/tessera.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, text.replace("model = true", "model = false")).unwrap();
+    let built = in_dir(&["build", "reverser"]);
+    assert!(built.status.success(), "{}", stderr(&built));
+    assert!(
+        stderr(&built).contains("reverser/tessera.toml: the component calls the model (it imports tessera:expert/model) but tessera.toml does not grant it; add under [capabilities]: model = true"),
+        "{}",
+        stderr(&built)
+    );
+    let inspect = in_dir(&["inspect", "reverser"]);
+    assert!(
+        stdout(&inspect).contains("model    used yes granted no"),
+        "{}",
+        stdout(&inspect)
+    );
+
     // Mistakes are named.
     let again = in_dir(&["new", "reverser"]);
     assert!(

@@ -57,6 +57,10 @@ pub struct BuildOutput {
     pub rebuilt: bool,
     /// The toolchain used.
     pub toolchain: Toolchain,
+    /// Host interfaces the component calls that its manifest does not
+    /// grant, each with the line to add: every such call would fail at
+    /// run time.
+    pub missing_grants: Vec<String>,
 }
 
 /// Why a build failed.
@@ -188,6 +192,11 @@ pub fn build_plugin(crate_dir: &Path, opts: &BuildOptions) -> Result<BuildOutput
             actual: info.world,
         });
     }
+    let missing_grants = info
+        .capability_uses(&manifest.capabilities)
+        .iter()
+        .filter_map(|u| u.missing_grant())
+        .collect();
     let sha256 = sha256_hex(&component);
     manifest.component = Some(PathBuf::from(format!("{}.wasm", manifest.name)));
     manifest.sha256 = Some(sha256.clone());
@@ -216,6 +225,7 @@ pub fn build_plugin(crate_dir: &Path, opts: &BuildOptions) -> Result<BuildOutput
         manifest,
         rebuilt: !up_to_date,
         toolchain,
+        missing_grants,
     })
 }
 

@@ -226,6 +226,57 @@ impl ComponentInfo {
     }
 }
 
+/// A host interface whose use needs a grant in the manifest's
+/// `[capabilities]`, and how the component's imports and the grant agree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CapabilityUse {
+    /// The interface (`model`, `experts`).
+    pub interface: &'static str,
+    /// Whether the component imports it (calls it somewhere).
+    pub used: bool,
+    /// Whether the manifest grants it.
+    pub granted: bool,
+}
+
+impl CapabilityUse {
+    /// The line to add to `tessera.toml` when the component uses the
+    /// interface without a grant: every such call would fail at run time.
+    pub fn missing_grant(&self) -> Option<String> {
+        (self.used && !self.granted).then(|| match self.interface {
+            "model" => "the component calls the model (it imports tessera:expert/model) but tessera.toml does not grant it; add under [capabilities]: model = true".to_string(),
+            _ => "the component calls other experts (it imports tessera:expert/experts) but tessera.toml grants none; add under [capabilities]: experts = [\"NAME\", ...] (or [\"*\"] for any)".to_string(),
+        })
+    }
+}
+
+impl ComponentInfo {
+    /// Which granted interfaces the component uses, against what
+    /// `capabilities` grants. An adapter's hooks need no `model` grant:
+    /// its bundle runs the model with its own adapter.
+    pub fn capability_uses(&self, capabilities: &super::Capabilities) -> Vec<CapabilityUse> {
+        let imports = |interface: &str| {
+            self.imports.iter().any(|i| {
+                i.strip_prefix(PACKAGE)
+                    .and_then(|r| r.strip_prefix('/'))
+                    .and_then(|r| r.split('@').next())
+                    == Some(interface)
+            })
+        };
+        vec![
+            CapabilityUse {
+                interface: "model",
+                used: imports("model"),
+                granted: capabilities.model || self.world == World::Adapter,
+            },
+            CapabilityUse {
+                interface: "experts",
+                used: imports("experts"),
+                granted: !capabilities.experts.is_empty(),
+            },
+        ]
+    }
+}
+
 fn is_provided(world: World, import: &str) -> bool {
     let Some(rest) = import
         .strip_prefix(PACKAGE)

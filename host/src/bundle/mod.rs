@@ -11,7 +11,7 @@ pub mod sign;
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 
-pub use component::{ComponentError, ComponentInfo, World};
+pub use component::{CapabilityUse, ComponentError, ComponentInfo, World};
 pub use manifest::{
     AdapterSpec, BundleKind, Capabilities, DEFAULT_ADAPTER_WEIGHTS_DIR, LimitsSpec, MANIFEST_FILE,
     MAX_DESCRIPTION_BYTES, MAX_EXAMPLE_BYTES, MAX_EXAMPLES, MAX_TAG_BYTES, MAX_TAGS, Manifest,

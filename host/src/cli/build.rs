@@ -33,6 +33,14 @@ pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
         &out.sha256[..16],
         out.toolchain
     );
+    for gap in &out.missing_grants {
+        eprintln!(
+            "warning: {}: {gap}",
+            args.crate_dir
+                .join(tessera_host::bundle::MANIFEST_FILE)
+                .display()
+        );
+    }
     super::print(&format!("{}\n", out.bundle_dir.display()))?;
     Ok(ExitCode::SUCCESS)
 }

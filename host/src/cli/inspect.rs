@@ -33,6 +33,7 @@ pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
             "imports": info.imports,
             "exports": info.exports,
             "uses_wasi": info.uses_wasi,
+            "capabilities": info.capability_uses(&bundle.manifest.capabilities),
             "signer": bundle.signer,
             "packed": bundle.packed,
             "manifest": bundle.manifest,
@@ -55,6 +56,23 @@ pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
     writeln!(out, "exports:")?;
     for export in &info.exports {
         writeln!(out, "  {export}")?;
+    }
+    writeln!(
+        out,
+        "capabilities (used by the component / granted by the manifest):"
+    )?;
+    for u in info.capability_uses(&bundle.manifest.capabilities) {
+        let yes_no = |b: bool| if b { "yes" } else { "no" };
+        writeln!(
+            out,
+            "  {:<8} used {:<3} granted {}",
+            u.interface,
+            yes_no(u.used),
+            yes_no(u.granted)
+        )?;
+        if let Some(gap) = u.missing_grant() {
+            writeln!(out, "    warning: {gap}")?;
+        }
     }
     writeln!(out, "manifest:")?;
     for line in bundle.manifest.to_toml().lines() {

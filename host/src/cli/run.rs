@@ -244,6 +244,9 @@ fn open(path: &Path, verbose: bool) -> anyhow::Result<Bundle> {
             built
         });
         let out = built.with_context(|| format!("building {}", path.display()))?;
+        for gap in &out.missing_grants {
+            eprintln!("warning: {}: {gap}", path.join(MANIFEST_FILE).display());
+        }
         return Ok(Bundle::open(&out.bundle_dir)?);
     }
     Ok(Bundle::open(path)?)
