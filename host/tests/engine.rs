@@ -101,10 +101,17 @@ fn logit_gap(a: &[f32], b: &[f32]) -> (f32, f32) {
 /// within 2% of the largest logit, and the same greedy text.
 #[tokio::test]
 async fn quantized_model_agrees_with_the_f32_reference() {
-    let (fast, slow) = (engine(), reference());
+    agrees_with_the_reference(&engine(), &["The capital of France is", "1, 2, 3, 4,"]).await;
+}
+
+/// `engine` against burn's f32 model: on `prompts` and a long one, the
+/// same top token and logits within 2% of the largest; the same greedy
+/// text on two prompts.
+async fn agrees_with_the_reference(engine: &BurnEngine, prompts: &[&str]) {
+    let slow = reference();
     let long = "Tessera hosts many small experts. ".repeat(12);
-    for prompt in ["The capital of France is", "1, 2, 3, 4,", long.as_str()] {
-        let a = fast.next_token_logits(prompt).await.unwrap();
+    for prompt in prompts.iter().copied().chain([long.as_str()]) {
+        let a = engine.next_token_logits(prompt).await.unwrap();
         let b = slow.next_token_logits(prompt).await.unwrap();
         let (gap, top) = logit_gap(&a, &b);
         assert!(
@@ -115,7 +122,7 @@ async fn quantized_model_agrees_with_the_f32_reference() {
     }
     for prompt in ["The capital of France is", "def fibonacci(n):"] {
         let request = || GenerateRequest::text(prompt.into(), greedy(32));
-        let a = fast.generate(request(), None).await.unwrap();
+        let a = engine.generate(request(), None).await.unwrap();
         let b = slow.generate(request(), None).await.unwrap();
         assert_eq!(a.text, b.text, "{prompt:?}");
     }
@@ -135,24 +142,7 @@ async fn f16_kv_cache_agrees_with_the_f32_reference() {
         ..EngineOptions::default()
     };
     let half = BurnEngine::from_store(&common::models(), options).unwrap();
-    let slow = reference();
-    let long = "Tessera hosts many small experts. ".repeat(12);
-    for prompt in ["The capital of France is", long.as_str()] {
-        let a = half.next_token_logits(prompt).await.unwrap();
-        let b = slow.next_token_logits(prompt).await.unwrap();
-        let (gap, top) = logit_gap(&a, &b);
-        assert!(
-            gap <= 0.02 * top,
-            "{prompt:?}: logits differ by {gap} (largest logit {top})"
-        );
-        assert_eq!(argmax(&a), argmax(&b), "{prompt:?}");
-    }
-    for prompt in ["The capital of France is", "def fibonacci(n):"] {
-        let request = || GenerateRequest::text(prompt.into(), greedy(32));
-        let a = half.generate(request(), None).await.unwrap();
-        let b = slow.generate(request(), None).await.unwrap();
-        assert_eq!(a.text, b.text, "{prompt:?}");
-    }
+    agrees_with_the_reference(&half, &["The capital of France is"]).await;
 }
 
 #[tokio::test]

@@ -434,8 +434,8 @@ impl GgufFile {
         self.tensors.iter().find(|t| t.name == name)
     }
 
-    /// The raw bytes of tensor `name`.
-    pub fn tensor_bytes(&self, name: &str) -> Result<(TensorInfo, Vec<u8>), GgufError> {
+    /// Tensor `name` and its size in bytes, or why it cannot be read.
+    fn sized_tensor(&self, name: &str) -> Result<(TensorInfo, u64), GgufError> {
         let format = |message: String| GgufError::Format {
             path: self.path.clone(),
             message,
@@ -450,6 +450,12 @@ impl GgufFile {
                 info.ty
             ))
         })?;
+        Ok((info, size))
+    }
+
+    /// The raw bytes of tensor `name`.
+    pub fn tensor_bytes(&self, name: &str) -> Result<(TensorInfo, Vec<u8>), GgufError> {
+        let (info, size) = self.sized_tensor(name)?;
         let io = |reason| GgufError::Io {
             path: self.path.clone(),
             reason,
@@ -484,20 +490,7 @@ impl GgufFile {
     /// The bytes of tensor `name` within `map` (this file's
     /// [`map`](Self::map)), shared, not copied.
     pub fn tensor_slice(&self, map: &Bytes, name: &str) -> Result<(TensorInfo, Bytes), GgufError> {
-        let format = |message: String| GgufError::Format {
-            path: self.path.clone(),
-            message,
-        };
-        let info = self
-            .tensor(name)
-            .ok_or_else(|| format(format!("no tensor named `{name}`")))?
-            .clone();
-        let size = info.byte_size().ok_or_else(|| {
-            format(format!(
-                "tensor `{name}` has type {}, which is not supported",
-                info.ty
-            ))
-        })?;
+        let (info, size) = self.sized_tensor(name)?;
         // Checked at open against the file's length then; checked again
         // against the map, in case the file shrank since.
         let range = self
@@ -505,10 +498,11 @@ impl GgufFile {
             .checked_add(info.offset)
             .and_then(|start| Some(start..start.checked_add(size)?))
             .filter(|r| r.end <= map.len() as u64)
-            .ok_or_else(|| {
-                format(format!(
+            .ok_or_else(|| GgufError::Format {
+                path: self.path.clone(),
+                message: format!(
                     "tensor `{name}` ends past the end of the file (the file is truncated?)"
-                ))
+                ),
             })?;
         Ok((info, map.slice(range.start as usize..range.end as usize)))
     }
