@@ -371,6 +371,10 @@ mod tests {
 
     #[test]
     fn sdk_paths_are_quoted_for_toml() {
-        assert_eq!(toml_string(r#"C:\a "b""#), r#""C:\\a \"b\"""#);
+        // Whatever quoting is chosen, a TOML parser reads the path back.
+        for path in [r#"C:\a "b""#, "/home/o'neil/tessera/sdk", "/plain/sdk"] {
+            let table: toml::Table = format!("sdk = {}", toml_string(path)).parse().unwrap();
+            assert_eq!(table["sdk"].as_str(), Some(path));
+        }
     }
 }
