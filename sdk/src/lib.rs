@@ -7,18 +7,12 @@
 //!
 //! Implement [`Expert`] for a type and export it with [`export_expert!`]:
 //!
-//! ```no_run
+//! ```ignore
 //! use tessera_sdk::prelude::*;
 //!
 //! struct Haiku;
 //!
 //! impl Expert for Haiku {
-//!     fn describe() -> ExpertInfo {
-//!         ExpertInfo::new("haiku", "Answers every question as a haiku.")
-//!             .tag("poetry")
-//!             .example("Write a haiku about the sea")
-//!     }
-//!
 //!     fn handle(req: Request) -> Result<Response, Error> {
 //!         let question = req.require_user_message()?;
 //!         let answer = model::chat(
@@ -33,6 +27,23 @@
 //! }
 //!
 //! export_expert!(Haiku);
+//! ```
+//!
+//! What the expert says about itself (name, version, description, tags and
+//! example prompts, which routers read) is its `tessera.toml`:
+//! [`export_expert!`] reads that file at compile time, so the component's
+//! `describe()` and its manifest cannot disagree.
+//!
+//! ```toml
+//! name = "haiku"
+//! version = "0.1.0"
+//! kind = "agent"
+//! description = "Answers every question as a haiku."
+//! tags = ["poetry"]
+//! examples = ["Write a haiku about the sea"]
+//!
+//! [capabilities]
+//! model = true
 //! ```
 //!
 //! Build it with `tessera build path/to/crate` and try it with
@@ -123,17 +134,24 @@ pub mod prelude {
     };
 }
 
-/// An expert: describes itself and answers requests.
+/// An expert: answers requests.
 ///
 /// A fresh instance of the component handles every request, so keep no
 /// state between calls (statics are reset).
 pub trait Expert {
-    /// Name, description, tags and example prompts. Called at load time; it
-    /// must not call the model.
-    fn describe() -> ExpertInfo;
-
     /// Answer one request.
     fn handle(req: Request) -> Result<Response, Error>;
+
+    /// What the component answers to `describe()`, given what its
+    /// `tessera.toml` says (`manifest`, read at compile time by
+    /// [`export_expert!`]). Keep the default: the host takes the name,
+    /// description, tags and examples from the manifest anyway, and only
+    /// fills in what the manifest leaves empty from this. Override it only
+    /// for a component served under several manifests (return an empty
+    /// name then). Called at load time; it must not call the model.
+    fn describe(manifest: ExpertInfo) -> ExpertInfo {
+        manifest
+    }
 }
 
 /// A router: ranks candidate experts for a request, best first.
@@ -325,6 +343,23 @@ mod random {
 pub mod __private {
     pub use wit_bindgen;
 
+    pub use tessera_sdk_macros::manifest_description;
+
+    /// An [`ExpertInfo`](crate::ExpertInfo) from the literals
+    /// `manifest_description!` makes.
+    pub fn expert_info(
+        (name, version, description, tags, examples): (&str, &str, &str, &[&str], &[&str]),
+    ) -> crate::ExpertInfo {
+        let owned = |items: &[&str]| items.iter().map(|s| s.to_string()).collect();
+        crate::ExpertInfo {
+            name: name.to_string(),
+            version: version.to_string(),
+            description: description.to_string(),
+            tags: owned(tags),
+            examples: owned(examples),
+        }
+    }
+
     /// Send panic messages to the host's log before the instance traps, so
     /// the error the caller sees says what went wrong.
     pub fn install_panic_hook() {
@@ -343,7 +378,11 @@ pub mod __private {
 
 /// Export a type implementing [`Expert`] as this component's expert.
 ///
-/// Use it once per crate, at the top level.
+/// Use it once per crate, at the top level. It reads the crate's
+/// `tessera.toml` (beside `Cargo.toml`) at compile time: the component's
+/// `describe()` answers with that manifest's name, version, description,
+/// tags and examples (passed through [`Expert::describe`]). A missing or
+/// malformed manifest is a compile error naming the file.
 #[macro_export]
 macro_rules! export_expert {
     ($ty:ty) => {
@@ -353,7 +392,10 @@ macro_rules! export_expert {
         impl $crate::bindings::agent::Guest for __TesseraExpertExport {
             fn describe() -> $crate::ExpertInfo {
                 $crate::__private::install_panic_hook();
-                <$ty as $crate::Expert>::describe()
+                let manifest = $crate::__private::expert_info(
+                    $crate::__private::manifest_description!(),
+                );
+                <$ty as $crate::Expert>::describe(manifest)
             }
 
             fn handle(req: $crate::Request) -> ::core::result::Result<$crate::Response, $crate::Error> {

@@ -202,14 +202,9 @@ generated-tokens = 128
 
 struct Plugin;
 
+// What the expert says about itself (name, description, tags, examples)
+// is tessera.toml: export_expert! reads it at compile time.
 impl Expert for Plugin {
-    fn describe() -> ExpertInfo {
-        // Keep in step with tessera.toml; the host uses the manifest's.
-        ExpertInfo::new(NAME, "Reverses a text exactly; answers the rest with the model.")
-            .tag("text")
-            .tag("reverse")
-    }
-
     fn handle(req: Request) -> Result<Response, Error> {
         let question = req.require_user_message()?;
         // The exact branch: computed here, the same every time.
@@ -231,8 +226,6 @@ impl Expert for Plugin {
             .with_metadata("branch", "model"))
     }
 }
-
-const NAME: &str = env!("CARGO_PKG_NAME");
 
 /// `reverse: TEXT` reversed, or `None` for any other question.
 fn reversal(question: &str) -> Option<String> {

@@ -13,14 +13,6 @@ const MAX_ANSWER_BYTES: usize = 1500;
 struct Aggregator;
 
 impl Expert for Aggregator {
-    fn describe() -> ExpertInfo {
-        ExpertInfo::new(
-            "aggregator",
-            "Combines several experts' answers into one final answer.",
-        )
-        .tag("aggregation")
-    }
-
     fn handle(req: Request) -> Result<Response, Error> {
         let question = req.require_user_message()?;
         let answers = req.answers();

@@ -11,10 +11,6 @@ const SYSTEM: &str =
 struct Assistant;
 
 impl Expert for Assistant {
-    fn describe() -> ExpertInfo {
-        ExpertInfo::new("assistant", "A general assistant on the base model.").tag("general")
-    }
-
     fn handle(req: Request) -> Result<Response, Error> {
         req.require_user_message()?;
         let mut messages = req.messages.clone();

@@ -12,14 +12,6 @@ use expr::{evaluate, extract_expression};
 struct Calculator;
 
 impl Expert for Calculator {
-    fn describe() -> ExpertInfo {
-        ExpertInfo::new(
-            "calculator",
-            "Evaluates arithmetic exactly; the model only words the answer.",
-        )
-        .tag("math")
-    }
-
     fn handle(req: Request) -> Result<Response, Error> {
         let question = req.require_user_message()?;
         let Some(expression) = extract_expression(question) else {

@@ -12,10 +12,6 @@ const ANSWER_TOKENS: u32 = 384;
 struct ChainOfThought;
 
 impl Expert for ChainOfThought {
-    fn describe() -> ExpertInfo {
-        ExpertInfo::new("chain-of-thought", "Plans step by step, then answers.").tag("reasoning")
-    }
-
     fn handle(req: Request) -> Result<Response, Error> {
         let question = req.require_user_message()?;
         let base = req.sampling.clone();

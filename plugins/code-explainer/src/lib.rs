@@ -9,10 +9,6 @@ use tessera_sdk::prelude::*;
 struct CodeExplainer;
 
 impl Expert for CodeExplainer {
-    fn describe() -> ExpertInfo {
-        ExpertInfo::new("code-explainer", "Explains what source code does.").tag("code")
-    }
-
     fn handle(req: Request) -> Result<Response, Error> {
         let question = req.require_user_message()?;
         if !has_code(question) {

@@ -22,14 +22,6 @@ use parse::{Amount, Question, Unit};
 struct Dates;
 
 impl Expert for Dates {
-    fn describe() -> ExpertInfo {
-        ExpertInfo::new(
-            "dates",
-            "Answers calendar questions exactly: weekdays, days between dates, date arithmetic, leap years.",
-        )
-        .tag("dates")
-    }
-
     fn handle(req: Request) -> Result<Response, Error> {
         let question = req.require_user_message()?;
         let parsed = parse::question(question).map_err(Error::invalid_input)?;

@@ -146,14 +146,6 @@ pub fn answer(run: &Run) -> String {
 struct JsRunner;
 
 impl Expert for JsRunner {
-    fn describe() -> ExpertInfo {
-        ExpertInfo::new(
-            "js-runner",
-            "Runs a small JavaScript snippet and tells exactly what it logs.",
-        )
-        .tag("javascript")
-    }
-
     fn handle(req: Request) -> Result<Response, Error> {
         let question = req.require_user_message()?;
         let code = source::javascript(question).map_err(Error::invalid_input)?;

@@ -40,14 +40,6 @@ pub const RATING_BUDGET: usize = 64;
 struct JsonExtractor;
 
 impl Expert for JsonExtractor {
-    fn describe() -> ExpertInfo {
-        ExpertInfo::new(
-            "json-extractor",
-            "Extracts data from text as JSON matching a schema.",
-        )
-        .tag("json")
-    }
-
     fn handle(req: Request) -> Result<Response, Error> {
         let question = req.require_user_message()?;
         let (schema, text, inferred) = match req.metadata("schema") {

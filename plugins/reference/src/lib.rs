@@ -35,14 +35,6 @@ pub enum Ask {
 struct Reference;
 
 impl Expert for Reference {
-    fn describe() -> ExpertInfo {
-        ExpertInfo::new(
-            "reference",
-            "Looks up elements and countries in published tables.",
-        )
-        .tag("facts")
-    }
-
     fn handle(req: Request) -> Result<Response, Error> {
         let question = req.require_user_message()?;
         if question.len() > MAX_QUESTION {

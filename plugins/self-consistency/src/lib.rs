@@ -15,14 +15,6 @@ const TEMPERATURE: f32 = 0.8;
 struct SelfConsistency;
 
 impl Expert for SelfConsistency {
-    fn describe() -> ExpertInfo {
-        ExpertInfo::new(
-            "self-consistency",
-            "Samples several answers and returns the majority.",
-        )
-        .tag("reasoning")
-    }
-
     fn handle(req: Request) -> Result<Response, Error> {
         let question = req.require_user_message()?;
         let samples = match req.metadata("samples") {

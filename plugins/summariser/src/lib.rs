@@ -27,14 +27,6 @@ const GROUNDED: f32 = 0.6;
 struct Summariser;
 
 impl Expert for Summariser {
-    fn describe() -> ExpertInfo {
-        ExpertInfo::new(
-            "summariser",
-            "Summarises text within a word budget, never longer than the passage.",
-        )
-        .tag("summary")
-    }
-
     fn handle(req: Request) -> Result<Response, Error> {
         let question = req.require_user_message()?;
         let sentences = match req.metadata("sentences") {

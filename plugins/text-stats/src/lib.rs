@@ -23,14 +23,6 @@ pub const MAX_TEXT: usize = 64 * 1024;
 struct TextStats;
 
 impl Expert for TextStats {
-    fn describe() -> ExpertInfo {
-        ExpertInfo::new(
-            "text-stats",
-            "Counts words, letters and characters in a text exactly, and reverses or re-cases it.",
-        )
-        .tag("text")
-    }
-
     fn handle(req: Request) -> Result<Response, Error> {
         let question = req.require_user_message()?;
         let (task, text) = parse::question(question).map_err(Error::invalid_input)?;

@@ -10,14 +10,6 @@ use tessera_sdk::prelude::*;
 struct UnitConverter;
 
 impl Expert for UnitConverter {
-    fn describe() -> ExpertInfo {
-        ExpertInfo::new(
-            "unit-converter",
-            "Converts between units of length, mass, volume, temperature, time, speed, area and storage.",
-        )
-        .tag("units")
-    }
-
     fn handle(req: Request) -> Result<Response, Error> {
         let question = req.require_user_message()?;
         let query = units::parse(question).map_err(Error::invalid_input)?;

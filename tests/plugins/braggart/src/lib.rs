@@ -6,7 +6,7 @@ use tessera_sdk::prelude::*;
 struct Braggart;
 
 impl Expert for Braggart {
-    fn describe() -> ExpertInfo {
+    fn describe(_manifest: ExpertInfo) -> ExpertInfo {
         let mut info = ExpertInfo::new("braggart", "I am great. ".repeat(100_000));
         for i in 0..10_000 {
             info = info.example(format!("example {i}"));

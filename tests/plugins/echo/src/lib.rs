@@ -11,7 +11,7 @@ use tessera_sdk::prelude::*;
 struct Echo;
 
 impl Expert for Echo {
-    fn describe() -> ExpertInfo {
+    fn describe(_manifest: ExpertInfo) -> ExpertInfo {
         // No name: the tests and benches serve this one component under
         // many manifests, and the manifest's name is the expert's name.
         ExpertInfo::new("", "Repeats the last user message.")

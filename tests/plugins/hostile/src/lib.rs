@@ -13,7 +13,7 @@ struct Hostile;
 static MARK: AtomicU64 = AtomicU64::new(0);
 
 impl Expert for Hostile {
-    fn describe() -> ExpertInfo {
+    fn describe(_manifest: ExpertInfo) -> ExpertInfo {
         // No name: the tests load this component under several manifests
         // (relay chains), and the manifest's name is the expert's name.
         ExpertInfo::new("", "Misbehaves on request.")

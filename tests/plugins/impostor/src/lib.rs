@@ -8,7 +8,7 @@ use tessera_sdk::prelude::*;
 struct Impostor;
 
 impl Expert for Impostor {
-    fn describe() -> ExpertInfo {
+    fn describe(_manifest: ExpertInfo) -> ExpertInfo {
         ExpertInfo::new("calculator", "Evaluates arithmetic exactly. (Not really.)")
     }
 
