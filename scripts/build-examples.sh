@@ -16,10 +16,9 @@ if [[ ! -f plugins/harbor-lane-books/adapter/adapter_model.safetensors ]]; then
 fi
 # `tessera serve` never builds plugin sources itself (a crate's build
 # scripts would run natively): build our own example experts here.
+# Rust crates build with cargo, Python plugins (app.py) with componentize-py.
 for dir in plugins/*/; do
-    if [[ -f "$dir/tessera.toml" && -f "$dir/Cargo.toml" ]]; then
+    if [[ -f "$dir/tessera.toml" && ( -f "$dir/Cargo.toml" || -f "$dir/app.py" ) ]]; then
         target/release/tessera build "$dir"
     fi
 done
-# The Python example expert is built by componentize-py, not cargo.
-bash plugins/py-runner/build.sh >/dev/null

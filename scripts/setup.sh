@@ -1,11 +1,26 @@
 #!/usr/bin/env bash
 # Install what building and testing Tessera needs, idempotently:
-# a toolchain that builds wasm32 plugins. Uses rustup's
-# wasm32-unknown-unknown target when it is installed; otherwise Debian's
-# rustc-web + rust-web-src (std built from source) with lld.
+# - a toolchain that builds wasm32 plugins: rustup's wasm32-unknown-unknown
+#   target when it is installed; otherwise Debian's rustc-web +
+#   rust-web-src (std built from source) with lld;
+# - componentize-py (pinned), which `tessera build` uses for Python
+#   plugins, in target/componentize-venv (where `tessera build` looks).
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 log() { printf '[setup] %s\n' "$*" >&2; }
+
+componentize_py() {
+    local version=0.25.1 venv=target/componentize-venv
+    if [[ "$("$venv/bin/componentize-py" --version 2>/dev/null)" == *"$version"* ]]; then
+        log "componentize-py $version present ($venv)"
+        return
+    fi
+    log "installing componentize-py $version into $venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet "componentize-py==$version"
+}
+componentize_py
 
 sysroot=$(rustc --print sysroot 2>/dev/null || true)
 if [[ -n "$sysroot" && -d "$sysroot/lib/rustlib/wasm32-unknown-unknown/lib" ]]; then

@@ -36,7 +36,12 @@ cargo test --workspace --locked
 
 echo "== example experts' unit tests (native)"
 (cd plugins && cargo test --locked)
-python3 -m unittest discover -s plugins/py-runner -p 'test_*.py'
+for dir in plugins/*/; do
+    if [[ -f "$dir/app.py" ]]; then
+        PYTHONPATH=sdk/python python3 -m unittest discover -s "$dir" -p 'test_*.py'
+    fi
+done
+PYTHONPATH=sdk/python python3 -m unittest discover -s sdk/python -p 'test_*.py'
 
 echo "== evaluation sets: no prompt is a near-copy of a manifest example"
 python3 tests/data/eval/near_copies.py tests/data/eval/test.jsonl tests/data/eval/dev.jsonl

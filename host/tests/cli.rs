@@ -224,7 +224,7 @@ fn new_plugins_build_run_and_pass_their_tests() {
     let built = in_dir(&["build", "reverser"]);
     assert!(built.status.success(), "{}", stderr(&built));
     assert!(
-        stderr(&built).contains("reverser/tessera.toml: the component calls the model (it imports tessera:expert/model) but tessera.toml does not grant it; add under [capabilities]: model = true"),
+        stderr(&built).contains("reverser/tessera.toml: the component calls the model (tessera:expert/model) but tessera.toml does not grant it; add under [capabilities]: model = true"),
         "{}",
         stderr(&built)
     );
@@ -326,7 +326,10 @@ fn missing_manifest_and_missing_crate_are_explained() {
 
     let empty = scratch("empty");
     let err = stderr(&tessera(&["build", empty.to_str().unwrap()]));
-    assert!(err.contains("not a Rust crate"), "{err}");
+    assert!(
+        err.contains("not a plugin (no Cargo.toml for Rust, no app.py for Python)"),
+        "{err}"
+    );
 
     let err = stderr(&tessera(&["run", empty.to_str().unwrap(), "--prompt", "x"]));
     assert!(err.contains("not a bundle"), "{err}");

@@ -17,9 +17,7 @@ import ast
 import io
 import sys
 
-from componentize_py_types import Err
-import wit_world
-from wit_world.imports import log, types
+from tessera_sdk import Expert, InvalidInput, Request, Response, export_expert, log
 
 MAX_CODE = 32 * 1024
 MAX_OUTPUT = 16 * 1024
@@ -131,25 +129,19 @@ def answer(output, cut, value, error):
     return text.rstrip()
 
 
-class WitWorld(wit_world.WitWorld):
-    def describe(self):
-        # The manifest (tessera.toml) is what the host serves; this only
-        # names the component.
-        return types.ExpertInfo(
-            "py-runner", "0.1.0", "Runs a small Python snippet and tells exactly what it prints.", ["python"], []
-        )
-
-    def handle(self, req):
-        question = next((m.content for m in reversed(req.messages) if m.role == types.Role.USER), None)
-        if question is None:
-            raise Err(types.Error_InvalidInput("no user message"))
+class PyRunner(Expert):
+    def handle(self, req: Request) -> Response:
+        question = req.require_user_message()
         try:
             code, tree = find_code(question)
         except ValueError as e:
-            raise Err(types.Error_InvalidInput(str(e)))
+            raise InvalidInput(str(e)) from None
         output, cut, value, error = run(code, tree)
-        log.log(log.Level.INFO, "ran", [("chars", str(len(code))), ("error", error or "")])
-        metadata = [("language", "python")]
+        log.info("ran", chars=len(code), error=error or "")
+        resp = Response(answer(output, cut, value, error)).with_confidence(1.0).with_metadata("language", "python")
         if error is not None:
-            metadata.append(("error", error))
-        return types.Response(answer(output, cut, value, error), types.Usage(0, 0), 1.0, metadata)
+            resp.with_metadata("error", error)
+        return resp
+
+
+WitWorld = export_expert(PyRunner)

@@ -36,7 +36,7 @@ pub fn plugin(rel: &str) -> PathBuf {
         return dir.clone();
     }
     let dir = repo_root().join(rel);
-    let bundle_dir = if dir.join("Cargo.toml").exists() {
+    let bundle_dir = if tessera_host::build::is_plugin_source(&dir) {
         let opts = BuildOptions {
             quiet: true,
             ..BuildOptions::default()

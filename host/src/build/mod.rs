@@ -1,4 +1,7 @@
-//! `tessera build`: a Rust plugin crate into a component and a bundle.
+//! `tessera build`: a plugin's sources into a component and a bundle.
+//!
+//! A Python plugin (`app.py`) is compiled by componentize-py, with CPython
+//! and the Python SDK, into one component (see `python.rs`). A Rust crate:
 //!
 //! 1. Pick a toolchain: rustup's `wasm32-unknown-unknown` target when it is
 //!    installed, else Debian's `rustc-web` + `rust-web-src`, building std
@@ -12,11 +15,13 @@
 //! 5. Write the bundle: `<name>.wasm` and a `tessera.toml` that names it
 //!    with its sha256.
 
+mod python;
 mod toolchain;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
+pub use python::{COMPONENTIZE_PY_ENV, COMPONENTIZE_PY_VERSION, PYTHON_SDK_FILES};
 pub use toolchain::{TOOLCHAIN_ENV, Toolchain, ToolchainError};
 
 use crate::bundle::{ComponentInfo, MANIFEST_FILE, Manifest, ManifestError, World, sha256_hex};
@@ -55,8 +60,8 @@ pub struct BuildOutput {
     pub size: usize,
     /// False when nothing changed since the last build.
     pub rebuilt: bool,
-    /// The toolchain used.
-    pub toolchain: Toolchain,
+    /// What built it (the Rust toolchain, or componentize-py), for people.
+    pub built_with: String,
     /// Host interfaces the component calls that its manifest does not
     /// grant, each with the line to add: every such call would fail at
     /// run time.
@@ -67,9 +72,11 @@ pub struct BuildOutput {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BuildError {
-    /// The directory is not a plugin crate.
-    #[error("{0}: not a Rust crate (no Cargo.toml); point `tessera build` at a plugin crate")]
-    NotACrate(PathBuf),
+    /// The directory holds no plugin sources.
+    #[error(
+        "{0}: not a plugin (no Cargo.toml for Rust, no app.py for Python); point `tessera build` at a plugin directory, or make one with `tessera new`"
+    )]
+    NotAPlugin(PathBuf),
     /// The crate has no manifest.
     #[error(
         "{0}: no {MANIFEST_FILE}; every plugin crate needs one (name, version, kind, capabilities, limits), see docs/plugin-guide.md"
@@ -95,6 +102,24 @@ pub enum BuildError {
         /// The crate.
         crate_dir: PathBuf,
         /// The tail of cargo's output, when captured.
+        output: String,
+    },
+    /// componentize-py is not installed where `tessera build` looks.
+    #[error(
+        "{dir}: a Python plugin is compiled by componentize-py {COMPONENTIZE_PY_VERSION}, which is not installed here (looked at ${COMPONENTIZE_PY_ENV}, {venv} and the PATH). Install it: `python3 -m pip install componentize-py=={COMPONENTIZE_PY_VERSION}` (or set {COMPONENTIZE_PY_ENV} to its path)"
+    )]
+    NoComponentizePy {
+        /// The plugin.
+        dir: PathBuf,
+        /// The checkout's virtual environment that was looked at.
+        venv: String,
+    },
+    /// componentize-py failed.
+    #[error("componentize-py failed for {dir}{}", if output.is_empty() { String::new() } else { format!(":\n{output}") })]
+    Componentize {
+        /// The plugin.
+        dir: PathBuf,
+        /// The tail of its output, when captured.
         output: String,
     },
     /// The crate builds no `cdylib`.
@@ -142,91 +167,183 @@ pub enum BuildError {
     },
 }
 
-/// Build the plugin crate in `crate_dir` into a bundle.
-pub fn build_plugin(crate_dir: &Path, opts: &BuildOptions) -> Result<BuildOutput, BuildError> {
-    if !crate_dir.join("Cargo.toml").is_file() {
-        return Err(BuildError::NotACrate(crate_dir.to_path_buf()));
-    }
-    let manifest_path = crate_dir.join(MANIFEST_FILE);
+/// Build the plugin in `dir` into a bundle: a Rust crate (`Cargo.toml`)
+/// with cargo, or a Python plugin (`app.py`, no `Cargo.toml`) with
+/// componentize-py.
+pub fn build_plugin(dir: &Path, opts: &BuildOptions) -> Result<BuildOutput, BuildError> {
+    let lang = PluginLang::of(dir).ok_or_else(|| BuildError::NotAPlugin(dir.to_path_buf()))?;
+    let manifest_path = dir.join(MANIFEST_FILE);
     if !manifest_path.is_file() {
-        return Err(BuildError::NoManifest(crate_dir.to_path_buf()));
+        return Err(BuildError::NoManifest(dir.to_path_buf()));
     }
-    let mut manifest = Manifest::from_file(&manifest_path)?;
-    let toolchain = match &opts.toolchain {
-        Some(t) => t.clone(),
-        None => Toolchain::detect()?,
-    };
-
-    let core_path = cargo_build(crate_dir, &toolchain, opts.quiet)?;
-    let core = std::fs::read(&core_path).map_err(|reason| BuildError::Write {
-        path: core_path.clone(),
-        reason,
-    })?;
-
+    let manifest = Manifest::from_file(&manifest_path)?;
     let bundle_dir = opts
         .out_dir
         .clone()
-        .unwrap_or_else(|| default_bundle_dir(crate_dir));
+        .unwrap_or_else(|| default_bundle_dir(dir));
     let component_path = bundle_dir.join(format!("{}.wasm", manifest.name));
-    let stamp_path = bundle_dir.join(".core-sha256");
-    let core_sha = sha256_hex(&core);
-    let up_to_date = component_path.is_file()
-        && std::fs::read_to_string(&stamp_path).is_ok_and(|s| s.trim() == core_sha);
-
-    let component = if up_to_date {
-        std::fs::read(&component_path).map_err(|reason| BuildError::Write {
-            path: component_path.clone(),
-            reason,
-        })?
-    } else {
-        encode_component(&core, &core_path)?
+    let stamp_path = bundle_dir.join(".source-sha256");
+    let up_to_date = |stamp: &str| {
+        component_path.is_file()
+            && std::fs::read_to_string(&stamp_path).is_ok_and(|s| s.trim() == stamp)
     };
-    let info = ComponentInfo::parse(&component).map_err(|reason| BuildError::World {
-        path: component_path.clone(),
+
+    let (component, stamp, up_to_date, built_with, calls) = match lang {
+        PluginLang::Rust => {
+            let toolchain = match &opts.toolchain {
+                Some(t) => t.clone(),
+                None => Toolchain::detect()?,
+            };
+            let core_path = cargo_build(dir, &toolchain, opts.quiet)?;
+            let core = std::fs::read(&core_path).map_err(|reason| BuildError::Write {
+                path: core_path.clone(),
+                reason,
+            })?;
+            let stamp = sha256_hex(&core);
+            let fresh = up_to_date(&stamp);
+            let component = if fresh {
+                read(&component_path)?
+            } else {
+                encode_component(&core, &core_path)?
+            };
+            (component, stamp, fresh, toolchain.to_string(), None)
+        }
+        PluginLang::Python => {
+            let py = python::Build::prepare(dir, &manifest)?;
+            let fresh = up_to_date(&py.stamp);
+            let component = if fresh {
+                read(&component_path)?
+            } else {
+                py.componentize(dir, &component_path, opts.quiet)?
+            };
+            let built_with = py.built_with();
+            (component, py.stamp, fresh, built_with, Some(py.calls))
+        }
+    };
+    finish(
+        dir,
+        manifest,
+        &manifest_path,
+        Finish {
+            bundle_dir,
+            component_path,
+            stamp_path,
+            component,
+            stamp,
+            up_to_date,
+            built_with,
+            calls,
+        },
+    )
+}
+
+/// What a language's build hands to [`finish`].
+struct Finish {
+    bundle_dir: PathBuf,
+    component_path: PathBuf,
+    stamp_path: PathBuf,
+    component: Vec<u8>,
+    /// Hash of what the component was built from; unchanged means the
+    /// component in the bundle is current.
+    stamp: String,
+    up_to_date: bool,
+    built_with: String,
+    /// The host interfaces the sources call, where the component's imports
+    /// cannot tell (Python); `None`: the imports tell.
+    calls: Option<Vec<&'static str>>,
+}
+
+/// Check the component against the manifest and write the bundle.
+fn finish(
+    dir: &Path,
+    mut manifest: Manifest,
+    manifest_path: &Path,
+    f: Finish,
+) -> Result<BuildOutput, BuildError> {
+    let info = ComponentInfo::parse(&f.component).map_err(|reason| BuildError::World {
+        path: f.component_path.clone(),
         reason,
     })?;
     if info.world.kind() != manifest.kind {
         return Err(BuildError::KindMismatch {
-            manifest: manifest_path,
+            manifest: manifest_path.to_path_buf(),
             declared: manifest.kind.world_name(),
             actual: info.world,
         });
     }
-    let missing_grants = info
-        .capability_uses(&manifest.capabilities)
-        .iter()
-        .filter_map(|u| u.missing_grant())
-        .collect();
-    let sha256 = sha256_hex(&component);
+    let mut uses = info.capability_uses(&manifest.capabilities);
+    if let Some(calls) = &f.calls {
+        for u in &mut uses {
+            u.used &= calls.contains(&u.interface);
+        }
+    }
+    let missing_grants = uses.iter().filter_map(|u| u.missing_grant()).collect();
+    let sha256 = sha256_hex(&f.component);
     manifest.component = Some(PathBuf::from(format!("{}.wasm", manifest.name)));
     manifest.sha256 = Some(sha256.clone());
 
-    let manifest_out = bundle_dir.join(MANIFEST_FILE);
+    let manifest_out = f.bundle_dir.join(MANIFEST_FILE);
     let manifest_text = manifest.to_toml();
     let manifest_changed =
         std::fs::read_to_string(&manifest_out).map_or(true, |old| old != manifest_text);
     if manifest.kind == crate::bundle::BundleKind::Adapter {
-        copy_adapter_weights(crate_dir, &bundle_dir, &manifest.adapter_weights_dir())?;
+        copy_adapter_weights(dir, &f.bundle_dir, &manifest.adapter_weights_dir())?;
     }
-    if !up_to_date || manifest_changed {
+    if !f.up_to_date || manifest_changed {
         // Each file is written whole and renamed into place, so a host
         // watching the directory, or a concurrent build, never reads half
         // of one.
-        write(&component_path, &component)?;
+        write(&f.component_path, &f.component)?;
         write(&manifest_out, manifest_text.as_bytes())?;
-        write(&stamp_path, core_sha.as_bytes())?;
+        write(&f.stamp_path, f.stamp.as_bytes())?;
     }
     Ok(BuildOutput {
-        bundle_dir,
-        component: component_path,
+        bundle_dir: f.bundle_dir,
+        component: f.component_path,
         world: info.world,
-        size: component.len(),
+        size: f.component.len(),
         sha256,
         manifest,
-        rebuilt: !up_to_date,
-        toolchain,
+        rebuilt: !f.up_to_date,
+        built_with: f.built_with,
         missing_grants,
     })
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, BuildError> {
+    std::fs::read(path).map_err(|reason| BuildError::Write {
+        path: path.to_path_buf(),
+        reason,
+    })
+}
+
+/// The language a plugin directory is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PluginLang {
+    /// A crate: `Cargo.toml`.
+    Rust,
+    /// `app.py` and no `Cargo.toml`.
+    Python,
+}
+
+impl PluginLang {
+    /// The language of the plugin in `dir`, or `None` when it is neither a
+    /// crate nor a Python plugin.
+    pub fn of(dir: &Path) -> Option<PluginLang> {
+        if dir.join("Cargo.toml").is_file() {
+            Some(PluginLang::Rust)
+        } else if dir.join(python::APP_FILE).is_file() {
+            Some(PluginLang::Python)
+        } else {
+            None
+        }
+    }
+}
+
+/// Whether `dir` holds plugin sources `tessera build` can build (a crate
+/// or a Python plugin, with its `tessera.toml`), rather than a bundle.
+pub fn is_plugin_source(dir: &Path) -> bool {
+    PluginLang::of(dir).is_some() && dir.join(MANIFEST_FILE).is_file()
 }
 
 /// Copy an adapter crate's trained PEFT files (when there are any yet)

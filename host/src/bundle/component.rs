@@ -243,8 +243,8 @@ impl CapabilityUse {
     /// interface without a grant: every such call would fail at run time.
     pub fn missing_grant(&self) -> Option<String> {
         (self.used && !self.granted).then(|| match self.interface {
-            "model" => "the component calls the model (it imports tessera:expert/model) but tessera.toml does not grant it; add under [capabilities]: model = true".to_string(),
-            _ => "the component calls other experts (it imports tessera:expert/experts) but tessera.toml grants none; add under [capabilities]: experts = [\"NAME\", ...] (or [\"*\"] for any)".to_string(),
+            "model" => "the component calls the model (tessera:expert/model) but tessera.toml does not grant it; add under [capabilities]: model = true".to_string(),
+            _ => "the component calls other experts (tessera:expert/experts) but tessera.toml grants none; add under [capabilities]: experts = [\"NAME\", ...] (or [\"*\"] for any)".to_string(),
         })
     }
 }

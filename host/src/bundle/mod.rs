@@ -237,7 +237,7 @@ impl Bundle {
     /// names one, its component. A plugin crate that `tessera build` has
     /// built opens as its built bundle.
     fn open_adapter_dir(path: &Path, manifest: Manifest) -> Result<Bundle, BundleError> {
-        if manifest.component.is_none() && path.join("Cargo.toml").is_file() {
+        if manifest.component.is_none() && crate::build::PluginLang::of(path).is_some() {
             let built = crate::build::default_bundle_dir(path);
             if built.join(MANIFEST_FILE).is_file() {
                 return Self::open(&built);

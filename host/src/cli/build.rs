@@ -6,7 +6,8 @@ use tessera_host::build::{BuildOptions, build_plugin};
 /// Arguments of `tessera build`.
 #[derive(Debug, clap::Args)]
 pub struct BuildArgs {
-    /// The plugin crate (a directory with Cargo.toml and tessera.toml).
+    /// The plugin: a Rust crate (Cargo.toml) or a Python plugin (app.py),
+    /// with its tessera.toml.
     #[arg(value_name = "CRATE_DIR")]
     crate_dir: PathBuf,
 
@@ -31,7 +32,7 @@ pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
         out.world,
         out.size,
         &out.sha256[..16],
-        out.toolchain
+        out.built_with
     );
     for gap in &out.missing_grants {
         eprintln!(

@@ -2,7 +2,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use tessera_host::build::{BuildOptions, build_plugin};
+use tessera_host::build::{BuildOptions, build_plugin, is_plugin_source};
 use tessera_host::bundle::{Bundle, ComponentInfo, MANIFEST_FILE};
 use tessera_host::ensemble::Ensemble;
 use tessera_host::sandbox::{HostPolicy, Sandbox};
@@ -215,12 +215,12 @@ fn summary(response: &tessera_host::types::Response) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join("; "))
 }
 
-/// Open a bundle; a plugin crate is built first (cargo skips unchanged
-/// sources, so this is quick when nothing changed). Cargo's output shows
+/// Open a bundle; plugin sources are built first (unchanged sources are not
+/// rebuilt, so this is quick when nothing changed). The compiler's output shows
 /// with `-v`; otherwise a build that takes more than three seconds says so
 /// once.
 fn open(path: &Path, verbose: bool) -> anyhow::Result<Bundle> {
-    if path.join("Cargo.toml").is_file() && path.join(MANIFEST_FILE).is_file() {
+    if is_plugin_source(path) {
         let options = BuildOptions {
             quiet: !verbose,
             ..BuildOptions::default()
@@ -233,7 +233,7 @@ fn open(path: &Path, verbose: bool) -> anyhow::Result<Bundle> {
                         finished.recv_timeout(std::time::Duration::from_secs(3))
                     {
                         eprintln!(
-                            "building {} with cargo (-v shows its output; a first build compiles the standard library, a few minutes)",
+                            "building {} (-v shows the compiler's output; a first Rust build compiles the standard library, a few minutes; a Python build takes ~20 s)",
                             path.display()
                         );
                     }

@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde::Deserialize;
-use tessera_host::build::{BuildOptions, build_plugin};
-use tessera_host::bundle::MANIFEST_FILE;
+use tessera_host::build::{BuildOptions, build_plugin, is_plugin_source};
 use tessera_host::bundle::sign::TrustedKeys;
 use tessera_host::ensemble::router::MAX_TOP_K;
 use tessera_host::ensemble::watch::BundleWatcher;
@@ -604,12 +603,12 @@ pub async fn run(args: ServeArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<
     Ok(ExitCode::SUCCESS)
 }
 
-/// Build the plugin crates among `dirs` (cargo makes unchanged ones quick).
+/// Build the plugin sources among `dirs` (unchanged ones are quick).
 /// A crate that fails to build is reported; its last build, if any, is
 /// served.
 fn build_crates(dirs: &[PathBuf]) {
     for dir in dirs {
-        if !(dir.join("Cargo.toml").is_file() && dir.join(MANIFEST_FILE).is_file()) {
+        if !is_plugin_source(dir) {
             continue;
         }
         eprintln!("building {} ...", dir.display());
