@@ -7,7 +7,7 @@
 //! each build, with `tessera_manifest.py`: the manifest's name, version,
 //! description, tags and examples, which the SDK's `describe()` answers
 //! with. A build is skipped when none of its inputs changed (componentize-py
-//! takes ~20 s).
+//! takes ~10 s).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -1,11 +1,13 @@
-//! `tessera new`: a plugin crate that builds, runs and passes its own test
-//! at once.
+//! `tessera new`: a plugin (a Rust crate or a Python project) that builds,
+//! runs and passes its own test at once.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use tessera_host::bundle::is_valid_name;
+
+mod python;
 
 /// Arguments of `tessera new`.
 #[derive(Debug, clap::Args)]
@@ -20,12 +22,17 @@ pub struct NewArgs {
     #[arg(long, value_enum, default_value_t = Kind::Agent)]
     kind: Kind,
 
+    /// The language it is written in.
+    #[arg(long, value_enum, default_value_t = Lang::Rust)]
+    lang: Lang,
+
     /// Where to make it [default: the current directory].
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
 
-    /// The Tessera SDK crate the plugin depends on [default: the `sdk`
-    /// folder of the checkout this `tessera` was built from].
+    /// The Tessera SDK crate a Rust plugin depends on [default: the `sdk`
+    /// folder of the checkout this `tessera` was built from]. A Python
+    /// plugin gets the Python SDK from `tessera` itself.
     #[arg(long, value_name = "DIR")]
     sdk: Option<PathBuf>,
 
@@ -63,12 +70,23 @@ impl Kind {
     }
 }
 
+/// The plugin's language.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Lang {
+    /// A crate, built by cargo.
+    Rust,
+    /// `app.py`, built with CPython into the component by componentize-py.
+    Python,
+}
+
 /// Where the SDK was when this binary was built.
 const BUILT_SDK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../sdk");
 
 pub fn run(args: NewArgs) -> anyhow::Result<ExitCode> {
     if args.list {
-        let mut text = String::from("templates (tessera new NAME --kind KIND), all in Rust:\n");
+        let mut text = String::from(
+            "templates (tessera new NAME --kind KIND --lang LANG), each in rust and python:\n",
+        );
         for kind in [Kind::Agent, Kind::Router] {
             text.push_str(&format!("  {:<8} {}\n", kind.world(), kind.summary()));
         }
@@ -81,16 +99,6 @@ pub fn run(args: NewArgs) -> anyhow::Result<ExitCode> {
             "`{name}` is not a plugin name: use 1 to 64 lowercase letters, digits and dashes, starting with a letter (for example `word-count`)"
         );
     }
-    let sdk = args.sdk.clone().unwrap_or_else(|| PathBuf::from(BUILT_SDK));
-    let sdk = std::fs::canonicalize(&sdk)
-        .ok()
-        .filter(|p| p.join("Cargo.toml").is_file())
-        .with_context(|| {
-            format!(
-                "no Tessera SDK at {}: pass --sdk with the `sdk` folder of a Tessera checkout",
-                sdk.display()
-            )
-        })?;
     let dir = args.dir.unwrap_or_else(|| PathBuf::from(".")).join(name);
     if dir.exists() {
         anyhow::bail!(
@@ -98,7 +106,22 @@ pub fn run(args: NewArgs) -> anyhow::Result<ExitCode> {
             dir.display()
         );
     }
-    let files = files(args.kind, name, &sdk);
+    let files = match args.lang {
+        Lang::Rust => {
+            let sdk = args.sdk.clone().unwrap_or_else(|| PathBuf::from(BUILT_SDK));
+            let sdk = std::fs::canonicalize(&sdk)
+                .ok()
+                .filter(|p| p.join("Cargo.toml").is_file())
+                .with_context(|| {
+                    format!(
+                        "no Tessera SDK at {}: pass --sdk with the `sdk` folder of a Tessera checkout",
+                        sdk.display()
+                    )
+                })?;
+            files(args.kind, name, &sdk)
+        }
+        Lang::Python => python::files(args.kind, name),
+    };
     for (path, text) in &files {
         let path = dir.join(path);
         if let Some(parent) = path.parent() {
@@ -106,6 +129,18 @@ pub fn run(args: NewArgs) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("cannot make {}", parent.display()))?;
         }
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if args.lang == Lang::Python {
+        // The SDK, for the native test (`tessera build` rewrites it).
+        for (rel, text) in tessera_host::build::PYTHON_SDK_FILES {
+            let path = dir.join(python::SDK_DIR).join(rel);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot make {}", parent.display()))?;
+            }
+            std::fs::write(&path, text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
     }
     let shown = dir.display();
     eprintln!(
@@ -118,10 +153,21 @@ pub fn run(args: NewArgs) -> anyhow::Result<ExitCode> {
             .join(", ")
     );
     eprintln!("next:");
-    eprintln!("  (cd {shown} && cargo test)     # its native test");
-    eprintln!(
-        "  tessera build {shown}          # the component (the first build takes a few minutes)"
-    );
+    match args.lang {
+        Lang::Rust => {
+            eprintln!("  (cd {shown} && cargo test)     # its native test");
+            eprintln!(
+                "  tessera build {shown}          # the component (the first build takes a few minutes)"
+            );
+        }
+        Lang::Python => {
+            eprintln!("  (cd {shown} && python3 -m unittest)   # its native test");
+            eprintln!(
+                "  tessera build {shown}          # the component: CPython + app.py (~10 s, needs componentize-py {})",
+                tessera_host::build::COMPONENTIZE_PY_VERSION
+            );
+        }
+    }
     match args.kind {
         Kind::Agent => eprintln!("  tessera run {shown} --prompt \"reverse: hello\""),
         Kind::Router => eprintln!(
@@ -131,7 +177,7 @@ pub fn run(args: NewArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The files of a new `kind` plugin called `name`, by path.
+/// The files of a new `kind` Rust plugin called `name`, by path.
 fn files(kind: Kind, name: &str, sdk: &Path) -> Vec<(PathBuf, String)> {
     let sdk = toml_string(&sdk.to_string_lossy());
     let cargo = format!(

@@ -233,7 +233,7 @@ fn open(path: &Path, verbose: bool) -> anyhow::Result<Bundle> {
                         finished.recv_timeout(std::time::Duration::from_secs(3))
                     {
                         eprintln!(
-                            "building {} (-v shows the compiler's output; a first Rust build compiles the standard library, a few minutes; a Python build takes ~20 s)",
+                            "building {} (-v shows the compiler's output; a first Rust build compiles the standard library, a few minutes; a Python build takes ~10 s)",
                             path.display()
                         );
                     }

@@ -1,0 +1,217 @@
+//! The Python templates: `app.py`, its native test, `tessera.toml`, a README.
+
+use std::path::PathBuf;
+
+use super::Kind;
+
+/// Where `tessera new` and `tessera build` put the Python SDK in a plugin,
+/// for its native tests (the build puts it on the component's path).
+pub const SDK_DIR: &str = "target/tessera/python";
+
+/// The files of a new `kind` Python plugin called `name`, by path.
+pub fn files(kind: Kind, name: &str) -> Vec<(PathBuf, String)> {
+    let (manifest, app, test, run) = match kind {
+        Kind::Agent => (
+            agent_manifest(name),
+            AGENT_APP,
+            AGENT_TEST,
+            "tessera run . --prompt \"reverse: hello\"     # run it in the sandbox".to_string(),
+        ),
+        Kind::Router => (
+            router_manifest(name),
+            ROUTER_APP,
+            ROUTER_TEST,
+            format!("tessera serve . EXPERT_BUNDLES... --router {name}"),
+        ),
+    };
+    let readme = format!(
+        r#"# {name}
+
+A Tessera {world} in Python, made with `tessera new --lang python`. Three
+commands:
+
+```sh
+python3 -m unittest                          # the native unit test
+tessera build .                              # CPython + app.py → one component (~10 s)
+{run}
+```
+
+`app.py` is the handler, `tessera.toml` what it is, what it may do
+(capabilities) and its limits. `tessera build` compiles it with
+componentize-py {version} (`python3 -m pip install componentize-py=={version}`
+if it is not installed) and puts the Python SDK (`tessera_sdk`) on its path;
+the SDK is also in `{SDK_DIR}/` for the native test. See the plugin guide
+(`docs/plugin-guide.md` in the Tessera repository).
+"#,
+        world = kind.world(),
+        version = tessera_host::build::COMPONENTIZE_PY_VERSION,
+    );
+    vec![
+        (PathBuf::from("tessera.toml"), manifest),
+        (PathBuf::from("app.py"), app.to_string()),
+        (PathBuf::from("test_app.py"), test.to_string()),
+        (PathBuf::from("README.md"), readme),
+        (
+            PathBuf::from(".gitignore"),
+            "/target\n__pycache__/\n".to_string(),
+        ),
+    ]
+}
+
+fn agent_manifest(name: &str) -> String {
+    format!(
+        r#"name = "{name}"
+version = "0.1.0"
+kind = "agent"
+# What routers read: say what it answers well, and what it does not.
+description = "Reverses a text exactly, character by character (ask `reverse: TEXT`); answers other questions briefly with the host's model."
+tags = ["text", "reverse"]
+examples = [
+    "reverse: hello world",
+    "reverse: stressed",
+]
+
+[capabilities]
+model = true                     # may call the host's model
+
+[limits]
+memory-mib = 64                  # CPython needs more than a Rust expert
+deadline-ms = 10000
+model-calls = 1
+generated-tokens = 128
+"#
+    )
+}
+
+fn router_manifest(name: &str) -> String {
+    format!(
+        r#"name = "{name}"
+version = "0.1.0"
+kind = "router"
+description = "Ranks the experts whose tags or name words appear in the request."
+tags = ["router"]
+
+[limits]
+memory-mib = 64
+deadline-ms = 1000
+"#
+    )
+}
+
+const AGENT_APP: &str = r#""""An expert: reverses a text exactly (`reverse: TEXT`); the host's model
+answers the rest.
+
+What it says about itself (name, description, tags, examples) is
+tessera.toml: `tessera build` hands the manifest to the SDK.
+"""
+
+from tessera_sdk import Expert, Message, Request, Response, export_expert, model
+
+
+def reversal(question):
+    """`reverse: TEXT` reversed, or None for any other question."""
+    verb, colon, text = question.partition(":")
+    if not colon or verb.strip().lower() != "reverse":
+        return None
+    return text.strip()[::-1]
+
+
+class Plugin(Expert):
+    def handle(self, req: Request) -> Response:
+        question = req.require_user_message()
+        # The exact branch: computed here, the same every time.
+        text = reversal(question)
+        if text is not None:
+            return Response(text).with_confidence(1.0).with_metadata("branch", "exact")
+        # The model branch.
+        answer = model.chat(
+            [Message.system("Answer in one or two sentences."), Message.user(question)],
+            req.sampling.replace(max_tokens=96),
+        )
+        return Response(answer.text).with_usage(answer.usage).with_metadata("branch", "model")
+
+
+WitWorld = export_expert(Plugin)
+"#;
+
+const AGENT_TEST: &str = r#""""The native unit test: `python3 -m unittest`."""
+
+import sys
+import unittest
+from pathlib import Path
+
+# The SDK, where `tessera new` and `tessera build` put it.
+sys.path.insert(0, str(Path(__file__).resolve().parent / "target" / "tessera" / "python"))
+
+import app  # noqa: E402
+
+
+class Reversal(unittest.TestCase):
+    def test_reverses_exactly_and_leaves_the_rest_to_the_model(self):
+        self.assertEqual(app.reversal("reverse: stressed"), "desserts")
+        self.assertEqual(app.reversal("Reverse:  ab c "), "c ba")
+        self.assertIsNone(app.reversal("What is the capital of France?"))
+
+
+if __name__ == "__main__":
+    unittest.main()
+"#;
+
+const ROUTER_APP: &str = r#""""A router: ranks the experts whose tags or name words appear in the
+request. An empty ranking lets the base model answer."""
+
+import re
+
+from tessera_sdk import Request, Router, RouteChoice, export_router
+
+
+def rank(question, candidates):
+    """The candidates with a tag or name word among the request's words,
+    most matches first, scores from 0 to 1."""
+    words = set(re.findall(r"\w+", question.lower()))
+    scored = []
+    for c in candidates:
+        labels = list(c.tags) + c.name.split("-")
+        hits = sum(1 for label in labels if label.lower() in words)
+        if hits:
+            scored.append((hits, c.name))
+    scored.sort(key=lambda s: -s[0])
+    best = scored[0][0] if scored else 1
+    return [RouteChoice(name, hits / best) for hits, name in scored]
+
+
+class Plugin(Router):
+    def route(self, req: Request, candidates):
+        return rank(req.require_user_message(), candidates)
+
+
+WitWorld = export_router(Plugin)
+"#;
+
+const ROUTER_TEST: &str = r#""""The native unit test: `python3 -m unittest`."""
+
+import sys
+import unittest
+from pathlib import Path
+
+# The SDK, where `tessera new` and `tessera build` put it.
+sys.path.insert(0, str(Path(__file__).resolve().parent / "target" / "tessera" / "python"))
+
+import app  # noqa: E402
+from tessera_sdk import ExpertInfo  # noqa: E402
+
+
+class Ranking(unittest.TestCase):
+    def test_ranks_by_matching_tags(self):
+        experts = [
+            ExpertInfo("calculator", tags=["math"]),
+            ExpertInfo("text-stats", tags=["text", "words"]),
+        ]
+        choices = app.rank("count the words of this text", experts)
+        self.assertEqual([c.name for c in choices], ["text-stats"])
+        self.assertEqual(app.rank("hello", experts), [])
+
+
+if __name__ == "__main__":
+    unittest.main()
+"#;
