@@ -173,6 +173,11 @@ fn new_plugins_build_run_and_pass_their_tests() {
     let list = tessera(&["new", "--list"]);
     assert!(list.status.success(), "{}", stderr(&list));
     assert!(stdout(&list).contains("agent") && stdout(&list).contains("router"));
+    assert!(
+        stdout(&list).contains("rust and python"),
+        "{}",
+        stdout(&list)
+    );
     // One target folder for both: the second reuses the first's std.
     let target = dir.join("target");
     let in_dir = |args: &[&str]| {
@@ -233,6 +238,52 @@ fn new_plugins_build_run_and_pass_their_tests() {
         stdout(&inspect).contains("model    used yes granted no"),
         "{}",
         stdout(&inspect)
+    );
+
+    // The same in Python: the native test, the build (componentize-py),
+    // the exact branch in the sandbox, and the forgotten capability.
+    for (name, kind) in [("py-reverser", "agent"), ("py-router", "router")] {
+        let made = in_dir(&["new", name, "--kind", kind, "--lang", "python"]);
+        assert!(made.status.success(), "{}", stderr(&made));
+        let test = Command::new("python3")
+            .args(["-m", "unittest"])
+            .current_dir(dir.join(name))
+            .output()
+            .unwrap();
+        assert!(test.status.success(), "{name}: {}", stderr(&test));
+        assert!(stderr(&test).contains("Ran 1 test"), "{}", stderr(&test));
+        let built = in_dir(&["build", name]);
+        assert!(built.status.success(), "{name}: {}", stderr(&built));
+        assert!(
+            stderr(&built).contains(&format!("({kind} world")),
+            "{}",
+            stderr(&built)
+        );
+        assert!(!stderr(&built).contains("warning"), "{}", stderr(&built));
+    }
+    let run = in_dir(&[
+        "run",
+        "py-reverser",
+        "--prompt",
+        "reverse: stressed",
+        "--no-model",
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert_eq!(stdout(&run).trim(), "desserts");
+    assert!(
+        stderr(&run).contains("[confidence 1.00; metadata branch=exact]"),
+        "{}",
+        stderr(&run)
+    );
+    let manifest = dir.join("py-reverser/tessera.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, text.replace("model = true", "model = false")).unwrap();
+    let built = in_dir(&["build", "py-reverser"]);
+    assert!(built.status.success(), "{}", stderr(&built));
+    assert!(
+        stderr(&built).contains("py-reverser/tessera.toml: the component calls the model (tessera:expert/model) but tessera.toml does not grant it; add under [capabilities]: model = true"),
+        "{}",
+        stderr(&built)
     );
 
     // Mistakes are named.
