@@ -15,6 +15,7 @@ const HOSTILE: &str = "tests/plugins/hostile";
 const ECHO: &str = "tests/plugins/echo";
 const IMPOSTOR: &str = "tests/plugins/impostor";
 const BRAGGART: &str = "tests/plugins/braggart";
+const PY_HOSTILE: &str = "tests/plugins/py-hostile";
 /// The hostile manifest's `limits.deadline-ms`.
 const HOSTILE_DEADLINE_MS: u64 = 500;
 
@@ -55,6 +56,43 @@ async fn infinite_loop_ends_at_its_deadline() {
     assert!(
         inv.trace.fuel_consumed > 0,
         "fuel is counted even when trapped"
+    );
+}
+
+/// A Python component (CPython inside) is contained the same way: an
+/// endless loop ends at its deadline, memory stops at its limit, and the
+/// host answers the next request.
+#[tokio::test]
+async fn a_python_component_is_contained_too() {
+    let host = host();
+    load(&host, PY_HOSTILE).await;
+    let inv = host
+        .invoke("py-hostile", Request::from_prompt("spin"))
+        .await;
+    assert_eq!(
+        error_kind(&inv),
+        InvokeErrorKind::Deadline,
+        "{:?}",
+        inv.result
+    );
+    assert!(
+        Duration::from_micros(inv.trace.duration_us) <= Duration::from_millis(360),
+        "ran {} µs, limit 300 ms + 20%",
+        inv.trace.duration_us
+    );
+    let inv = host.invoke("py-hostile", Request::from_prompt("hog")).await;
+    // Growth is refused at the limit; CPython raises MemoryError, which
+    // the SDK returns as the expert's error, naming the limit.
+    let err = inv.result.as_ref().expect_err("hog fails");
+    assert_eq!(err.kind, InvokeErrorKind::ExpertError, "{err:?}");
+    assert!(err.message.contains("limits.memory-mib"), "{err:?}");
+    assert!(inv.trace.peak_memory_bytes <= 64 * 1024 * 1024);
+    let inv = host
+        .invoke("py-hostile", Request::from_prompt("still there?"))
+        .await;
+    assert_eq!(
+        inv.result.expect("answers after both").content,
+        "still there?"
     );
 }
 

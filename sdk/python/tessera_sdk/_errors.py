@@ -66,5 +66,9 @@ def to_wit(exc: BaseException):
 
     if isinstance(exc, TesseraError):
         return getattr(types, _WIT_NAMES[exc.case])(exc.message)
+    if isinstance(exc, MemoryError):
+        return types.Error_Internal(
+            "MemoryError: the component ran out of memory (its limit is limits.memory-mib in tessera.toml)"
+        )
     text = str(exc)
     return types.Error_Internal(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
