@@ -178,8 +178,9 @@ fn new_plugins_build_run_and_pass_their_tests() {
         "{}",
         stdout(&list)
     );
-    // One target folder for both: the second reuses the first's std.
-    let target = dir.join("target");
+    // One target folder for every new plugin: the later ones reuse the
+    // first's std.
+    let target = plugin_target();
     let in_dir = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_tessera"))
             .args(args)
@@ -299,6 +300,111 @@ fn new_plugins_build_run_and_pass_their_tests() {
         "{}",
         stderr(&bad)
     );
+}
+
+/// The cargo target folder of the plugins the tests make from templates and
+/// the guide (shared, so std for wasm is compiled once).
+fn plugin_target() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugin-target")
+}
+
+/// `docs/plugin-guide.md` runs as written: its shell blocks in order, in an
+/// empty folder, with each file block written under the path its
+/// `<!-- file: PATH -->` line names. Every shell block is marked
+/// `<!-- run -->` or `<!-- not run: why -->`, so none is skipped silently.
+#[test]
+fn the_plugin_guide_runs_as_written() {
+    let guide = std::fs::read_to_string(repo().join("docs/plugin-guide.md")).unwrap();
+    let mut script = String::from("set -euo pipefail\n");
+    let (mut marker, mut ran, mut files) = (None::<String>, 0, 0);
+    let mut lines = guide.lines();
+    while let Some(line) = lines.next() {
+        let line = line.trim_end();
+        if let Some(comment) = line
+            .strip_prefix("<!-- ")
+            .and_then(|l| l.strip_suffix(" -->"))
+        {
+            marker = Some(comment.to_string());
+            continue;
+        }
+        let Some(info) = line.strip_prefix("```") else {
+            if !line.is_empty() {
+                marker = None;
+            }
+            continue;
+        };
+        let body: Vec<&str> = lines
+            .by_ref()
+            .take_while(|l| !l.starts_with("```"))
+            .collect();
+        let body = body.join("\n");
+        let marker = marker.take();
+        if info == "sh" {
+            match marker.as_deref() {
+                Some("run") => {
+                    script.push_str(&format!("echo '# guide block {ran}' >&2\n{body}\n"));
+                    ran += 1;
+                }
+                Some(m) if m.starts_with("not run: ") => {}
+                other => {
+                    panic!("a sh block is marked neither run nor not run ({other:?}):\n{body}")
+                }
+            }
+        } else if let Some(path) = marker.as_deref().and_then(|m| m.strip_prefix("file: ")) {
+            script.push_str(&format!(
+                "mkdir -p \"$(dirname '{path}')\"\ncat > '{path}' <<'TESSERA_GUIDE_EOF'\n{body}\nTESSERA_GUIDE_EOF\n"
+            ));
+            files += 1;
+        }
+    }
+    assert!(
+        ran >= 5 && files >= 5,
+        "{ran} blocks run, {files} files written"
+    );
+
+    let dir = scratch("guide");
+    let models = Path::new(env!("CARGO_TARGET_TMPDIR")).join("models");
+    let pull = tessera(&["models", "pull", "--models-dir", models.to_str().unwrap()]);
+    assert!(pull.status.success(), "{}", stderr(&pull));
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_tessera")).parent().unwrap();
+    let path = std::env::join_paths(std::iter::once(bin_dir.to_path_buf()).chain(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+    ))
+    .unwrap();
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .current_dir(&dir)
+        .env("PATH", path)
+        .env("CARGO_TARGET_DIR", plugin_target())
+        .env("TESSERA_MODELS_DIR", &models)
+        .env(
+            "TESSERA_CACHE_DIR",
+            std::env::temp_dir().join("tessera-cli-test-cache"),
+        )
+        .env("TESSERA_AUDIT_DB", test_audit_db())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the guide's script failed:\n{}\n--- stdout\n{}\n--- script\n{script}",
+        stderr(&out),
+        stdout(&out)
+    );
+    // The shouted answers: letters, all capitals.
+    let printed = stdout(&out);
+    let answers: Vec<&str> = printed
+        .lines()
+        .filter(|l| l.chars().any(char::is_alphabetic))
+        .collect();
+    let shouted = answers
+        .iter()
+        .filter(|l| l.chars().any(char::is_uppercase) && !l.chars().any(char::is_lowercase))
+        .count();
+    assert!(shouted >= 2, "{answers:?}");
+    let trace: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("shout/trace.json")).unwrap()).unwrap();
+    assert!(trace.to_string().contains("asking the model"), "{trace}");
 }
 
 /// An expert without `model = true` runs without the model: nothing is
