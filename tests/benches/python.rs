@@ -111,6 +111,14 @@ async fn main() {
     for name in ["echo", "py-echo"] {
         latencies(&host, name, 1).await;
     }
+    // `TESSERA_BENCH_LOOP=EXPERT`: only invoke EXPERT for 20 s (to profile).
+    if let Ok(name) = std::env::var("TESSERA_BENCH_LOOP") {
+        let until = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < until {
+            latencies(&host, &name, 1).await;
+        }
+        return;
+    }
     println!(
         "| expert | component | first load (compile) | load from cache | p50 / p99, 1 at a time | p50 / p99, 4 concurrent |"
     );

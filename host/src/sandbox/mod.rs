@@ -284,8 +284,12 @@ fn track_fuel(
 }
 
 /// Bytes of each linear memory kept mapped and reset in place between
-/// invocations.
-pub const KEEP_RESIDENT_BYTES: usize = 2 << 20;
+/// invocations (only the pages an invocation dirtied are reset, and only
+/// those stay resident). 64 MiB covers a componentize-py component's
+/// CPython heap: its trivial expert's instantiate + handle p50 fell from
+/// 2.2 ms (2 or 16 MiB) to 1.5 ms (`cargo bench -p tessera-tests --bench
+/// python`); a Rust expert touches far less and is unaffected.
+pub const KEEP_RESIDENT_BYTES: usize = 64 << 20;
 /// Bytes of each fiber stack kept mapped between invocations.
 pub const KEEP_RESIDENT_STACK_BYTES: usize = 128 << 10;
 /// Bytes of each table kept mapped and reset in place.
