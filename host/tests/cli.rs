@@ -358,7 +358,7 @@ fn the_plugin_guide_runs_as_written() {
         }
     }
     assert!(
-        ran >= 5 && files >= 5,
+        ran >= 4 && files >= 5,
         "{ran} blocks run, {files} files written"
     );
 
