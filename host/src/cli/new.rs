@@ -216,13 +216,14 @@ strip = "debuginfo"
     ]
 }
 
-/// `s` as a TOML basic string.
-fn toml_string(s: &str) -> String {
-    toml::Value::String(s.to_string()).to_string()
-}
-
-fn agent(name: &str) -> (String, String, String) {
-    let manifest = format!(
+/// An agent template's manifest. A Python component needs more memory (its
+/// CPython heap) than a Rust one.
+fn agent_manifest(name: &str, lang: Lang) -> String {
+    let memory = match lang {
+        Lang::Rust => "16",
+        Lang::Python => "64                  # CPython needs more than a Rust expert",
+    };
+    format!(
         r#"name = "{name}"
 version = "0.1.0"
 kind = "agent"
@@ -238,12 +239,41 @@ examples = [
 model = true                     # may call the host's model
 
 [limits]
-memory-mib = 16
+memory-mib = {memory}
 deadline-ms = 10000
 model-calls = 1
 generated-tokens = 128
 "#
-    );
+    )
+}
+
+/// A router template's manifest.
+fn router_manifest(name: &str, lang: Lang) -> String {
+    let (memory, deadline) = match lang {
+        Lang::Rust => (16, 500),
+        Lang::Python => (64, 1000),
+    };
+    format!(
+        r#"name = "{name}"
+version = "0.1.0"
+kind = "router"
+description = "Ranks the experts whose tags or name words appear in the request."
+tags = ["router"]
+
+[limits]
+memory-mib = {memory}
+deadline-ms = {deadline}
+"#
+    )
+}
+
+/// `s` as a TOML basic string.
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+fn agent(name: &str) -> (String, String, String) {
+    let manifest = agent_manifest(name, Lang::Rust);
     let lib = r#"use tessera_sdk::prelude::*;
 
 struct Plugin;
@@ -316,18 +346,7 @@ in the Tessera repository).
 }
 
 fn router(name: &str) -> (String, String, String) {
-    let manifest = format!(
-        r#"name = "{name}"
-version = "0.1.0"
-kind = "router"
-description = "Ranks the experts whose tags or name words appear in the request."
-tags = ["router"]
-
-[limits]
-memory-mib = 16
-deadline-ms = 500
-"#
-    );
+    let manifest = router_manifest(name, Lang::Rust);
     let lib = r#"use tessera_sdk::prelude::*;
 
 struct Plugin;

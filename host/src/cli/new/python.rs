@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use super::Kind;
+use super::{Kind, Lang, agent_manifest, router_manifest};
 
 /// Where `tessera new` and `tessera build` put the Python SDK in a plugin,
 /// for its native tests (the build puts it on the component's path).
@@ -12,13 +12,13 @@ pub const SDK_DIR: &str = "target/tessera/python";
 pub fn files(kind: Kind, name: &str) -> Vec<(PathBuf, String)> {
     let (manifest, app, test, run) = match kind {
         Kind::Agent => (
-            agent_manifest(name),
+            agent_manifest(name, Lang::Python),
             AGENT_APP,
             AGENT_TEST,
             "tessera run . --prompt \"reverse: hello\"     # run it in the sandbox".to_string(),
         ),
         Kind::Router => (
-            router_manifest(name),
+            router_manifest(name, Lang::Python),
             ROUTER_APP,
             ROUTER_TEST,
             format!("tessera serve . EXPERT_BUNDLES... --router {name}"),
@@ -56,46 +56,6 @@ the SDK is also in `{SDK_DIR}/` for the native test. See the plugin guide
             "/target\n__pycache__/\n".to_string(),
         ),
     ]
-}
-
-fn agent_manifest(name: &str) -> String {
-    format!(
-        r#"name = "{name}"
-version = "0.1.0"
-kind = "agent"
-# What routers read: say what it answers well, and what it does not.
-description = "Reverses a text exactly, character by character (ask `reverse: TEXT`); answers other questions briefly with the host's model."
-tags = ["text", "reverse"]
-examples = [
-    "reverse: hello world",
-    "reverse: stressed",
-]
-
-[capabilities]
-model = true                     # may call the host's model
-
-[limits]
-memory-mib = 64                  # CPython needs more than a Rust expert
-deadline-ms = 10000
-model-calls = 1
-generated-tokens = 128
-"#
-    )
-}
-
-fn router_manifest(name: &str) -> String {
-    format!(
-        r#"name = "{name}"
-version = "0.1.0"
-kind = "router"
-description = "Ranks the experts whose tags or name words appear in the request."
-tags = ["router"]
-
-[limits]
-memory-mib = 64
-deadline-ms = 1000
-"#
-    )
 }
 
 const AGENT_APP: &str = r#""""An expert: reverses a text exactly (`reverse: TEXT`); the host's model
