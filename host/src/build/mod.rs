@@ -21,7 +21,10 @@ mod toolchain;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-pub use python::{COMPONENTIZE_PY_ENV, COMPONENTIZE_PY_VERSION, PYTHON_SDK_FILES};
+pub use python::{
+    COMPONENTIZE_PY_ENV, COMPONENTIZE_PY_VERSION, PYTHON_SDK_DIR, PYTHON_SDK_FILES,
+    write_python_sdk,
+};
 pub use toolchain::{TOOLCHAIN_ENV, Toolchain, ToolchainError};
 
 use crate::bundle::{ComponentInfo, MANIFEST_FILE, Manifest, ManifestError, World, sha256_hex};

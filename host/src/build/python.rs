@@ -38,6 +38,10 @@ macro_rules! embed {
     };
 }
 
+/// Where, inside a Python plugin, `tessera build` (and `tessera new`, for
+/// the native tests) writes the Python SDK.
+pub const PYTHON_SDK_DIR: &str = "target/tessera/python";
+
 /// The Python SDK, as `(path, text)`: what `tessera build` puts on the
 /// plugin's Python path.
 pub const PYTHON_SDK_FILES: &[(&str, &str)] = embed!(
@@ -92,9 +96,8 @@ impl Build {
             path: dir.to_path_buf(),
             reason,
         })?;
-        let target = dir.join("target").join("tessera");
-        let support = target.join("python");
-        let wit = target.join("wit");
+        let support = dir.join(PYTHON_SDK_DIR);
+        let wit = dir.join("target").join("tessera").join("wit");
         let manifest_module = manifest_module(manifest);
         let mut files: Vec<(PathBuf, &str)> = PYTHON_SDK_FILES
             .iter()
@@ -106,9 +109,7 @@ impl Build {
         hash.update(program.as_os_str().as_encoded_bytes());
         hash.update(world);
         for (path, text) in &files {
-            if std::fs::read_to_string(path).ok().as_deref() != Some(*text) {
-                super::write(path, text.as_bytes())?;
-            }
+            write_if_changed(path, text)?;
             hash.update(path.as_os_str().as_encoded_bytes());
             hash.update(text);
         }
@@ -183,6 +184,23 @@ impl Build {
         let _ = std::fs::remove_file(&tmp);
         Ok(bytes)
     }
+}
+
+/// Write the Python SDK into `plugin_dir` (under [`PYTHON_SDK_DIR`]), so
+/// that `import tessera_sdk` works there in plain CPython.
+pub fn write_python_sdk(plugin_dir: &Path) -> Result<(), BuildError> {
+    let support = plugin_dir.join(PYTHON_SDK_DIR);
+    for (rel, text) in PYTHON_SDK_FILES {
+        write_if_changed(&support.join(rel), text)?;
+    }
+    Ok(())
+}
+
+fn write_if_changed(path: &Path, text: &str) -> Result<(), BuildError> {
+    if std::fs::read_to_string(path).ok().as_deref() == Some(text) {
+        return Ok(());
+    }
+    super::write(path, text.as_bytes())
 }
 
 fn find_componentize_py() -> Option<PathBuf> {

@@ -132,15 +132,7 @@ pub fn run(args: NewArgs) -> anyhow::Result<ExitCode> {
     }
     if args.lang == Lang::Python {
         // The SDK, for the native test (`tessera build` rewrites it).
-        for (rel, text) in tessera_host::build::PYTHON_SDK_FILES {
-            let path = dir.join(python::SDK_DIR).join(rel);
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)
-                    .with_context(|| format!("cannot make {}", parent.display()))?;
-            }
-            std::fs::write(&path, text)
-                .with_context(|| format!("cannot write {}", path.display()))?;
-        }
+        tessera_host::build::write_python_sdk(&dir)?;
     }
     let shown = dir.display();
     eprintln!(

@@ -4,10 +4,6 @@ use std::path::PathBuf;
 
 use super::{Kind, Lang, agent_manifest, router_manifest};
 
-/// Where `tessera new` and `tessera build` put the Python SDK in a plugin,
-/// for its native tests (the build puts it on the component's path).
-pub const SDK_DIR: &str = "target/tessera/python";
-
 /// The files of a new `kind` Python plugin called `name`, by path.
 pub fn files(kind: Kind, name: &str) -> Vec<(PathBuf, String)> {
     let (manifest, app, test, run) = match kind {
@@ -40,11 +36,12 @@ tessera build .                              # CPython + app.py → one componen
 (capabilities) and its limits. `tessera build` compiles it with
 componentize-py {version} (`python3 -m pip install componentize-py=={version}`
 if it is not installed) and puts the Python SDK (`tessera_sdk`) on its path;
-the SDK is also in `{SDK_DIR}/` for the native test. See the plugin guide
+the SDK is also in `{sdk_dir}/` for the native test. See the plugin guide
 (`docs/plugin-guide.md` in the Tessera repository).
 "#,
         world = kind.world(),
         version = tessera_host::build::COMPONENTIZE_PY_VERSION,
+        sdk_dir = tessera_host::build::PYTHON_SDK_DIR,
     );
     vec![
         (PathBuf::from("tessera.toml"), manifest),
