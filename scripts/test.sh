@@ -34,6 +34,17 @@ export TESSERA_OPENAI_PYTHON="$PWD/$venv/bin/python"
 echo "== host, SDK and end-to-end tests"
 cargo test --workspace --locked
 
+echo "== cargo install, as the README and the plugin guide say"
+# The documented `cargo install --path host --locked`, in the dev profile
+# and the workspace's target folder so that it reuses the test build
+# (release would compile the whole host again, ~10 min on 2 cores).
+root=target/install-test
+rm -rf "$root"
+cargo install --quiet --path host --locked --debug --root "$root" --target-dir target
+scratch=$(mktemp -d)
+PATH="$PWD/$root/bin:$PATH" bash -c 'cd "$1" && tessera --version && tessera new installed-check && test -f installed-check/tessera.toml' _ "$scratch"
+rm -rf "$scratch"
+
 echo "== example experts' unit tests (native)"
 (cd plugins && cargo test --locked)
 for dir in plugins/*/; do

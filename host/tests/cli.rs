@@ -302,6 +302,89 @@ fn new_plugins_build_run_and_pass_their_tests() {
     );
 }
 
+/// `tessera new --kind adapter` from nothing, in Rust and Python: the hooks'
+/// native tests pass, `train.sh` trains the LoRA weights on the template's
+/// chats, `tessera build` bundles them with the hooks, and `tessera run`
+/// answers a rephrased question with the trained fact, through the hooks.
+#[test]
+fn new_adapters_train_build_and_answer() {
+    let models = Path::new(env!("CARGO_TARGET_TMPDIR")).join("models");
+    let pull = tessera(&["models", "pull", "--models-dir", models.to_str().unwrap()]);
+    assert!(pull.status.success(), "{}", stderr(&pull));
+    let dir = scratch("new-adapter");
+    let target = plugin_target();
+    let in_dir = |program: &str, args: &[&str]| {
+        Command::new(program)
+            .args(args)
+            .current_dir(&dir)
+            .env("CARGO_TARGET_DIR", &target)
+            .env("TESSERA", env!("CARGO_BIN_EXE_tessera"))
+            .env("TESSERA_MODELS_DIR", &models)
+            .env(
+                "TESSERA_CACHE_DIR",
+                std::env::temp_dir().join("tessera-cli-test-cache"),
+            )
+            .env("TESSERA_AUDIT_DB", test_audit_db())
+            .output()
+            .unwrap()
+    };
+    let tessera = env!("CARGO_BIN_EXE_tessera");
+    for (name, lang) in [("bakery", "rust"), ("py-bakery", "python")] {
+        let made = in_dir(tessera, &["new", name, "--kind", "adapter", "--lang", lang]);
+        assert!(made.status.success(), "{}", stderr(&made));
+        let native = if lang == "rust" {
+            Command::new("cargo")
+                .args(["test", "--quiet"])
+                .current_dir(dir.join(name))
+                .env("CARGO_TARGET_DIR", &target)
+                .output()
+        } else {
+            Command::new("python3")
+                .args(["-m", "unittest"])
+                .current_dir(dir.join(name))
+                .output()
+        }
+        .unwrap();
+        assert!(native.status.success(), "{name}: {}", stderr(&native));
+        // The Python hooks are trained briefly: the weights are checked on
+        // the Rust ones.
+        let train = Command::new("bash")
+            .arg(format!("{name}/train.sh"))
+            .current_dir(&dir)
+            .env("EPOCHS", if lang == "rust" { "5" } else { "1" })
+            .env("TESSERA", tessera)
+            .env("TESSERA_MODELS_DIR", &models)
+            .output()
+            .unwrap();
+        assert!(train.status.success(), "{name}: {}", stderr(&train));
+        assert!(
+            dir.join(name)
+                .join("adapter/adapter_model.safetensors")
+                .is_file()
+        );
+        let built = in_dir(tessera, &["build", name]);
+        assert!(built.status.success(), "{name}: {}", stderr(&built));
+        assert!(
+            stderr(&built).contains("(adapter world"),
+            "{}",
+            stderr(&built)
+        );
+        let run = in_dir(
+            tessera,
+            &["run", name, "--prompt", "What time does Moss & Mill open?"],
+        );
+        assert!(run.status.success(), "{name}: {}", stderr(&run));
+        assert!(
+            stderr(&run).contains(&format!("metadata adapter={name}")),
+            "{}",
+            stderr(&run)
+        );
+        if lang == "rust" {
+            assert!(stdout(&run).contains("7 am"), "{}", stdout(&run));
+        }
+    }
+}
+
 /// The cargo target folder of the plugins the tests make from templates and
 /// the guide (shared, so std for wasm is compiled once).
 fn plugin_target() -> PathBuf {

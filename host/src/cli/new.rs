@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use tessera_host::bundle::is_valid_name;
 
+mod adapter;
 mod python;
 
 /// Arguments of `tessera new`.
@@ -18,7 +19,7 @@ pub struct NewArgs {
     name: Option<String>,
 
     /// What it is: an agent answers requests; a router picks which experts
-    /// answer.
+    /// answer; an adapter is a LoRA fine-tune of the model, with hooks.
     #[arg(long, value_enum, default_value_t = Kind::Agent)]
     kind: Kind,
 
@@ -48,6 +49,9 @@ enum Kind {
     Agent,
     /// A router (`router` world): ranks the experts for a request.
     Router,
+    /// A fine-tune (`adapter` world): LoRA weights trained on a chat file,
+    /// with hooks around the generation.
+    Adapter,
 }
 
 impl Kind {
@@ -55,6 +59,7 @@ impl Kind {
         match self {
             Kind::Agent => "agent",
             Kind::Router => "router",
+            Kind::Adapter => "adapter",
         }
     }
 
@@ -65,6 +70,9 @@ impl Kind {
             }
             Kind::Router => {
                 "a router: ranks the experts whose tags appear in the request, a native test"
+            }
+            Kind::Adapter => {
+                "a LoRA fine-tune: twelve training chats, train.sh, hooks that put the training prompt first, a native test"
             }
         }
     }
@@ -87,7 +95,7 @@ pub fn run(args: NewArgs) -> anyhow::Result<ExitCode> {
         let mut text = String::from(
             "templates (tessera new NAME --kind KIND --lang LANG), each in rust and python:\n",
         );
-        for kind in [Kind::Agent, Kind::Router] {
+        for kind in [Kind::Agent, Kind::Router, Kind::Adapter] {
             text.push_str(&format!("  {:<8} {}\n", kind.world(), kind.summary()));
         }
         super::print(&text)?;
@@ -146,25 +154,29 @@ pub fn run(args: NewArgs) -> anyhow::Result<ExitCode> {
     );
     eprintln!("next:");
     match args.lang {
-        Lang::Rust => {
-            eprintln!("  (cd {shown} && cargo test)     # its native test");
-            eprintln!(
-                "  tessera build {shown}          # the component (the first build takes a few minutes)"
-            );
-        }
-        Lang::Python => {
-            eprintln!("  (cd {shown} && python3 -m unittest)   # its native test");
-            eprintln!(
-                "  tessera build {shown}          # the component: CPython + app.py (~10 s, needs componentize-py {})",
-                tessera_host::build::COMPONENTIZE_PY_VERSION
-            );
-        }
+        Lang::Rust => eprintln!("  (cd {shown} && cargo test)     # its native test"),
+        Lang::Python => eprintln!("  (cd {shown} && python3 -m unittest)   # its native test"),
+    }
+    if args.kind == Kind::Adapter {
+        eprintln!("  bash {shown}/train.sh          # train the LoRA weights (under a minute)");
+    }
+    match args.lang {
+        Lang::Rust => eprintln!(
+            "  tessera build {shown}          # the component (the first build takes a few minutes)"
+        ),
+        Lang::Python => eprintln!(
+            "  tessera build {shown}          # the component: CPython + app.py (~10 s, needs componentize-py {})",
+            tessera_host::build::COMPONENTIZE_PY_VERSION
+        ),
     }
     match args.kind {
         Kind::Agent => eprintln!("  tessera run {shown} --prompt \"reverse: hello\""),
         Kind::Router => eprintln!(
             "  tessera serve {shown} EXPERT_BUNDLES... --router {name}   # route among experts"
         ),
+        Kind::Adapter => {
+            eprintln!("  tessera run {shown} --prompt \"When is Moss & Mill open?\"")
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -198,14 +210,19 @@ strip = "debuginfo"
     let (manifest, lib, readme) = match kind {
         Kind::Agent => agent(name),
         Kind::Router => router(name),
+        Kind::Adapter => adapter_hooks(name),
     };
-    vec![
+    let mut files = vec![
         (PathBuf::from("Cargo.toml"), cargo),
         (PathBuf::from("tessera.toml"), manifest),
         (PathBuf::from("src/lib.rs"), lib),
         (PathBuf::from("README.md"), readme),
         (PathBuf::from(".gitignore"), "/target\n".to_string()),
-    ]
+    ];
+    if kind == Kind::Adapter {
+        files.extend(adapter::training_files());
+    }
+    files
 }
 
 /// An agent template's manifest. A Python component needs more memory (its
@@ -412,6 +429,94 @@ tessera serve . EXPERT_BUNDLES... --router {name}
 See the plugin guide (`docs/plugin-guide.md` in the Tessera repository).
 "#
     );
+    (manifest, lib, readme)
+}
+
+fn adapter_hooks(name: &str) -> (String, String, String) {
+    let manifest = adapter::manifest(name, Lang::Rust);
+    let targets: String = adapter::TARGETS
+        .iter()
+        .map(|t| format!("\n            .target(\"{t}\")"))
+        .collect();
+    let lib = format!(
+        r##"//! The adapter's hooks: they run sandboxed around every generation with
+//! the LoRA weights that `train.sh` trains on `data/train.jsonl`.
+
+use tessera_sdk::prelude::*;
+
+/// The system prompt every training chat starts with.
+pub const SYSTEM_PROMPT: &str =
+    {prompt:?};
+
+struct Plugin;
+
+impl Adapter for Plugin {{
+    /// The LoRA settings `train.sh` trains with: keep the two in step.
+    fn describe() -> AdapterInfo {{
+        AdapterInfo::new({name:?}, {base:?}, {rank}, {alpha:.1}){targets}
+    }}
+
+    fn pre_request(req: Request) -> Result<Request, Error> {{
+        req.require_user_message()?;
+        Ok(as_trained(req))
+    }}
+
+    fn post_response(resp: Response) -> Result<Response, Error> {{
+        let answer = resp.content.trim().to_string();
+        Ok(Response {{
+            content: answer,
+            ..resp
+        }}
+        .with_metadata("adapter", {name:?}))
+    }}
+}}
+
+/// `req` as the adapter was trained to see it: the training system prompt
+/// first (the caller's system messages dropped), greedy unless the caller
+/// chose a temperature.
+fn as_trained(mut req: Request) -> Request {{
+    req.messages.retain(|m| m.role != Role::System);
+    req.messages.insert(0, Message::system(SYSTEM_PROMPT));
+    req.sampling.temperature.get_or_insert(0.0);
+    req
+}}
+
+export_adapter!(Plugin);
+
+#[cfg(test)]
+mod tests {{
+    use super::*;
+
+    #[test]
+    fn the_training_prompt_comes_first_and_decoding_is_greedy() {{
+        let mut req = Request::new(vec![
+            Message::system("Answer in French."),
+            Message::user("When is Moss & Mill open?"),
+        ]);
+        let out = as_trained(req.clone());
+        assert_eq!(out.messages.len(), 2);
+        assert_eq!(out.messages[0].content, SYSTEM_PROMPT);
+        assert_eq!(out.messages[1].role, Role::User);
+        assert_eq!(out.sampling.temperature, Some(0.0));
+        // A caller's temperature stands.
+        req.sampling.temperature = Some(0.9);
+        assert_eq!(as_trained(req).sampling.temperature, Some(0.9));
+    }}
+
+    #[test]
+    fn every_training_chat_starts_with_the_prompt_the_hook_puts_first() {{
+        let data = include_str!("../data/train.jsonl");
+        let prompt = format!(r#""content":{{:?}}"#, SYSTEM_PROMPT);
+        assert!(data.lines().all(|chat| chat.contains(&prompt)), "{{prompt}}");
+    }}
+}}
+"##,
+        prompt = adapter::SYSTEM_PROMPT,
+        base = adapter::BASE_MODEL,
+        rank = adapter::RANK,
+        alpha = adapter::ALPHA,
+    );
+    let readme = adapter::readme(name, "cargo test", "src/lib.rs");
     (manifest, lib, readme)
 }
 
