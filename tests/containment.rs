@@ -691,7 +691,7 @@ async fn refused_calls_cannot_grow_the_trace() {
 async fn model_host(engine: tessera_tests::FakeEngine) -> Arc<tessera_host::ensemble::Ensemble> {
     let host = host_with(test_policy(), Arc::new(engine));
     load_as(&host, HOSTILE, |m| {
-        m.capabilities.model = true;
+        m.capabilities.model = true.into();
     })
     .await;
     host
@@ -763,7 +763,7 @@ async fn a_callee_cannot_spend_past_the_callers_budget() {
     .await;
     load_as(&host, HOSTILE, |m| {
         m.name = "spender".into();
-        m.capabilities.model = true;
+        m.capabilities.model = true.into();
     })
     .await;
     let inv = host

@@ -25,7 +25,7 @@ async fn fake_state(engine: FakeEngine, options: ServerOptions) -> AppState {
     load(&ensemble, "tests/plugins/echo").await;
     load_as(&ensemble, "tests/plugins/hostile", |m| {
         m.limits.deadline_ms = Some(300);
-        m.capabilities.model = true;
+        m.capabilities.model = true.into();
     })
     .await;
     AppState::new(ensemble, options)

@@ -266,7 +266,7 @@ impl ComponentInfo {
             CapabilityUse {
                 interface: "model",
                 used: imports("model"),
-                granted: capabilities.model || self.world == World::Adapter,
+                granted: capabilities.model.is_granted() || self.world == World::Adapter,
             },
             CapabilityUse {
                 interface: "experts",

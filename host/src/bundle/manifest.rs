@@ -227,9 +227,10 @@ impl BundleKind {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Capabilities {
-    /// May call `tessera:expert/model`.
+    /// May call `tessera:expert/model`, and on which model: `true` the
+    /// host's default, a name one of the host's configured models.
     #[serde(default)]
-    pub model: bool,
+    pub model: ModelGrant,
     /// Experts it may call through `experts.call`; `"*"` grants all.
     #[serde(default)]
     pub experts: Vec<String>,
@@ -237,6 +238,93 @@ pub struct Capabilities {
     /// calls); `"*"` grants all.
     #[serde(default)]
     pub adapters: Vec<String>,
+}
+
+/// The `model` capability: `false` (denied), `true` (the host's default
+/// model) or a model's name (one the host is configured with, such as an
+/// upstream `qwen2.5-7b`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ModelGrant {
+    /// No model calls.
+    #[default]
+    Denied,
+    /// The host's default model.
+    Default,
+    /// The configured model of this name.
+    Named(String),
+}
+
+/// Longest model name a manifest may give, bytes.
+pub const MAX_MODEL_NAME_BYTES: usize = 128;
+
+/// Whether `name` can name a model: 1 to 128 ASCII letters, digits and
+/// `.-_/:`, starting with a letter or digit (hub ids such as
+/// `Qwen/Qwen2.5-7B-Instruct` included).
+pub fn is_valid_model_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_MODEL_NAME_BYTES
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-_/:".contains(&b))
+}
+
+impl ModelGrant {
+    /// Whether any model call is granted.
+    pub fn is_granted(&self) -> bool {
+        !matches!(self, ModelGrant::Denied)
+    }
+
+    /// The model named, when one is (rather than the default).
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            ModelGrant::Named(name) => Some(name),
+            _ => None,
+        }
+    }
+}
+
+impl From<bool> for ModelGrant {
+    fn from(granted: bool) -> Self {
+        if granted {
+            ModelGrant::Default
+        } else {
+            ModelGrant::Denied
+        }
+    }
+}
+
+impl Serialize for ModelGrant {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ModelGrant::Denied => s.serialize_bool(false),
+            ModelGrant::Default => s.serialize_bool(true),
+            ModelGrant::Named(name) => s.serialize_str(name),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ModelGrant {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Flag(bool),
+            Name(String),
+        }
+        match Raw::deserialize(d).map_err(|_| {
+            serde::de::Error::custom(
+                "`model` is true (the host's default model), false, or a model's name such as \"qwen2.5-7b\"",
+            )
+        })? {
+            Raw::Flag(granted) => Ok(granted.into()),
+            Raw::Name(name) if is_valid_model_name(&name) => Ok(ModelGrant::Named(name)),
+            Raw::Name(name) => Err(serde::de::Error::custom(format!(
+                "`model` {:?} is not a model name: 1 to {MAX_MODEL_NAME_BYTES} ASCII letters, digits and `.-_/:`, starting with a letter or digit",
+                name.chars().take(MAX_MODEL_NAME_BYTES + 1).collect::<String>()
+            ))),
+        }
+    }
 }
 
 impl Capabilities {
@@ -335,7 +423,7 @@ impl Manifest {
             component: None,
             sha256: None,
             capabilities: Capabilities {
-                model: true,
+                model: ModelGrant::Default,
                 ..Capabilities::default()
             },
             limits: LimitsSpec::default(),

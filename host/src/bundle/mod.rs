@@ -15,7 +15,8 @@ pub use component::{CapabilityUse, ComponentError, ComponentInfo, World};
 pub use manifest::{
     AdapterSpec, BundleKind, Capabilities, DEFAULT_ADAPTER_WEIGHTS_DIR, LimitsSpec, MANIFEST_FILE,
     MAX_DESCRIPTION_BYTES, MAX_EXAMPLE_BYTES, MAX_EXAMPLES, MAX_TAG_BYTES, MAX_TAGS, Manifest,
-    ManifestError, RoutingSpec, check_description, is_valid_name, is_valid_version,
+    ManifestError, ModelGrant, RoutingSpec, check_description, is_valid_model_name, is_valid_name,
+    is_valid_version,
 };
 
 /// The largest component file a bundle may hold. Python experts built

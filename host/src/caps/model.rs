@@ -41,7 +41,7 @@ impl ModelCtx {
     pub(crate) fn new(engine: Arc<dyn ModelEngine>, capabilities: &Capabilities) -> ModelCtx {
         ModelCtx {
             engine,
-            granted: capabilities.model,
+            granted: capabilities.model.is_granted(),
             grants: capabilities.clone(),
             allowed: true,
             answer_stream: None,

@@ -90,7 +90,7 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
             let grant = match interface {
                 Some("types") => "types only".to_string(),
                 Some("log") => "always: lines go to the trace, capped".to_string(),
-                Some("model") if caps.model => {
+                Some("model") if caps.model.is_granted() => {
                     "granted (`model = true`), within limits.model-calls and generated-tokens"
                         .to_string()
                 }
@@ -118,7 +118,7 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
             }
         })
         .collect();
-    if caps.model && !info.imports.iter().any(|i| i.contains("/model")) {
+    if caps.model.is_granted() && !info.imports.iter().any(|i| i.contains("/model")) {
         warnings.push("asks for the model but never imports it".into());
     }
     let signature = match (&bundle.signer, &bundle.packed) {

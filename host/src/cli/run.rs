@@ -92,7 +92,7 @@ pub async fn run(
     let needs_model = callees
         .iter()
         .chain([&main])
-        .any(|b| b.manifest.capabilities.model || b.adapter.is_some());
+        .any(|b| b.manifest.capabilities.model.is_granted() || b.adapter.is_some());
     let engine = args.engine.engine(args.no_model || !needs_model)?;
     let ensemble = Ensemble::new(sandbox, engine);
     if let Some(key) = host_key {

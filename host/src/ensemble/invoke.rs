@@ -191,7 +191,7 @@ impl Ensemble {
             // An adapter bundle: may run the model with its own adapter,
             // nothing else.
             let capabilities = crate::bundle::Capabilities {
-                model: true,
+                model: crate::bundle::ModelGrant::Default,
                 experts: Vec::new(),
                 adapters: vec![expert.name().to_string()],
             };

@@ -2,7 +2,8 @@
 //!
 //! Experts never see an engine directly: `caps::model` checks grants and
 //! budgets, then hands calls to a [`ModelEngine`]: the [`BurnEngine`]
-//! (SmolLM2 and MiniLM in burn, behind a continuous-batching scheduler), or
+//! (SmolLM2 and MiniLM in burn, behind a continuous-batching scheduler), an
+//! [`upstream::UpstreamEngine`] (a model behind an OpenAI-compatible API), or
 //! [`NoModel`] for a host started with `--no-model`, which says plainly that
 //! no model is loaded.
 
@@ -22,6 +23,7 @@ pub mod sampling;
 mod scheduler;
 mod tokenizer;
 pub mod train;
+pub mod upstream;
 pub mod weights;
 
 use async_trait::async_trait;
@@ -165,6 +167,10 @@ pub enum ModelError {
     /// The engine failed.
     #[error("{0}")]
     Failed(String),
+    /// The model's server cannot be reached now (an upstream that is
+    /// down, or whose circuit is open); the message names it.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl ChatRole {
@@ -385,6 +391,12 @@ pub trait ModelEngine: Send + Sync + 'static {
     /// What the scheduler is doing, for metrics; `None` when the engine
     /// has no scheduler.
     fn stats(&self) -> Option<EngineStats> {
+        None
+    }
+
+    /// An upstream model's state and counters; `None` for an in-process
+    /// engine.
+    fn upstream(&self) -> Option<upstream::UpstreamStats> {
         None
     }
 

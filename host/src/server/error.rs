@@ -207,6 +207,11 @@ impl ApiError {
                 "server_error",
                 "model_not_loaded",
             ),
+            ModelError::Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "upstream_unavailable",
+            ),
             _ => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "server_error",
