@@ -13,6 +13,7 @@ use tessera_host::bundle::sign::TrustedKeys;
 use tessera_host::ensemble::router::MAX_TOP_K;
 use tessera_host::ensemble::watch::BundleWatcher;
 use tessera_host::ensemble::{Ensemble, RouterConfig, RoutingIndex};
+use tessera_host::inference::upstream::{UpstreamEngine, UpstreamOptions};
 use tessera_host::inference::{DeviceChoice, MODELS, ModelStatus};
 use tessera_host::sandbox::{HostPolicy, Sandbox};
 use tessera_host::server::{self, AppState, ServerOptions, reload};
@@ -166,6 +167,19 @@ pub struct ServeArgs {
     #[arg(long = "adapter", value_name = "NAME=DIR")]
     adapters: Vec<String>,
 
+    /// Serve model NAME from an OpenAI-compatible server (vLLM, llama.cpp,
+    /// TGI, SGLang, another Tessera) at URL (its `/v1` base), asking it for
+    /// MODEL_ID [default: NAME] (repeatable). Experts use it with
+    /// `model = "NAME"` under [capabilities]; clients with `"model":
+    /// "NAME"`. `[[models]]` in the config file sets timeouts, the API key,
+    /// concurrency and the circuit breaker.
+    #[arg(long = "upstream", value_name = "NAME=URL[#MODEL_ID]")]
+    upstreams: Vec<String>,
+
+    /// `[[models]]` of the config file.
+    #[arg(skip)]
+    upstream_models: Vec<UpstreamModel>,
+
     #[command(flatten)]
     audit: super::records::StoreArgs,
 
@@ -219,6 +233,81 @@ struct ConfigFile {
     kv_cache: Option<super::engine::KvCacheArg>,
     /// Adapter name → PEFT directory.
     adapters: Option<std::collections::BTreeMap<String, PathBuf>>,
+    /// Models served by upstreams.
+    #[serde(default)]
+    models: Vec<UpstreamModel>,
+}
+
+/// A `[[models]]` entry of the config file: a model served by an
+/// OpenAI-compatible upstream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct UpstreamModel {
+    /// The name experts and clients use.
+    name: String,
+    /// The upstream's `/v1` base URL.
+    upstream: String,
+    /// The upstream's id of the model [default: name].
+    model_id: Option<String>,
+    /// The environment variable holding the upstream's API key.
+    api_key_env: Option<String>,
+    /// Seconds to connect [default: 5].
+    connect_timeout_secs: Option<f64>,
+    /// Seconds for one whole request [default: 300].
+    timeout_secs: Option<f64>,
+    /// Requests in flight at once [default: 64].
+    max_concurrent: Option<usize>,
+    /// Retries of a failure that did nothing [default: 2].
+    retries: Option<u32>,
+    /// Failures in a row that open the circuit [default: 5].
+    breaker_failures: Option<u32>,
+    /// Seconds an open circuit refuses calls before a probe [default: 10].
+    breaker_open_secs: Option<f64>,
+}
+
+impl UpstreamModel {
+    fn options(&self) -> anyhow::Result<UpstreamOptions> {
+        let id = self.model_id.as_deref().unwrap_or(&self.name);
+        let mut o = UpstreamOptions::new(&self.name, &self.upstream, id);
+        if let Some(var) = &self.api_key_env {
+            o.api_key = Some(std::env::var(var).map_err(|_| {
+                anyhow::anyhow!(
+                    "model `{}`: api-key-env names {var}, which is not set",
+                    self.name
+                )
+            })?);
+        }
+        let secs = |what: &str, v: f64| {
+            if v.is_finite() && v > 0.0 && v <= 86_400.0 {
+                Ok(Duration::from_secs_f64(v))
+            } else {
+                Err(anyhow::anyhow!(
+                    "model `{}`: {what} must be between 0 and 86400 seconds, not {v}",
+                    self.name
+                ))
+            }
+        };
+        if let Some(v) = self.connect_timeout_secs {
+            o.connect_timeout = secs("connect-timeout-secs", v)?;
+        }
+        if let Some(v) = self.timeout_secs {
+            o.request_timeout = secs("timeout-secs", v)?;
+        }
+        if let Some(v) = self.breaker_open_secs {
+            o.breaker_open = secs("breaker-open-secs", v)?;
+        }
+        if let Some(v) = self.max_concurrent {
+            o.max_concurrent = v;
+        }
+        if let Some(v) = self.retries {
+            o.retries = v.min(10);
+        }
+        if let Some(v) = self.breaker_failures {
+            o.breaker_failures = v.max(1);
+        }
+        o.check().map_err(|m| anyhow::anyhow!("{m}"))?;
+        Ok(o)
+    }
 }
 
 impl ConfigFile {
@@ -332,7 +421,24 @@ impl ServeArgs {
                 .map(|(name, dir)| format!("{name}={}", dir.display()))
                 .collect();
         }
+        self.upstream_models = c.models;
         Ok(self)
+    }
+
+    /// The upstream models of the flags and the config file.
+    fn upstreams(&self) -> anyhow::Result<Vec<UpstreamOptions>> {
+        let mut out = Vec::new();
+        for flag in &self.upstreams {
+            out.push(
+                UpstreamOptions::parse_flag(flag).map_err(|m| anyhow::anyhow!("--upstream {m}"))?,
+            );
+        }
+        for model in &self.upstream_models {
+            if !out.iter().any(|o| o.name.eq_ignore_ascii_case(&model.name)) {
+                out.push(model.options()?);
+            }
+        }
+        Ok(out)
     }
 
     fn api_keys(&self) -> anyhow::Result<Vec<String>> {
@@ -426,6 +532,7 @@ pub async fn run(args: ServeArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<
     let args = args.merge()?;
     let options = args.options()?;
     let router_config = args.router_config()?;
+    let upstreams = args.upstreams()?;
     let roots = if args.bundles.is_empty() {
         let examples = PathBuf::from("plugins");
         if !examples.is_dir() {
@@ -508,6 +615,18 @@ pub async fn run(args: ServeArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<
     }
     let sandbox = Sandbox::new(HostPolicy::default(), cache_dir.as_deref())?;
     let ensemble = Ensemble::new(sandbox, engine);
+    for options in upstreams {
+        let (name, url, id) = (
+            options.name.clone(),
+            options.url.clone(),
+            options.model_id.clone(),
+        );
+        let engine = UpstreamEngine::new(options).map_err(|m| anyhow::anyhow!("{m}"))?;
+        ensemble
+            .add_model(std::sync::Arc::new(engine))
+            .map_err(|m| anyhow::anyhow!("--upstream {name}: {m}"))?;
+        eprintln!("serving model `{name}` from {url} (upstream model `{id}`)");
+    }
     ensemble.set_router_config(router_config.clone());
     if let Some(keys) = trusted_keys {
         eprintln!(

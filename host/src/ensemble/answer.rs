@@ -31,6 +31,8 @@ pub enum Target {
     Auto(Strategy),
     /// The base model with a LoRA adapter registered with the engine.
     Adapter(String),
+    /// Another configured model (an upstream), by its name.
+    Model(Arc<dyn crate::inference::ModelEngine>),
 }
 
 /// A model name nothing on this host answers to.
@@ -376,6 +378,9 @@ impl Ensemble {
         {
             return Ok(Target::Base);
         }
+        if let Some(other) = self.model_named(model) {
+            return Ok(Target::Model(other));
+        }
         if let Some(adapter) = engine
             .adapters()
             .into_iter()
@@ -405,9 +410,7 @@ impl Ensemble {
             .filter(|e| matches!(e.manifest.kind, BundleKind::Agent | BundleKind::Adapter))
             .map(|e| e.name().to_string())
             .collect();
-        if engine.model_name() != NoModel.model_name() {
-            names.push(engine.model_name().to_string());
-        }
+        names.extend(self.model_names());
         // Adapter bundles are registered adapters too: named once.
         names.extend(
             engine
@@ -433,13 +436,14 @@ impl Ensemble {
             Target::Expert(e) => e.name().to_string(),
             Target::Auto(strategy) => strategy.model_id().to_string(),
             Target::Adapter(name) => name.clone(),
+            Target::Model(engine) => engine.model_name().to_string(),
         }
     }
 
     /// The sandbox instances one choice for `target` may hold at once.
     pub fn slots_per_choice(&self, target: &Target, decision: Option<&Decision>) -> u32 {
         match target {
-            Target::Base | Target::Embedder | Target::Adapter(_) => 0,
+            Target::Base | Target::Embedder | Target::Adapter(_) | Target::Model(_) => 0,
             Target::Expert(e) => self.slots_for(e),
             Target::Auto(_) => decision.map_or(0, |d| strategy::slots(self, d)),
         }
@@ -458,12 +462,17 @@ impl Ensemble {
     ) -> Outcome {
         match target {
             Target::Base => Outcome::of(
-                self.answer_base(ask, choice, deltas, None).await,
+                self.answer_base(self.model(), ask, choice, deltas, None)
+                    .await,
                 Vec::new(),
             ),
             Target::Adapter(name) => Outcome::of(
-                self.answer_base(ask, choice, deltas, Some(name.clone()))
+                self.answer_base(self.model(), ask, choice, deltas, Some(name.clone()))
                     .await,
+                Vec::new(),
+            ),
+            Target::Model(engine) => Outcome::of(
+                self.answer_base(engine, ask, choice, deltas, None).await,
                 Vec::new(),
             ),
             Target::Expert(expert) => {
@@ -492,15 +501,15 @@ impl Ensemble {
         }
     }
 
-    /// The base model's answer (with `adapter`, when given).
+    /// Model `engine`'s answer (with `adapter`, when given).
     pub(crate) async fn answer_base(
         &self,
+        engine: &Arc<dyn crate::inference::ModelEngine>,
         ask: &Ask,
         choice: u32,
         deltas: Option<Deltas>,
         adapter: Option<String>,
     ) -> Result<Answer, AnswerError> {
-        let engine = self.model().clone();
         let params = ask.params(choice);
         let request = GenerateRequest {
             prompt: ask.input.clone(),

@@ -48,7 +48,7 @@ impl Ensemble {
             trace_budget.unwrap_or_else(|| Arc::new(AtomicUsize::new(policy.max_trace_entries)));
         let invoker: Arc<dyn Invoker> = self.clone();
         InvocationState::new(
-            ModelCtx::new(self.model().clone(), capabilities),
+            ModelCtx::new(self.engine_for(capabilities), capabilities),
             ExpertsCtx::new(
                 invoker,
                 capabilities.clone(),

@@ -153,6 +153,18 @@ pub enum AddError {
         /// Why.
         reason: String,
     },
+    /// The manifest's `model` names a model this host does not serve.
+    #[error(
+        "{name}: its tessera.toml asks for model `{model}`, which this host does not serve (it serves: {known}); configure it (`tessera serve --upstream {model}=URL`) or set `model = true` under [capabilities] for the default model"
+    )]
+    UnknownModel {
+        /// The bundle's name.
+        name: String,
+        /// The model it asks for.
+        model: String,
+        /// What the host serves.
+        known: String,
+    },
     /// `describe()` returned more than the host accepts.
     #[error("{name}: describe() returned {field} that {problem}")]
     DescribeTooLarge {
@@ -211,6 +223,8 @@ pub struct Ensemble {
     slots: Arc<tokio::sync::Semaphore>,
     slots_total: u32,
     model: Arc<dyn ModelEngine>,
+    /// The other configured models (upstreams), by lowercase name.
+    models: RwLock<BTreeMap<String, Arc<dyn ModelEngine>>>,
     experts: RwLock<BTreeMap<String, Arc<Expert>>>,
     routing_index: RoutingIndex,
     router_config: RwLock<RouterConfig>,
@@ -237,6 +251,7 @@ impl Ensemble {
             slots_total,
             sandbox,
             model,
+            models: RwLock::new(BTreeMap::new()),
             experts: RwLock::new(BTreeMap::new()),
             routing_index: RoutingIndex::default(),
             router_config: RwLock::new(RouterConfig::default()),
@@ -347,9 +362,80 @@ impl Ensemble {
         &self.sandbox
     }
 
-    /// The model engine.
+    /// The default model engine.
     pub fn model(&self) -> &Arc<dyn ModelEngine> {
         &self.model
+    }
+
+    /// Serve `engine` (an upstream model) beside the default one, under
+    /// its name. Refused when the name is taken.
+    pub fn add_model(&self, engine: Arc<dyn ModelEngine>) -> Result<(), String> {
+        let name = engine.model_name().to_string();
+        if let Some(why) = self.reserved(&name) {
+            return Err(format!("model `{name}` cannot be served: {why}"));
+        }
+        if self.expert(&name).is_some() {
+            return Err(format!(
+                "model `{name}` cannot be served: it is an expert's name"
+            ));
+        }
+        self.models
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_ascii_lowercase(), engine);
+        Ok(())
+    }
+
+    /// The configured models besides the default one, by name.
+    pub fn other_models(&self) -> Vec<Arc<dyn ModelEngine>> {
+        self.models
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// The model called `name` (ignoring case): the default one or another
+    /// configured one.
+    pub fn model_named(&self, name: &str) -> Option<Arc<dyn ModelEngine>> {
+        if self.model.model_name() != crate::inference::NoModel.model_name()
+            && name.eq_ignore_ascii_case(self.model.model_name())
+        {
+            return Some(self.model.clone());
+        }
+        self.models
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&name.to_ascii_lowercase())
+            .cloned()
+    }
+
+    /// The engine a bundle's `model` grant names: the default one unless
+    /// it names another (which loading checked is served).
+    pub(crate) fn engine_for(
+        &self,
+        capabilities: &crate::bundle::Capabilities,
+    ) -> Arc<dyn ModelEngine> {
+        capabilities
+            .model
+            .name()
+            .and_then(|name| self.model_named(name))
+            .unwrap_or_else(|| self.model.clone())
+    }
+
+    /// Every model's name, the default first.
+    pub fn model_names(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        if self.model.model_name() != crate::inference::NoModel.model_name() {
+            names.push(self.model.model_name().to_string());
+        }
+        names.extend(
+            self.other_models()
+                .iter()
+                .map(|m| m.model_name().to_string()),
+        );
+        names
     }
 
     /// The expert called `name`.
@@ -387,6 +473,17 @@ impl Ensemble {
         if name.starts_with("tessera") {
             return Some("names starting with `tessera` are the host's (tessera/auto...)".into());
         }
+        if let Some(other) = self
+            .models
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&name.to_ascii_lowercase())
+        {
+            return Some(format!(
+                "it is a configured model's name (`{}`)",
+                other.model_name()
+            ));
+        }
         None
     }
 
@@ -411,6 +508,20 @@ impl Ensemble {
                     name: name.clone(),
                     reason,
                 })?;
+        }
+        if let Some(model) = bundle.manifest.capabilities.model.name()
+            && self.model_named(model).is_none()
+        {
+            let known = self.model_names();
+            return Err(AddError::UnknownModel {
+                name,
+                model: model.to_string(),
+                known: if known.is_empty() {
+                    "no model".into()
+                } else {
+                    known.join(", ")
+                },
+            });
         }
         let signer = bundle.signer.take();
         if bundle.manifest.kind == BundleKind::Adapter {

@@ -165,7 +165,7 @@ impl AnswerRequest for openai::ChatRequest {
         self.check()?;
         let mut options = self.common.check(crate::inference::DEFAULT_MAX_TOKENS)?;
         if let Some(schema) = self.schema()? {
-            if matches!(target, Target::Base | Target::Adapter(_)) {
+            if matches!(target, Target::Base | Target::Adapter(_) | Target::Model(_)) {
                 return Err(ApiError::invalid(
                     Some("response_format".into()),
                     format!(

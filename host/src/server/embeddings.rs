@@ -34,8 +34,10 @@ async fn embed(
         .resolve(&req.model)
         .map_err(|e| ApiError::unknown_model(&e.asked, &e.known))?;
     served.model = state.ensemble().canonical_id(&target);
-    match target {
-        Target::Embedder => {}
+    let engine = match target {
+        Target::Embedder => state.ensemble().model().clone(),
+        // An upstream model: its server embeds (or says it cannot).
+        Target::Model(engine) => engine,
         _ => {
             return Err(ApiError::invalid(
                 Some("model".into()),
@@ -50,7 +52,7 @@ async fn embed(
                 ),
             ));
         }
-    }
+    };
     let texts = match req.input {
         openai::EmbeddingInput::One(t) => vec![t],
         openai::EmbeddingInput::Many(v) => v,
@@ -87,7 +89,6 @@ async fn embed(
         }
     };
     let _admitted = state.admission().admit(&served.model).await?;
-    let engine = state.ensemble().model().clone();
     let vectors = engine
         .embed(texts.clone())
         .await

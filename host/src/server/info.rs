@@ -78,6 +78,15 @@ fn catalog(state: &AppState) -> Vec<CatalogEntry> {
     if engine.model_name() != crate::inference::NoModel.model_name() {
         entries.push(CatalogEntry::model(engine.model_name(), "language-model"));
     }
+    for model in state.ensemble().other_models() {
+        let mut entry = CatalogEntry::model(model.model_name(), "language-model");
+        if let Some(up) = model.upstream() {
+            // Where it is served is the operator's business: the circuit
+            // only.
+            entry.detail = json!({"backend": "upstream", "circuit": up.circuit});
+        }
+        entries.push(entry);
+    }
     for adapter in engine.adapters() {
         // An adapter bundle says what its manifest says, too.
         let mut detail = match state.ensemble().expert(&adapter.name) {
@@ -133,15 +142,25 @@ pub(super) async fn get_model(State(state): State<AppState>, Path(id): Path<Stri
     }
 }
 
-/// For load balancers and anyone: no authentication, so no paths, names
+/// For load balancers and anyone: no authentication, so no paths, URLs
 /// or errors. `ok`; `degraded` when bundles failed to load (the rest
-/// serve); `unavailable` with 503 when the model engine has stopped.
+/// serve) or an upstream model's circuit is open (the experts on other
+/// models serve); `unavailable` with 503 when the model engine has
+/// stopped. `models` gives each upstream model's circuit.
 pub(super) async fn healthz(State(state): State<AppState>) -> Response {
     let engine = state.ensemble().model().health();
     let bundle_errors = state.bundle_problems().len();
+    let upstreams: serde_json::Map<String, serde_json::Value> = state
+        .ensemble()
+        .other_models()
+        .iter()
+        .filter_map(|m| m.upstream())
+        .map(|u| (u.name, json!(u.circuit)))
+        .collect();
+    let upstream_down = upstreams.values().any(|c| c == "open");
     let (code, status) = if !engine.serving {
         (axum::http::StatusCode::SERVICE_UNAVAILABLE, "unavailable")
-    } else if bundle_errors > 0 {
+    } else if bundle_errors > 0 || upstream_down {
         (axum::http::StatusCode::OK, "degraded")
     } else {
         (axum::http::StatusCode::OK, "ok")
@@ -153,6 +172,7 @@ pub(super) async fn healthz(State(state): State<AppState>) -> Response {
             "engine": if engine.serving { "serving" } else { "stopped" },
             "experts": state.ensemble().experts().len(),
             "bundle_errors": bundle_errors,
+            "upstreams": upstreams,
         })),
     )
         .into_response()
@@ -177,6 +197,12 @@ pub(super) async fn status(State(state): State<AppState>) -> Response {
             "generated_tokens": s.generated_tokens,
             "cancelled": s.cancelled,
         })),
+        "upstreams": state
+            .ensemble()
+            .other_models()
+            .iter()
+            .filter_map(|m| m.upstream())
+            .collect::<Vec<_>>(),
         "experts": state.ensemble().experts().len(),
         "in_flight": state.admission().running(),
         "queued": state.admission().queued(),
@@ -190,6 +216,11 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     m.in_flight.set(state.admission().running() as i64);
     m.queue_depth.set(state.admission().queued() as i64);
     m.bundles.set(state.ensemble().experts().len() as i64);
+    for model in state.ensemble().other_models() {
+        if let Some(stats) = model.upstream() {
+            m.upstream.set(&stats);
+        }
+    }
     if let Some(stats) = state.ensemble().model().stats() {
         m.engine_queued.set(stats.queued as i64);
         m.batch_size.set(stats.active as i64);

@@ -45,6 +45,88 @@ pub struct RouteLabels {
     pub router: String,
 }
 
+/// Labels of an upstream model's figures.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    /// The model's name here.
+    pub model: String,
+}
+
+/// An upstream's figures, read from its engine at each scrape (they count
+/// since the host started).
+#[derive(Default)]
+pub struct UpstreamMetrics {
+    requests: Family<UpstreamLabels, Gauge>,
+    errors: Family<UpstreamLabels, Gauge>,
+    retries: Family<UpstreamLabels, Gauge>,
+    circuit_open: Family<UpstreamLabels, Gauge>,
+    latency_sum: Family<UpstreamLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    tokens: Family<TokenLabels, Gauge>,
+}
+
+impl UpstreamMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "upstream_requests",
+            "Calls to an upstream model that succeeded, since start",
+            self.requests.clone(),
+        );
+        registry.register(
+            "upstream_errors",
+            "Calls to an upstream model that failed after retries, since start",
+            self.errors.clone(),
+        );
+        registry.register(
+            "upstream_retries",
+            "Retries of upstream calls that failed before anything was done, since start",
+            self.retries.clone(),
+        );
+        registry.register(
+            "upstream_circuit_open",
+            "1 while an upstream's circuit is open (calls fail at once), else 0",
+            self.circuit_open.clone(),
+        );
+        registry.register(
+            "upstream_latency_seconds_sum",
+            "Summed seconds of successful upstream calls, since start (divide by upstream_requests)",
+            self.latency_sum.clone(),
+        );
+        registry.register(
+            "upstream_tokens",
+            "Tokens an upstream reported reading and generating, since start",
+            self.tokens.clone(),
+        );
+    }
+
+    /// Copy `stats` into the gauges.
+    pub fn set(&self, stats: &crate::inference::upstream::UpstreamStats) {
+        let labels = UpstreamLabels {
+            model: stats.name.clone(),
+        };
+        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.requests.get_or_create(&labels).set(n(stats.requests));
+        self.errors.get_or_create(&labels).set(n(stats.errors));
+        self.retries.get_or_create(&labels).set(n(stats.retries));
+        self.circuit_open.get_or_create(&labels).set(i64::from(
+            stats.circuit == crate::inference::upstream::CircuitState::Open,
+        ));
+        self.latency_sum
+            .get_or_create(&labels)
+            .set(stats.latency_seconds_sum);
+        for (direction, v) in [
+            ("prompt", stats.prompt_tokens),
+            ("completion", stats.completion_tokens),
+        ] {
+            self.tokens
+                .get_or_create(&TokenLabels {
+                    model: stats.name.clone(),
+                    direction,
+                })
+                .set(n(v));
+        }
+    }
+}
+
 /// Every metric the server keeps.
 pub struct Metrics {
     registry: Registry,
@@ -83,6 +165,8 @@ pub struct Metrics {
     /// `tessera/auto` answers that another candidate or the base model
     /// gave after this expert failed or refused.
     pub fallbacks: Family<ExpertLabels, Counter>,
+    /// Upstream models' figures.
+    pub upstream: UpstreamMetrics,
 }
 
 impl Default for Metrics {
@@ -185,8 +269,11 @@ impl Metrics {
             "Bundles that failed to load or reload",
             bundle_errors.clone(),
         );
+        let upstream = UpstreamMetrics::default();
+        upstream.register(&mut registry);
         Metrics {
             registry,
+            upstream,
             requests,
             latency,
             first_token,

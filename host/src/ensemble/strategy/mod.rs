@@ -85,7 +85,7 @@ pub(super) async fn answer(job: Job<'_>, deltas: Option<Deltas>) -> Outcome {
     let ensemble = job.ensemble;
     let mut outcome = if job.decision.choices.is_empty() {
         let answer = ensemble
-            .answer_base(job.ask, job.choice, deltas, None)
+            .answer_base(ensemble.model(), job.ask, job.choice, deltas, None)
             .await;
         Outcome::of(answer, Vec::new())
     } else {
@@ -118,7 +118,7 @@ pub(super) async fn base_fallback(
     let ensemble = job.ensemble;
     if ensemble.model().model_name() != NoModel.model_name()
         && let Ok(mut answer) = ensemble
-            .answer_base(job.ask, job.choice, deltas, None)
+            .answer_base(ensemble.model(), job.ask, job.choice, deltas, None)
             .await
     {
         answer.report.fallbacks = failed;
