@@ -1566,3 +1566,22 @@ async fn peft_directories_among_the_bundles_come_and_go_with_hot_reload() {
     assert!(!served(&dyn_engine));
     assert!(ensemble.resolve("hot-peft").is_err());
 }
+
+#[tokio::test]
+async fn readiness_turns_off_while_draining_and_liveness_stays() {
+    let options = ServerOptions {
+        api_keys: vec!["k".into()],
+        ..ServerOptions::default()
+    };
+    let state = fake_state(FakeEngine::echo(), options).await;
+    // Probes need no key.
+    let (status, body) = call(&state, "GET", "/readyz", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({"ready": true, "reason": null}));
+    state.start_draining();
+    let (status, body) = call(&state, "GET", "/readyz", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["reason"], "draining");
+    let (status, body) = call(&state, "GET", "/healthz", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}

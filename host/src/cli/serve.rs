@@ -176,6 +176,12 @@ pub struct ServeArgs {
     #[arg(long = "upstream", value_name = "NAME=URL[#MODEL_ID]")]
     upstreams: Vec<String>,
 
+    /// Seconds between the shutdown signal and the host refusing new
+    /// connections, during which `/readyz` answers 503 so that a load
+    /// balancer stops sending requests here first [default: 0].
+    #[arg(long, value_name = "SECS")]
+    drain_secs: Option<u64>,
+
     /// `[[models]]` of the config file.
     #[arg(skip)]
     upstream_models: Vec<UpstreamModel>,
@@ -233,6 +239,7 @@ struct ConfigFile {
     kv_cache: Option<super::engine::KvCacheArg>,
     /// Adapter name → PEFT directory.
     adapters: Option<std::collections::BTreeMap<String, PathBuf>>,
+    drain_secs: Option<u64>,
     /// Models served by upstreams.
     #[serde(default)]
     models: Vec<UpstreamModel>,
@@ -422,6 +429,7 @@ impl ServeArgs {
                 .collect();
         }
         self.upstream_models = c.models;
+        self.drain_secs = self.drain_secs.or(c.drain_secs);
         Ok(self)
     }
 
@@ -711,7 +719,8 @@ pub async fn run(args: ServeArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<
         engine.embedder_name().unwrap_or("no embedder"),
     );
     tracing::info!(%address, "listening");
-    server::serve(listener, state, shutdown_signal()).await?;
+    let drain = Duration::from_secs(args.drain_secs.unwrap_or(0));
+    server::serve(listener, state.clone(), shutdown_signal(state, drain)).await?;
     if let Some(reloader) = reloader {
         reloader.abort();
     }
@@ -741,9 +750,26 @@ fn build_crates(dirs: &[PathBuf]) {
     }
 }
 
-/// Resolves on the first SIGINT or SIGTERM; a second one exits at once.
-async fn shutdown_signal() {
+/// Resolves on the first SIGINT or SIGTERM, after `drain` during which
+/// `/readyz` says `draining` and requests are still taken (so that a load
+/// balancer stops sending before the host stops accepting); a second
+/// signal exits at once.
+async fn shutdown_signal(state: AppState, drain: Duration) {
     wait_for_signal().await;
+    state.start_draining();
+    if !drain.is_zero() {
+        eprintln!(
+            "draining: /readyz answers 503; still serving for {} s (--drain-secs)",
+            drain.as_secs()
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(drain) => {}
+            _ = wait_for_signal() => {
+                eprintln!("exiting now");
+                std::process::exit(130);
+            }
+        }
+    }
     eprintln!(
         "shutting down: no new connections; finishing the requests in flight (signal again to exit now)"
     );

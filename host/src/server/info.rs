@@ -178,6 +178,31 @@ pub(super) async fn healthz(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
+/// Readiness, for load balancers (liveness is `/healthz`): 200 when this
+/// host takes requests now; 503 with the reason while it drains for
+/// shutdown, when its model engine has stopped, or when its admission
+/// queue is full. Like `/healthz`, no authentication and no details.
+pub(super) async fn readyz(State(state): State<AppState>) -> Response {
+    let reason = if state.is_draining() {
+        Some("draining")
+    } else if !state.ensemble().model().health().serving {
+        Some("engine stopped")
+    } else if state.admission().queued() >= state.options().max_queued {
+        Some("queue full")
+    } else {
+        None
+    };
+    let code = match reason {
+        None => axum::http::StatusCode::OK,
+        Some(_) => axum::http::StatusCode::SERVICE_UNAVAILABLE,
+    };
+    (
+        code,
+        axum::Json(json!({"ready": reason.is_none(), "reason": reason})),
+    )
+        .into_response()
+}
+
 /// The operator's view, behind the API key: bundles that failed and why,
 /// the engine's failures and load.
 pub(super) async fn status(State(state): State<AppState>) -> Response {

@@ -115,6 +115,9 @@ struct Inner {
     metrics: Metrics,
     problems: RwLock<Vec<BundleProblem>>,
     started_unix: u64,
+    /// Set once shutdown begins: `/readyz` says 503 so that load
+    /// balancers stop sending requests while those in flight finish.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl AppState {
@@ -128,8 +131,23 @@ impl AppState {
                 metrics: Metrics::new(),
                 problems: RwLock::new(Vec::new()),
                 started_unix: unix_now(),
+                draining: std::sync::atomic::AtomicBool::new(false),
             }),
         }
+    }
+
+    /// From now on `/readyz` answers 503 (`draining`): shutdown has begun.
+    pub fn start_draining(&self) {
+        self.inner
+            .draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.inner
+            .draining
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The ensemble served.
@@ -221,6 +239,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/models", get(info::list_models))
         .route("/v1/models/{*id}", get(info::get_model))
         .route("/healthz", get(info::healthz))
+        .route("/readyz", get(info::readyz))
         .route("/v1/status", get(info::status))
         .route("/metrics", get(info::metrics))
         .fallback(not_found)

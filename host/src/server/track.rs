@@ -157,6 +157,7 @@ fn endpoint_name(path: &str) -> &'static str {
         "/v1/route" => "route",
         "/v1/models" | "/v1/models/{*id}" => "models",
         "/healthz" => "healthz",
+        "/readyz" => "readyz",
         "/v1/status" => "status",
         "/metrics" => "metrics",
         _ => "other",
@@ -169,7 +170,7 @@ pub(super) async fn authenticate(
     next: Next,
 ) -> Response {
     let keys = &state.options().api_keys;
-    if keys.is_empty() || request.uri().path() == "/healthz" {
+    if keys.is_empty() || matches!(request.uri().path(), "/healthz" | "/readyz") {
         return next.run(request).await;
     }
     // The scheme is case-insensitive (RFC 9110 §11.1): `bearer` works too.
