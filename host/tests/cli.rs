@@ -1735,3 +1735,116 @@ fn eval_through_every_strategy_falls_back_and_selects_exact_answers() {
         );
     }
 }
+
+/// Many stateless hosts: `tessera serve` fetches a `.tessera` pack from a
+/// URL pinned by sha256 (and refuses bytes that are not the pinned ones),
+/// serves a model from an upstream with `--upstream`, says so in
+/// `/v1/models`, `/healthz` and `/readyz`, and answers 503 naming the
+/// upstream when it is down.
+#[test]
+fn serve_fetches_pinned_packs_and_serves_upstream_models() {
+    use sha2::Digest;
+    let dir = scratch("pinned");
+    let built = tessera(&["build", "plugins/calculator"]);
+    assert!(built.status.success(), "{}", stderr(&built));
+    let pack = dir.join("calculator.tessera");
+    let packed = tessera(&["pack", "plugins/calculator", "-o", pack.to_str().unwrap()]);
+    assert!(packed.status.success(), "{}", stderr(&packed));
+    let bytes = std::fs::read(&pack).unwrap();
+    let sha = hex::encode(sha2::Sha256::digest(&bytes));
+
+    // A file server on loopback.
+    let files = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/calculator.tessera", files.local_addr().unwrap());
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut stream in files.incoming().flatten() {
+            let mut request = [0u8; 2048];
+            let _ = stream.read(&mut request);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                bytes.len()
+            );
+            let _ = stream.write_all(&bytes);
+        }
+    });
+    // Nothing listens where the upstream is said to be.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = format!(
+        "b=http://{}/v1#SmolLM2-135M-Instruct",
+        dead.local_addr().unwrap()
+    );
+    drop(dead);
+    let cache = dir.join("cache");
+    let serve_with = |pin: &str| {
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "serve".as_ref(),
+            "--no-model".as_ref(),
+            "--listen".as_ref(),
+            "127.0.0.1:0".as_ref(),
+            "--reload-interval-ms".as_ref(),
+            "0".as_ref(),
+            "--cache-dir".as_ref(),
+            cache.as_os_str(),
+            "--bundle-url".as_ref(),
+        ];
+        args.push(std::ffi::OsStr::new(pin));
+        args.push(std::ffi::OsStr::new("--upstream"));
+        args.push(std::ffi::OsStr::new(&upstream));
+        serve(&args)
+    };
+
+    let wrong = format!("{url}#sha256={}", "0".repeat(64));
+    let Serving { mut child, log, .. } = serve_with(&wrong);
+    assert!(!child.wait().unwrap().success(), "{log}");
+    assert!(
+        log.contains(&format!(
+            "its sha256 is {sha}, but the pin says {}",
+            "0".repeat(64)
+        )),
+        "{log}"
+    );
+
+    let serving = serve_with(&format!("{url}#sha256={sha}"));
+    let (mut child, log) = (serving.child, serving.log);
+    // Read on, so that the host's log never fills the pipe.
+    let mut stderr = serving.stderr;
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    let Some(address) = serving.address else {
+        let _ = child.kill();
+        panic!("tessera serve did not start:\n{log}");
+    };
+    assert!(log.contains("serving model `b`"), "{log}");
+    let models = http(&address, "GET", "/v1/models", "");
+    assert!(
+        models.contains("\"id\":\"calculator\"") && models.contains("\"id\":\"b\""),
+        "{models}"
+    );
+    let calc = http(
+        &address,
+        "POST",
+        "/v1/chat/completions",
+        r#"{"model": "calculator", "messages": [{"role": "user", "content": "6 * 7"}]}"#,
+    );
+    assert!(
+        calc.starts_with("HTTP/1.1 200") && calc.contains("42"),
+        "{calc}"
+    );
+    let down = http(
+        &address,
+        "POST",
+        "/v1/chat/completions",
+        r#"{"model": "b", "messages": [{"role": "user", "content": "hi"}]}"#,
+    );
+    assert!(down.starts_with("HTTP/1.1 503"), "{down}");
+    assert!(down.contains("upstream `b`"), "{down}");
+    let ready = http(&address, "GET", "/readyz", "");
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+    let health = http(&address, "GET", "/healthz", "");
+    assert!(health.contains("\"upstreams\":{\"b\":"), "{health}");
+    let _ = child.kill();
+    let _ = child.wait();
+    // The pack is kept in the cache under its digest.
+    assert!(cache.join(format!("bundles/{sha}.tessera")).is_file());
+}

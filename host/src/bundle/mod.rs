@@ -6,6 +6,7 @@
 mod component;
 mod manifest;
 pub mod pack;
+pub mod remote;
 pub mod sign;
 
 use std::io::Read;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::Deserialize;
 use tessera_host::build::{BuildOptions, build_plugin, is_plugin_source};
+use tessera_host::bundle::remote::{PinnedUrl, fetch_pinned};
 use tessera_host::bundle::sign::TrustedKeys;
 use tessera_host::ensemble::router::MAX_TOP_K;
 use tessera_host::ensemble::watch::BundleWatcher;
@@ -32,6 +33,12 @@ pub struct ServeArgs {
     /// [default: ./plugins, the example experts].
     #[arg(value_name = "DIR")]
     bundles: Vec<PathBuf>,
+
+    /// A `.tessera` pack to fetch from URL and serve, pinned by its sha256
+    /// (repeatable): `URL#sha256=HEX`. Fetched once into the cache and
+    /// checked against the pin at every start; a mismatch stops the host.
+    #[arg(long = "bundle-url", value_name = "URL#sha256=HEX")]
+    bundle_urls: Vec<String>,
 
     /// A TOML file with these options (flags override it).
     #[arg(long, value_name = "FILE")]
@@ -198,6 +205,7 @@ pub struct ServeArgs {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct ConfigFile {
     bundles: Option<Vec<PathBuf>>,
+    bundle_urls: Option<Vec<String>>,
     listen: Option<SocketAddr>,
     api_keys: Option<Vec<String>>,
     api_keys_file: Option<PathBuf>,
@@ -359,6 +367,9 @@ impl ServeArgs {
         }
         if self.api_keys.is_empty() {
             self.api_keys = c.api_keys.unwrap_or_default();
+        }
+        if self.bundle_urls.is_empty() {
+            self.bundle_urls = c.bundle_urls.unwrap_or_default();
         }
         self.listen = self.listen.or(c.listen);
         self.api_keys_file = self.api_keys_file.or(c.api_keys_file);
@@ -541,7 +552,15 @@ pub async fn run(args: ServeArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<
     let options = args.options()?;
     let router_config = args.router_config()?;
     let upstreams = args.upstreams()?;
-    let roots = if args.bundles.is_empty() {
+    let pins = args
+        .bundle_urls
+        .iter()
+        .map(|u| u.parse::<PinnedUrl>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let fetched = fetch_pinned_packs(&pins, cache_dir.as_deref()).await?;
+    let roots = if args.bundles.is_empty() && !fetched.is_empty() {
+        fetched
+    } else if args.bundles.is_empty() {
         let examples = PathBuf::from("plugins");
         if !examples.is_dir() {
             anyhow::bail!(
@@ -550,7 +569,7 @@ pub async fn run(args: ServeArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<
         }
         vec![examples]
     } else {
-        args.bundles.clone()
+        args.bundles.iter().cloned().chain(fetched).collect()
     };
     for root in &roots {
         let pack = root.is_file()
@@ -729,6 +748,28 @@ pub async fn run(args: ServeArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<
     }
     eprintln!("stopped: every request in flight was answered");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Fetch (or find in the cache) every pinned pack; the paths of the
+/// checked files. Without a cache directory they go to a temporary one
+/// that lives as long as the process.
+async fn fetch_pinned_packs(
+    pins: &[PinnedUrl],
+    cache_dir: Option<&Path>,
+) -> anyhow::Result<Vec<PathBuf>> {
+    if pins.is_empty() {
+        return Ok(Vec::new());
+    }
+    let cache = match cache_dir {
+        Some(dir) => dir.to_path_buf(),
+        None => tempfile::tempdir()?.keep(),
+    };
+    let mut paths = Vec::new();
+    for pin in pins {
+        eprintln!("fetching {} (sha256 {}) ...", pin.url, &pin.sha256[..12]);
+        paths.push(fetch_pinned(pin, &cache).await?);
+    }
+    Ok(paths)
 }
 
 /// Build the plugin sources among `dirs` (unchanged ones are quick).
