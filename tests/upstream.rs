@@ -235,6 +235,35 @@ async fn experts_on_an_upstream_model_answer_as_the_upstream_does() {
         "{lie}"
     );
 
+    // A validator replays an answer given through the upstream from the
+    // record (every host call answered from it); the receipt names the
+    // model, and rating the tokens needs the token ids, which an OpenAI
+    // upstream does not give: the spot-check fails and says why.
+    a.set_host_key(tessera_host::bundle::sign::SigningKey::generate("a"));
+    let response = client
+        .post(chat(&a_server.base))
+        .header("x-tessera-record", "true")
+        .json(&question)
+        .send()
+        .await
+        .unwrap();
+    let recorded: Value = response.json().await.unwrap();
+    assert_eq!(
+        recorded["tessera"]["record"]["receipt"]["body"]["model"]["name"], "b",
+        "{recorded}"
+    );
+    let verify = format!("{}/v1/verify", a_server.base);
+    let replay_only = json!({"record": recorded, "checks": {"replay": true, "logprobs": false}});
+    let (status, verdict) = post(&client, &verify, &replay_only).await;
+    assert_eq!(status, 200, "{verdict}");
+    assert_eq!(verdict["pass"], true, "{verdict}");
+    let (_, verdict) = post(&client, &verify, &json!({"record": recorded})).await;
+    assert_eq!(verdict["pass"], false, "{verdict}");
+    assert!(
+        verdict.to_string().contains("0 token ids"),
+        "{verdict}"
+    );
+
     // A second A, sharing nothing with the first, answers alike.
     let (a2_state, _) = host_a(&b.base).await;
     let a2 = Running::start(a2_state, "127.0.0.1:0").await;

@@ -84,6 +84,22 @@ pub async fn verify_record(
         }
     }
     let mut pass = true;
+    // Rating or re-running tokens means something only on the model that
+    // generated them (an expert on an upstream model names that model).
+    let recorded_model = record.receipt.as_ref().map(|r| r.body.model.name.as_str());
+    let mut checks = checks;
+    if let (Some(recorded), Some(m)) = (recorded_model, &model)
+        && (checks.logprobs || checks.recompute)
+        && !recorded.eq_ignore_ascii_case(m.model_name())
+    {
+        pass = false;
+        verdict.errors.push(format!(
+            "the record's generations came from model `{recorded}`, not `{}`, the model loaded here: --logprobs and --recompute need the same model",
+            m.model_name()
+        ));
+        checks.logprobs = false;
+        checks.recompute = false;
+    }
     if checks.replay || checks.logprobs {
         match replay::rerun(ensemble, record, Mode::Replay, None).await {
             Ok(report) => {

@@ -362,7 +362,9 @@ impl Ensemble {
         trace_json: &str,
         key: &SigningKey,
     ) -> Receipt {
-        let model = self.model();
+        // The model the expert's grant names (an upstream's has no weights
+        // digest here).
+        let model = self.engine_for(&expert.manifest.capabilities);
         let body = ReceiptBody {
             version: receipt::RECEIPT_VERSION,
             request_sha256: receipt::request_sha256(req),

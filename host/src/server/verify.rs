@@ -67,7 +67,12 @@ async fn check(
     let _slots = ensemble
         .reserve_slots(1)
         .map_err(|e| ApiError::from_slots(&e))?;
-    let model = Some(ensemble.model().clone());
+    // The model the record's receipt names, when this host serves it.
+    let model = record
+        .receipt
+        .as_ref()
+        .and_then(|r| ensemble.model_named(&r.body.model.name))
+        .or_else(|| Some(ensemble.model().clone()));
     let verdict = verify_record(ensemble, &record, model, req.checks).await;
     Ok(Json(verdict).into_response())
 }
