@@ -259,10 +259,7 @@ async fn experts_on_an_upstream_model_answer_as_the_upstream_does() {
     assert_eq!(verdict["pass"], true, "{verdict}");
     let (_, verdict) = post(&client, &verify, &json!({"record": recorded})).await;
     assert_eq!(verdict["pass"], false, "{verdict}");
-    assert!(
-        verdict.to_string().contains("0 token ids"),
-        "{verdict}"
-    );
+    assert!(verdict.to_string().contains("0 token ids"), "{verdict}");
 
     // A second A, sharing nothing with the first, answers alike.
     let (a2_state, _) = host_a(&b.base).await;

@@ -841,3 +841,56 @@ async fn wait_for_signal() {
         _ = term => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fleet config in `deploy/` is one this `serve` reads: every key
+    /// known, its upstream valid, its paths absolute (they are the
+    /// image's).
+    #[test]
+    fn the_deploy_config_is_a_valid_serve_config() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/tessera.toml");
+        let config = ConfigFile::read(&path).unwrap();
+        assert_eq!(
+            config.bundles,
+            Some(vec![PathBuf::from("/opt/tessera/bundles")])
+        );
+        assert_eq!(config.drain_secs, Some(5));
+        let [model] = &config.models[..] else {
+            panic!("{:?}", config.models)
+        };
+        // The key comes from the environment in the pod; here, none.
+        let keyless = UpstreamModel {
+            api_key_env: None,
+            ..model.clone()
+        };
+        let options = keyless.options().unwrap();
+        assert_eq!(options.name, "qwen2.5-7b");
+        assert_eq!(options.url, "http://vllm:8000/v1");
+        assert_eq!(options.model_id, "Qwen/Qwen2.5-7B-Instruct");
+        assert_eq!(options.max_concurrent, 256);
+        let e = model.options().unwrap_err().to_string();
+        assert!(e.contains("VLLM_API_KEY, which is not set"), "{e}");
+    }
+
+    #[test]
+    fn upstream_entries_are_checked() {
+        let entry = |extra: &str| {
+            let text =
+                format!("[[models]]\nname = \"b\"\nupstream = \"http://b:8000/v1\"\n{extra}");
+            toml::from_str::<ConfigFile>(&text).map(|c| c.models[0].options())
+        };
+        assert!(entry("").unwrap().is_ok());
+        let e = entry("timeout-secs = -1\n")
+            .unwrap()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("timeout-secs must be between 0 and 86400"),
+            "{e}"
+        );
+        assert!(entry("colour = 1\n").is_err());
+    }
+}
