@@ -1585,3 +1585,26 @@ async fn readiness_turns_off_while_draining_and_liveness_stays() {
     let (status, body) = call(&state, "GET", "/healthz", None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
+
+#[tokio::test]
+async fn echo_is_for_scoring_a_text_and_says_so() {
+    let state = fake_state(FakeEngine::echo(), ServerOptions::default()).await;
+    let echo = |extra: Value| {
+        let mut body = json!({"model": "echo", "prompt": "hello", "echo": true, "max_tokens": 0});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    for (extra, param) in [
+        (json!({"n": 2}), "n"),
+        (json!({"stream": true}), "stream"),
+        (json!({"max_tokens": 5}), "max_tokens"),
+        (json!({"temperature": 0.7}), "temperature"),
+        (json!({}), "model"),
+    ] {
+        let (status, body) = call(&state, "POST", "/v1/completions", Some(echo(extra))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_error(&body, Some(param), "`echo: true` is for scoring a text");
+    }
+}

@@ -46,15 +46,16 @@ impl Running {
     }
 }
 
-/// Host B: the real model, with `assistant` and `hostile`.
+/// Host B: the real model, with `assistant` and `json-extractor`.
 async fn host_b() -> AppState {
     let ensemble = host_with(test_policy(), real_engine());
     load(&ensemble, "plugins/assistant").await;
+    load(&ensemble, "plugins/json-extractor").await;
     AppState::new(ensemble, ServerOptions::default())
 }
 
 /// Host A: no model of its own; `b` is B's language model and `b-embed`
-/// its embedder, and `assistant` runs on `b`. The circuit opens after two
+/// its embedder, and `assistant` and `json-extractor` run on `b`. The circuit opens after two
 /// failures and probes again after half a second.
 async fn host_a(b: &str) -> (AppState, Arc<Ensemble>) {
     let ensemble = host_with(test_policy(), Arc::new(NoModel));
@@ -75,7 +76,7 @@ async fn host_a(b: &str) -> (AppState, Arc<Ensemble>) {
         m.capabilities.model = ModelGrant::Named("b".into());
     })
     .await;
-    load_as(&ensemble, "tests/plugins/hostile", |m| {
+    load_as(&ensemble, "plugins/json-extractor", |m| {
         m.capabilities.model = ModelGrant::Named("b".into());
     })
     .await;
@@ -220,20 +221,63 @@ async fn experts_on_an_upstream_model_answer_as_the_upstream_does() {
         assert!(x.iter().zip(&y).all(|(p, q)| (p - q).abs() < 1e-5));
     }
 
-    // `score` needs prompt logprobs (echo), which a Tessera upstream does
-    // not offer: refused, naming the upstream.
-    let (status, lie) = post(
-        &client,
-        &chat(&a_server.base),
-        &seeded("hostile", "usage-lie"),
-    )
-    .await;
-    assert_ne!(status, 200, "{lie}");
-    let message = lie["error"]["message"].as_str().unwrap_or_default();
+    // `score`: an upstream's echoed prompt log-probabilities. B's echo
+    // agrees with B's own `score` of the same continuation...
+    let echoed: Value = client
+        .post(format!("{}/v1/completions", b.base))
+        .json(
+            &json!({"model": base_model, "prompt": "The capital of France is Paris",
+                      "echo": true, "logprobs": 1, "max_tokens": 0, "temperature": 0}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let lp = &echoed["choices"][0]["logprobs"];
+    let offsets = lp["text_offset"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{echoed}"));
+    let values = lp["token_logprobs"].as_array().unwrap();
+    let paris: f64 = offsets
+        .iter()
+        .zip(values)
+        .filter(|(o, _)| o.as_u64().unwrap() >= "The capital of France is".len() as u64)
+        .map(|(_, v)| v.as_f64().unwrap())
+        .sum();
+    let direct = real_engine()
+        .score("The capital of France is".into(), " Paris".into(), None)
+        .await
+        .unwrap();
     assert!(
-        message.contains("upstream `b`") && message.contains("cannot score"),
-        "{lie}"
+        (paris - direct.logprob).abs() < 1e-4,
+        "{paris} vs {}",
+        direct.logprob
     );
+    assert_eq!(
+        echoed["choices"][0]["text"],
+        "The capital of France is Paris"
+    );
+    // ... and an expert that chooses by `score-choices` answers through A
+    // as it does on B.
+    let extract = json!({
+        "model": "json-extractor",
+        "messages": [{"role": "user", "content":
+            "Extract the name, age and city from this text as JSON: John Smith, 42, lives in Boston."}],
+        "temperature": 0.0,
+        "seed": 3,
+    });
+    let (status, extracted_a) = post(&client, &chat(&a_server.base), &extract).await;
+    assert_eq!(status, 200, "{extracted_a}");
+    let (status, extracted_b) = post(&client, &chat(&b.base), &extract).await;
+    assert_eq!(status, 200, "{extracted_b}");
+    // The same answer. Not the same usage: B reads the prompt once for
+    // all the continuations of a `score-choices`; through an upstream each
+    // continuation is sent with its prompt, and the usage counts what the
+    // upstream read.
+    assert_eq!(answer(&extracted_a).0, answer(&extracted_b).0);
+    assert!(answer(&extracted_a).0.contains("Boston"), "{extracted_a}");
 
     // A validator replays an answer given through the upstream from the
     // record (every host call answered from it); the receipt names the

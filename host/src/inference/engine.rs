@@ -612,6 +612,53 @@ impl ModelEngine for BurnEngine {
         })
     }
 
+    async fn echo(
+        &self,
+        text: String,
+        adapter: Option<String>,
+    ) -> Result<super::Echoed, ModelError> {
+        let adapter = self.adapter(adapter).await?;
+        self.check_prompt_bytes(text.len())?;
+        let ids = self.tokenize(text).await?;
+        if ids.is_empty() {
+            return Err(ModelError::InvalidInput("the prompt is empty".into()));
+        }
+        // BOS, when the model starts with one.
+        let mut tokens = self
+            .tokenizer
+            .encode_prompt("")
+            .map_err(|e| ModelError::InvalidInput(e.to_string()))?;
+        let from = tokens.len();
+        tokens.extend(&ids);
+        // Without BOS the first token has no context: it is not rated.
+        let rated_from = from.max(1);
+        let scores = self.score_ids(tokens, rated_from, adapter).await?;
+        let tokenizer = self.tokenizer.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut out = super::Echoed::default();
+            let mut chars = 0u32;
+            for i in 0..ids.len() {
+                // The text up to and including token i, so that a token
+                // ending inside a character is shown whole.
+                let prefix = tokenizer
+                    .decode(&ids[..=i], false)
+                    .map_err(|e| ModelError::InvalidInput(e.to_string()))?;
+                let upto = prefix.chars().count() as u32;
+                let piece: String = prefix.chars().skip(chars as usize).collect();
+                out.offsets.push(chars);
+                out.tokens.push(piece);
+                chars = upto.max(chars);
+            }
+            let unrated = ids.len() - scores.len();
+            out.logprobs = std::iter::repeat_n(None, unrated)
+                .chain(scores.iter().map(|s| Some(s.logprob)))
+                .collect();
+            Ok(out)
+        })
+        .await
+        .map_err(|e| ModelError::Failed(format!("echo: {e}")))?
+    }
+
     async fn rate(
         &self,
         prompt: super::Prompt,

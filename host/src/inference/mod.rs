@@ -276,6 +276,19 @@ pub struct Scored {
     pub tokens: u32,
 }
 
+/// What [`ModelEngine::echo`] found: one entry per token of the text.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Echoed {
+    /// Each token's text (a token that ends inside a character shows the
+    /// whole character at the token that completes it).
+    pub tokens: Vec<String>,
+    /// Each token's log-probability after those before it; `None` where
+    /// the model has nothing to condition on (no BOS).
+    pub logprobs: Vec<Option<f32>>,
+    /// Where each token starts in the text, in characters.
+    pub offsets: Vec<u32>,
+}
+
 /// What [`ModelEngine::score_choices`] found.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ScoredChoices {
@@ -349,6 +362,18 @@ pub trait ModelEngine: Send + Sync + 'static {
         let _ = (prompt, continuation, adapter);
         Err(ModelError::Failed(format!(
             "the engine serving {} cannot rate tokens",
+            self.model_name()
+        )))
+    }
+
+    /// `text`'s tokens with the log-probability the model gives each after
+    /// the ones before it (the first after BOS): what `/v1/completions`
+    /// answers with `echo: true`, and what an upstream's `score` reads.
+    /// Engines that cannot say refuse.
+    async fn echo(&self, text: String, adapter: Option<String>) -> Result<Echoed, ModelError> {
+        let _ = (text, adapter);
+        Err(ModelError::InvalidInput(format!(
+            "the engine serving {} cannot echo prompt log-probabilities",
             self.model_name()
         )))
     }

@@ -11,6 +11,7 @@
 
 pub mod admission;
 mod chat;
+mod echo;
 mod embeddings;
 pub mod error;
 mod info;
@@ -229,10 +230,7 @@ pub fn app(state: AppState) -> Router {
             "/v1/chat/completions",
             post(chat::answer::<openai::ChatRequest>),
         )
-        .route(
-            "/v1/completions",
-            post(chat::answer::<openai::CompletionRequest>),
-        )
+        .route("/v1/completions", post(echo::completions))
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/route", post(chat::route))
         .route("/v1/verify", post(verify::verify))

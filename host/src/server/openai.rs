@@ -214,7 +214,8 @@ pub struct CompletionRequest {
     /// Return this many top log-probabilities per token: 0 or 1 give the
     /// chosen token's.
     pub logprobs: Option<u32>,
-    /// Echo the prompt: not supported.
+    /// Echo the prompt with its tokens' log-probabilities (for scoring:
+    /// `server::echo`).
     #[serde(default)]
     pub echo: bool,
     /// Text after the insertion point: not supported.
@@ -472,9 +473,10 @@ impl CompletionRequest {
     /// The prompts, after checking the fields only completions have.
     pub fn prompts(&self) -> Result<Vec<String>, ApiError> {
         if self.echo {
+            // `/v1/completions` answers echo requests before this.
             return Err(ApiError::invalid(
                 Some("echo".into()),
-                "`echo: true` is not supported",
+                "`echo` must be `true` or `false`",
             ));
         }
         if self.suffix.is_some() {
