@@ -63,9 +63,13 @@ pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
     )?;
     for u in info.capability_uses(&bundle.manifest.capabilities) {
         let yes_no = |b: bool| if b { "yes" } else { "no" };
+        let which = match bundle.manifest.capabilities.model.name() {
+            Some(model) if u.interface == "model" => format!(" (model `{model}`)"),
+            _ => String::new(),
+        };
         writeln!(
             out,
-            "  {:<8} used {:<3} granted {}",
+            "  {:<8} used {:<3} granted {}{which}",
             u.interface,
             yes_no(u.used),
             yes_no(u.granted)
