@@ -86,6 +86,10 @@ async fn host_a(b: &str) -> (AppState, Arc<Ensemble>) {
     )
 }
 
+async fn get_json(client: &reqwest::Client, url: &str) -> Value {
+    client.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 async fn post(client: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
     let response = client.post(url).json(body).send().await.unwrap();
     let status = response.status().as_u16();
@@ -149,14 +153,7 @@ async fn experts_on_an_upstream_model_answer_as_the_upstream_does() {
     let base_model = real_engine().model_name().to_string();
 
     // /v1/models lists the upstream models.
-    let models: Value = client
-        .get(format!("{}/v1/models", a_server.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models = get_json(&client, &format!("{}/v1/models", a_server.base)).await;
     let ids: Vec<&str> = models["data"]
         .as_array()
         .unwrap()
@@ -330,14 +327,7 @@ async fn experts_on_an_upstream_model_answer_as_the_upstream_does() {
             .contains("circuit open"),
         "{body}"
     );
-    let health: Value = client
-        .get(format!("{}/healthz", a_server.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health = get_json(&client, &format!("{}/healthz", a_server.base)).await;
     assert_eq!(health["upstreams"]["b"], "open", "{health}");
     assert_eq!(health["status"], "degraded", "{health}");
     let metrics = client
