@@ -162,7 +162,7 @@ impl Decode {
 /// The window of answer tokens decoded for the next piece of text:
 /// `prefix..read` produced the last settled piece, `read..` is new.
 #[derive(Debug, Default)]
-struct Window {
+pub(super) struct Window {
     prefix: usize,
     read: usize,
 }
@@ -170,7 +170,7 @@ struct Window {
 impl Window {
     /// The text the newest tokens of `answer` settle, if they end on a
     /// whole character.
-    fn next(&mut self, answer: &[u32], detokenizer: &impl Detokenize) -> Option<String> {
+    pub(super) fn next(&mut self, answer: &[u32], detokenizer: &impl Detokenize) -> Option<String> {
         let before = detokenizer.decode(&answer[self.prefix..self.read]);
         let now = detokenizer.decode(&answer[self.prefix..]);
         if now.len() <= before.len() || now.ends_with('\u{FFFD}') {
@@ -184,7 +184,7 @@ impl Window {
 
     /// What is left unsettled when the answer ends: bytes that never
     /// formed a character come out as U+FFFD, as a whole decode gives them.
-    fn rest(&self, answer: &[u32], detokenizer: &impl Detokenize) -> String {
+    pub(super) fn rest(&self, answer: &[u32], detokenizer: &impl Detokenize) -> String {
         let before = detokenizer.decode(&answer[self.prefix..self.read]);
         let now = detokenizer.decode(&answer[self.prefix..]);
         now.get(before.len()..).unwrap_or_default().to_string()

@@ -635,19 +635,19 @@ impl ModelEngine for BurnEngine {
         let scores = self.score_ids(tokens, rated_from, adapter).await?;
         let tokenizer = self.tokenizer.clone();
         tokio::task::spawn_blocking(move || {
+            // Decoded as a stream is: each token's piece settles once its
+            // characters are whole (linear in the tokens, not quadratic).
             let mut out = super::Echoed::default();
+            let mut window = super::decode::Window::default();
             let mut chars = 0u32;
             for i in 0..ids.len() {
-                // The text up to and including token i, so that a token
-                // ending inside a character is shown whole.
-                let prefix = tokenizer
-                    .decode(&ids[..=i], false)
-                    .map_err(|e| ModelError::InvalidInput(e.to_string()))?;
-                let upto = prefix.chars().count() as u32;
-                let piece: String = prefix.chars().skip(chars as usize).collect();
+                let piece = window.next(&ids[..=i], &*tokenizer).unwrap_or_default();
                 out.offsets.push(chars);
+                chars += piece.chars().count() as u32;
                 out.tokens.push(piece);
-                chars = upto.max(chars);
+            }
+            if let Some(last) = out.tokens.last_mut() {
+                last.push_str(&window.rest(&ids, &*tokenizer));
             }
             let unrated = ids.len() - scores.len();
             out.logprobs = std::iter::repeat_n(None, unrated)

@@ -395,6 +395,9 @@ impl UpstreamEngine {
         Fut: std::future::Future<Output = Result<T, Failure>> + Send,
     {
         self.admit()?;
+        // A probe whose caller goes away (a deadline, a client gone) must
+        // not leave the circuit waiting for its result forever.
+        let _probe = ProbeGuard(&self.breaker);
         let _permit = self
             .permits
             .acquire()
@@ -510,6 +513,16 @@ impl UpstreamEngine {
         Err(Failure::Broken(format!(
             "{path}: the stream ended without [DONE]"
         )))
+    }
+}
+
+/// Clears the breaker's probe flag when a call ends without a verdict
+/// (its future dropped); after a verdict the flag is already clear.
+struct ProbeGuard<'a>(&'a Mutex<Breaker>);
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).probing = false;
     }
 }
 
@@ -1051,5 +1064,45 @@ mod tests {
         let stats = engine.upstream_stats();
         assert_eq!((stats.errors, stats.circuit_opens), (2, 1));
         assert!(!engine.health().serving);
+    }
+
+    #[tokio::test]
+    async fn a_probe_dropped_midway_leaves_the_next_call_its_turn() {
+        // Accepts connections and never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("silent=http://{}/v1", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let mut options = UpstreamOptions::parse_flag(&url).unwrap();
+        options.breaker_open = Duration::from_millis(10);
+        let engine = UpstreamEngine::new(options).unwrap();
+        {
+            let mut b = engine.breaker.lock().unwrap();
+            b.opened_at = Some(Instant::now() - Duration::from_secs(1));
+            b.failures_in_row = 5;
+        }
+        let ask = || {
+            engine.generate(
+                GenerateRequest::text("hi".into(), SamplingParams::default()),
+                None,
+            )
+        };
+        // The probe goes out, and its caller gives up.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), ask())
+                .await
+                .is_err()
+        );
+        // The next call is a probe again, not refused as if one were out.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), ask())
+                .await
+                .is_err()
+        );
+        assert!(!engine.breaker.lock().unwrap().probing);
     }
 }
