@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::builder::TypedValueParser as _;
 use tessera_host::inference::{
-    BurnEngine, DeviceChoice, EngineOptions, ModelEngine, ModelStore, NoModel,
+    BurnEngine, BurnWeights, DeviceChoice, EngineOptions, ModelEngine, ModelStore, NoModel,
 };
 
 /// Where the models are and how they run.
@@ -51,6 +51,12 @@ pub struct EngineArgs {
     #[arg(long, value_name = "f32|f16")]
     pub kv_cache: Option<KvCacheArg>,
 
+    /// How wgpu holds the language model's matrices: q8 (8-bit blocks of
+    /// 32 with an f32 scale: 1.125 bytes a weight, dequantized inside the
+    /// matmul) or f32 (4 bytes a weight) [default: q8].
+    #[arg(long, value_name = "q8|f32")]
+    pub wgpu_weights: Option<WgpuWeightsArg>,
+
     /// Memory for KV caches, in MiB [default: 2048].
     #[arg(long, value_name = "MIB")]
     pub kv_budget_mib: Option<usize>,
@@ -85,6 +91,19 @@ pub enum KvCacheArg {
     #[value(name = "f16")]
     #[serde(rename = "f16")]
     F16,
+}
+
+/// What `--wgpu-weights` accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+pub enum WgpuWeightsArg {
+    /// 8-bit blocks of 32 with an f32 scale.
+    #[value(name = "q8")]
+    #[serde(rename = "q8")]
+    Q8,
+    /// 32-bit floats.
+    #[value(name = "f32")]
+    #[serde(rename = "f32")]
+    F32,
 }
 
 /// Default of `--kv-budget-mib`.
@@ -129,6 +148,10 @@ impl EngineArgs {
                     Some(KvCacheArg::F16) => tessera_host::inference::cpu_llama::KvType::F16,
                     _ => tessera_host::inference::cpu_llama::KvType::F32,
                 },
+            },
+            wgpu_weights: match self.wgpu_weights {
+                Some(WgpuWeightsArg::F32) => BurnWeights::F32,
+                _ => BurnWeights::Q8Blocks,
             },
             ..EngineOptions::default()
         }

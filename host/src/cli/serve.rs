@@ -245,6 +245,7 @@ struct ConfigFile {
     quantize: Option<super::engine::QuantizeArg>,
     activation_bits: Option<u8>,
     kv_cache: Option<super::engine::KvCacheArg>,
+    wgpu_weights: Option<super::engine::WgpuWeightsArg>,
     /// Adapter name → PEFT directory.
     adapters: Option<std::collections::BTreeMap<String, PathBuf>>,
     drain_secs: Option<u64>,
@@ -424,6 +425,7 @@ impl ServeArgs {
         e.threads = e.threads.or(c.threads);
         e.quantize = e.quantize.or(c.quantize);
         e.kv_cache = e.kv_cache.or(c.kv_cache);
+        e.wgpu_weights = e.wgpu_weights.or(c.wgpu_weights);
         if let Some(bits) = c.activation_bits
             && bits != 16
             && bits != 8

@@ -44,6 +44,9 @@ pub struct EngineOptions {
     pub adapter_budget_bytes: usize,
     /// Threads and weight quantization of the CPU model.
     pub cpu: super::cpu_llama::CpuOptions,
+    /// How the language model's matrices are held on wgpu (default: in
+    /// 8-bit blocks; the CPU engine keeps the checkpoint's own blocks).
+    pub wgpu_weights: super::BurnWeights,
 }
 
 impl Default for EngineOptions {
@@ -55,6 +58,7 @@ impl Default for EngineOptions {
             kv_budget_bytes: 2 << 30,
             adapter_budget_bytes: super::DEFAULT_ADAPTER_BUDGET_BYTES,
             cpu: super::cpu_llama::CpuOptions::default(),
+            wgpu_weights: super::BurnWeights::Q8Blocks,
         }
     }
 }
@@ -143,9 +147,16 @@ impl BurnEngine {
             Burn(Box<Llama>),
         }
         let llama = match options.device.resolve() {
-            DeviceChoice::Wgpu => Loaded::Burn(Box::new(
-                Llama::load(weights.as_ref(), &device).map_err(failed)?,
-            )),
+            DeviceChoice::Wgpu => {
+                let model = Llama::load_with(weights.as_ref(), &device, options.wgpu_weights)
+                    .map_err(failed)?;
+                tracing::info!(
+                    weights_mib = model.device_bytes() >> 20,
+                    "language model on wgpu, its matrices in {}",
+                    model.weights().as_str()
+                );
+                Loaded::Burn(Box::new(model))
+            }
             _ => {
                 let model = CpuLlama::load(weights.as_ref(), &options.cpu).map_err(failed)?;
                 tracing::info!(

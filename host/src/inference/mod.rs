@@ -31,6 +31,7 @@ use async_trait::async_trait;
 pub use adapters::{AdapterInfo, DEFAULT_ADAPTER_BUDGET_BYTES};
 pub use device::DeviceChoice;
 pub use engine::{BurnEngine, EngineOptions, open_weights};
+pub use llama::BurnWeights;
 pub(crate) use llama::transpose;
 pub use models::{
     MINILM, MODELS, MODELS_DIR_ENV, ModelFile, ModelFileError, ModelSpec, ModelStatus, ModelStore,
