@@ -878,6 +878,32 @@ mod tests {
     }
 
     #[test]
+    fn wgpu_weights_come_from_the_flag_or_the_config_file() {
+        use super::super::engine::WgpuWeightsArg;
+        use tessera_host::inference::BurnWeights;
+
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            engine: super::super::engine::EngineArgs,
+        }
+        let parse = |args: &[&str]| {
+            <Cli as clap::Parser>::try_parse_from([&["tessera"], args].concat())
+                .map(|c| c.engine.options().wgpu_weights)
+        };
+        assert_eq!(parse(&[]).unwrap(), BurnWeights::Q8Blocks);
+        assert_eq!(parse(&["--wgpu-weights", "f32"]).unwrap(), BurnWeights::F32);
+        assert!(parse(&["--wgpu-weights", "q4"]).is_err());
+
+        let config: ConfigFile = toml::from_str("wgpu-weights = \"f32\"\n").unwrap();
+        assert_eq!(config.wgpu_weights, Some(WgpuWeightsArg::F32));
+        let e = toml::from_str::<ConfigFile>("wgpu-weights = \"q4\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("q8") && e.contains("f32"), "{e}");
+    }
+
+    #[test]
     fn upstream_entries_are_checked() {
         let entry = |extra: &str| {
             let text =
