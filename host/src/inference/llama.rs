@@ -103,8 +103,8 @@ pub enum BurnWeights {
     /// (`tessera adapt`) and the LoRA merge tests read these.
     #[default]
     F32,
-    /// Signed 8-bit values in blocks of [`Q8_BLOCK`] along each output row
-    /// with one f32 scale a block: 1.125 bytes a weight against f32's 4.
+    /// Signed 8-bit values in blocks of [`Q8_BLOCK`] inputs of one output,
+    /// one f32 scale a block: 1.125 bytes a weight against f32's 4.
     /// burn quantizes each matrix on the device at load, so the f32
     /// matrices never stay resident; on wgpu cubecl's tiled matmul kernels
     /// read the blocks as they load a tile (burn's CPU backend dequantizes
