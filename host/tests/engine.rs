@@ -660,19 +660,31 @@ async fn wgpu_keeps_the_weights_quantized_and_agrees_with_the_cpu() {
             .expect("wgpu reports its memory")
             .bytes_in_use
     };
-    device.memory_cleanup();
-    let before = in_use();
-    let model = Llama::load_with(weights.as_ref(), &device, BurnWeights::Q8Blocks).unwrap();
-    let used = in_use() - before;
+    // What each way of holding the weights leaves in use on the device,
+    // read from wgpu's allocator: both sides measured the same way.
+    let load = |weights_kind| {
+        device.memory_cleanup();
+        let before = in_use();
+        let model = Llama::load_with(weights.as_ref(), &device, weights_kind).unwrap();
+        (in_use() - before, model)
+    };
+    let (used_f32, f32_model) = load(BurnWeights::F32);
+    drop(f32_model);
+    let (used, model) = load(BurnWeights::Q8Blocks);
     assert_eq!(model.quantized_matrices(), (211, 211));
     // SmolLM2-135M: 134,515,008 parameters outside the embedding table
     // (the head is tied to it and counted once), 4 bytes each in f32.
     let f32_bytes = 4 * 134_515_008;
     eprintln!(
-        "q8 on wgpu: {used} bytes in use on the device (counted at load: {}; f32: {f32_bytes})",
+        "on wgpu: q8 {used} bytes in use on the device (counted at load: {}), f32 {used_f32} \
+         (4 bytes a parameter: {f32_bytes})",
         model.device_bytes()
     );
     assert!(used * 3 < f32_bytes, "{used} bytes on the device");
+    assert!(
+        used * 3 < used_f32,
+        "q8 {used} against f32 {used_f32} bytes"
+    );
     let gpu = BurnEngine::start(
         "SmolLM2-135M-Instruct".into(),
         model,
