@@ -2,8 +2,9 @@
 //! its Q4_1 GGUF): every projection of one decode step (30 layers of
 //! q, k, v, o, gate, up, down, then the tied output head), per
 //! instruction set on one thread, and on the rayon pool at batch 1, 2, 4,
-//! 8 and 32 rows with 8-bit, 16-bit and f32 activations (the engine uses
-//! 16 bits below four rows and f32 tiles from there).
+//! 8 and 32 rows with 8-bit, 16-bit and f32 activations, and bf16 tiles
+//! where the CPU has AVX-512 BF16 (the engine uses 16 bits below four rows
+//! and f32 or, with `--batch-precision bf16`, bf16 tiles from there).
 //! `cargo bench -p tessera-kernels`; `RAYON_NUM_THREADS` sets the pool.
 
 use std::hint::black_box;
@@ -87,6 +88,16 @@ fn step_f32(model: &[QMatrix], n: usize, isa: Isa) {
     }
 }
 
+/// The same step in bf16 tiles.
+fn step_bf16(model: &[QMatrix], n: usize) {
+    for m in model {
+        let x = vec![0.5f32; n * m.cols()];
+        let mut out = vec![0f32; n * m.rows()];
+        m.matmul_bf16(&x, &mut out);
+        black_box(&out);
+    }
+}
+
 fn decode_step(c: &mut Criterion) {
     let model = model(QType::Q4_1);
     let bytes: usize = model.iter().map(QMatrix::bytes).sum();
@@ -113,6 +124,11 @@ fn decode_step(c: &mut Criterion) {
         group.bench_function(format!("{} f32 pool n={n}", Isa::best().name()), |b| {
             b.iter(|| step_f32(&model, n, Isa::best()))
         });
+        if tessera_kernels::bf16_available() {
+            group.bench_function(format!("bf16 pool n={n}"), |b| {
+                b.iter(|| step_bf16(&model, n))
+            });
+        }
     }
     group.finish();
 }

@@ -15,6 +15,7 @@
 //! (`n = 1`) reads each weight block once, and a batch reads each block
 //! once for all its rows while it is in cache.
 
+mod bf16;
 mod blocks;
 mod dot;
 mod matmul;
@@ -23,5 +24,5 @@ mod wide;
 
 pub use blocks::{Q8Row, QType, dequantize, quantize_q8_0};
 pub use dot::Isa;
-pub use matmul::{QMatrix, QMatrixError};
+pub use matmul::{QMatrix, QMatrixError, bf16_available};
 pub use wide::Q16Row;

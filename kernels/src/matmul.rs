@@ -3,6 +3,7 @@
 use bytes::Bytes;
 use rayon::prelude::*;
 
+use crate::bf16;
 use crate::blocks::{Q8Blocks, Q8Row, QType};
 use crate::dot::{Isa, dot};
 use crate::tile;
@@ -248,6 +249,58 @@ impl QMatrix {
         transpose(&transposed, n, rows, out);
     }
 
+    /// `out = x · selfᵀ` in bf16 register tiles (see the `bf16` module):
+    /// [`matmul_f32`](Self::matmul_f32)'s scheme with the weights and the
+    /// activations rounded to bf16 and twice the multiply-adds per
+    /// instruction; a row's result does not depend on the other rows.
+    ///
+    /// # Panics
+    ///
+    /// If this CPU has no AVX-512 BF16 ([`bf16_available`]), or the shapes
+    /// do not match.
+    pub fn matmul_bf16(&self, x: &[f32], out: &mut [f32]) {
+        assert!(bf16::available(), "this CPU has no AVX-512 BF16");
+        let (rows, cols) = (self.rows, self.cols);
+        assert!(
+            x.len().is_multiple_of(cols),
+            "{} activations are not rows of {cols}",
+            x.len()
+        );
+        let n = x.len() / cols;
+        assert_eq!(out.len(), n * rows, "the output must be [{n}, {rows}]");
+        if n == 0 {
+            return;
+        }
+        let mut xb = Vec::with_capacity(x.len());
+        bf16::round(x, &mut xb);
+        let tasks = rayon::current_num_threads() * 4;
+        let per_task = rows
+            .div_ceil(tasks)
+            .max(MIN_ROWS_PER_TASK)
+            .next_multiple_of(bf16::W);
+        let row_bytes = self.ty.row_bytes(cols);
+        let isa = Isa::best();
+        let mut transposed = vec![0f32; rows * n];
+        transposed
+            .par_chunks_mut(per_task * n)
+            .enumerate()
+            .for_each(|(task, out)| {
+                let mut w = Vec::with_capacity(bf16::W * cols);
+                let mut wb = Vec::with_capacity(bf16::W * cols);
+                for (g, out) in out.chunks_mut(bf16::W * n).enumerate() {
+                    let first = task * per_task + g * bf16::W;
+                    let wr = out.len() / n;
+                    w.clear();
+                    wb.clear();
+                    let data = &self.data[first * row_bytes..(first + wr) * row_bytes];
+                    tile::dequantize(isa, self.ty, data, &mut w);
+                    bf16::round(&w, &mut wb);
+                    bf16::tile(&wb, wr, &xb, n, cols, out);
+                }
+            });
+        transpose(&transposed, n, rows, out);
+    }
+
     /// Split the output rows over the pool: `f(r, column)` fills output
     /// row `r` for each of the `n` inputs. Each task computes its rows
     /// for every input while the weights are in cache, into `[rows, n]`,
@@ -294,6 +347,11 @@ fn transpose(transposed: &[f32], n: usize, rows: usize, out: &mut [f32]) {
             out[t * rows + r] = *v;
         }
     }
+}
+
+/// Whether this CPU runs [`QMatrix::matmul_bf16`] (AVX-512 BF16).
+pub fn bf16_available() -> bool {
+    bf16::available()
 }
 
 fn check_isa(isa: Isa) {

@@ -177,6 +177,10 @@ fn check(ty: QType, rows: usize, cols: usize, n: usize, seed: u64) {
             );
         }
 
+        if isa == Isa::best() {
+            check_bf16(&m, &w, &x, n, &abs_exact, &f32_product);
+        }
+
         let mut out = vec![0f32; n * rows];
         m.matmul_quantized(&xq, &mut out, isa);
         for i in 0..n * rows {
@@ -201,14 +205,55 @@ fn check(ty: QType, rows: usize, cols: usize, n: usize, seed: u64) {
     }
 }
 
+/// bf16 tiles, where the CPU has them: the product of the weights and
+/// activations rounded to bf16 (by the `half` crate) up to f32 summation,
+/// within the rounding's reach of the f32 product, and the same bits for a
+/// row alone as in its batch.
+fn check_bf16(m: &QMatrix, w: &[f32], x: &[f32], n: usize, abs: &[f64], f32_product: &[f64]) {
+    if !tessera_kernels::bf16_available() {
+        return;
+    }
+    let (rows, cols) = (m.rows(), m.cols());
+    let round = |v: &f32| half::bf16::from_f32(*v).to_f32();
+    let wb: Vec<f32> = w.iter().map(round).collect();
+    let xb: Vec<f32> = x.iter().map(round).collect();
+    let exact = reference(&wb, &xb, rows, cols);
+    let mut out = vec![0f32; n * rows];
+    m.matmul_bf16(x, &mut out);
+    for i in 0..n * rows {
+        let got = f64::from(out[i]);
+        let tol = 2e-5 * abs[i] + 1e-6;
+        assert!(
+            (got - exact[i]).abs() <= tol,
+            "{} {rows}x{cols} n={n} bf16: output {i} is {got}, Wb·xb is {}",
+            m.qtype(),
+            exact[i]
+        );
+        // Each rounded product is within 2⁻⁸ of the exact one.
+        let bound = abs[i] * (2f64.powi(-8) * 1.01) + tol;
+        assert!(
+            (got - f32_product[i]).abs() <= bound,
+            "{} {rows}x{cols} n={n} bf16: output {i} is {got}, W·x is {}",
+            m.qtype(),
+            f32_product[i]
+        );
+    }
+    for t in 0..n {
+        let mut alone = vec![0f32; rows];
+        m.matmul_bf16(&x[t * cols..(t + 1) * cols], &mut alone);
+        assert_eq!(alone, out[t * rows..(t + 1) * rows], "bf16 row {t}");
+    }
+}
+
 #[test]
 fn every_type_agrees_with_the_dequantized_product_on_every_isa() {
     println!(
-        "instruction sets: {:?}",
+        "instruction sets: {:?}, bf16 tiles: {}",
         Isa::available()
             .iter()
             .map(|i| i.name())
-            .collect::<Vec<_>>()
+            .collect::<Vec<_>>(),
+        tessera_kernels::bf16_available()
     );
     for (i, ty) in QType::ALL.into_iter().enumerate() {
         let block = ty.block_values();
@@ -219,6 +264,8 @@ fn every_type_agrees_with_the_dequantized_product_on_every_isa() {
         check(ty, 100, 5 * block, 8, seed + 3);
         // Four rows per weight block, then one left over.
         check(ty, 20, 4 * block, 5, seed + 4);
+        // Rows and activations that do not fill a tile, several steps.
+        check(ty, 13, 6 * block, 9, seed + 5);
     }
 }
 
