@@ -3,7 +3,7 @@
 # same GGUF (SmolLM2-135M Q4_1), the same work and the same build flags:
 #
 #   bash bench/llm/run.sh [ROUNDS]          # default 3 rounds, all cores
-#   THREADS=2 PROMPT=128 DECODE=128 KV_CACHE=f16 bash bench/llm/run.sh
+#   THREADS=2 PROMPT=128 DECODE=128 KV_CACHE=f16 BATCH=f32 bash bench/llm/run.sh
 #
 # - every side is built for the native CPU: Tessera and candle with
 #   RUSTFLAGS="-C target-cpu=native" (one binary, its own target folder),
@@ -19,6 +19,8 @@
 #   --kv-cache f16 (KV_CACHE=f32 runs Tessera's default instead, beside
 #   llama.cpp's f16); candle's quantized_llama keeps f32 keys and values,
 #   it has no option;
+# - Tessera's batches (prompts, several sequences) in f32, its default
+#   (BATCH=bf16 runs them in bf16 on a CPU with AVX-512 BF16);
 # - rounds alternate the engines (T C L, T C L, ...) so that drift in the
 #   machine's speed hits all of them; each figure is the median over rounds;
 # - peak RSS is each process's own (wait4's ru_maxrss), for llama-bench's
@@ -33,6 +35,7 @@ threads=${THREADS:-$(nproc)}
 prompt=${PROMPT:-128}
 decode=${DECODE:-128}
 kv=${KV_CACHE:-f16}
+batch=${BATCH:-f32}
 
 echo "[bench] building the bench binary (Tessera + candle) for the native CPU" >&2
 CARGO_TARGET_DIR=target/bench-native RUSTFLAGS="-C target-cpu=native" \
@@ -45,12 +48,12 @@ llama=$(bash bench/llm/build-llama-cpp.sh)
 gguf=$("$bench" --locate)
 mkdir -p target/bench
 out=target/bench/llm-$(date -u +%Y%m%dT%H%M%SZ).jsonl
-echo "[bench] $rounds rounds, $threads threads, prompt $prompt, decode $decode, $kv KV cache -> $out" >&2
+echo "[bench] $rounds rounds, $threads threads, prompt $prompt, decode $decode, $kv KV cache, $batch batches -> $out" >&2
 
-python3 - "$bench" "$llama" "$gguf" "$rounds" "$threads" "$prompt" "$decode" "$out" "$kv" <<'EOF'
+python3 - "$bench" "$llama" "$gguf" "$rounds" "$threads" "$prompt" "$decode" "$out" "$kv" "$batch" <<'EOF'
 import json, os, statistics, subprocess, sys
 
-bench, llama, gguf, rounds, threads, prompt, decode, out, kv = sys.argv[1:]
+bench, llama, gguf, rounds, threads, prompt, decode, out, kv, batch = sys.argv[1:]
 rounds, threads, prompt, decode = int(rounds), int(threads), int(prompt), int(decode)
 
 
@@ -70,7 +73,7 @@ def ours(engine):
     cmd = [bench, "--engine", engine, "--threads", str(threads), "--prompt-tokens",
            str(prompt), "--decode-tokens", str(decode), "--repeat", "1", "--gguf", gguf]
     if engine == "tessera":
-        cmd += ["--kv-cache", kv]
+        cmd += ["--kv-cache", kv, "--batch-precision", batch]
     env = {"RAYON_NUM_THREADS": str(threads)}
     # llama-bench's work and llama-batched-bench's in processes of their
     # own, as llama.cpp's two binaries: each peak RSS is that work's.

@@ -114,6 +114,7 @@ async fn agrees_with_the_reference(engine: &BurnEngine, prompts: &[&str]) {
         let a = engine.next_token_logits(prompt).await.unwrap();
         let b = slow.next_token_logits(prompt).await.unwrap();
         let (gap, top) = logit_gap(&a, &b);
+        println!("{prompt:?}: logits differ by {gap} (largest logit {top})");
         assert!(
             gap <= 0.02 * top,
             "{prompt:?}: logits differ by {gap} (largest logit {top})"
@@ -143,6 +144,33 @@ async fn f16_kv_cache_agrees_with_the_f32_reference() {
     };
     let half = BurnEngine::from_store(&common::models(), options).unwrap();
     agrees_with_the_reference(&half, &["The capital of France is"]).await;
+}
+
+/// `--batch-precision bf16` against burn's f32 model, where the CPU has
+/// AVX-512 BF16: prompts of four tokens or more run through bf16 tiles,
+/// which move the logits by rounding only (within 2% of the largest, as
+/// the f32 tiles) and keep the top token and the greedy text. A CPU
+/// without it refuses the option by name.
+#[tokio::test]
+async fn bf16_batches_agree_with_the_f32_reference() {
+    use tessera_host::inference::cpu_llama::{BatchPrecision, CpuOptions};
+    let options = EngineOptions {
+        cpu: CpuOptions {
+            batch: BatchPrecision::Bf16,
+            ..CpuOptions::default()
+        },
+        ..EngineOptions::default()
+    };
+    if !tessera_kernels::bf16_available() {
+        let Err(e) = BurnEngine::from_store(&common::models(), options) else {
+            panic!("bf16 batches were accepted without AVX-512 BF16");
+        };
+        assert!(e.to_string().contains("AVX-512 BF16"), "{e}");
+        println!("this CPU has no AVX-512 BF16: only the refusal is checked");
+        return;
+    }
+    let bf16 = BurnEngine::from_store(&common::models(), options).unwrap();
+    agrees_with_the_reference(&bf16, &["The capital of France is", "1, 2, 3, 4,"]).await;
 }
 
 #[tokio::test]

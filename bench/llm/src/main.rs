@@ -27,7 +27,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
 use tessera_host::inference::{
     BurnEngine, DeviceChoice, EngineOptions, ModelStore, SMOLLM2, SamplingParams,
-    cpu_llama::{Activations, CpuOptions, KvType},
+    cpu_llama::{Activations, BatchPrecision, CpuOptions, KvType},
 };
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -82,6 +82,10 @@ struct Args {
     /// `-ctk f16 -ctv f16`).
     #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
     kv_cache: String,
+    /// Tessera's batches (prompts, several sequences): f32 (the default)
+    /// or bf16 (AVX-512 BF16).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+    batch_precision: String,
 }
 
 /// The fixed pseudo-random token ids of both engines.
@@ -147,6 +151,11 @@ async fn tessera(args: &Args, gguf: &std::path::Path) -> Result<serde_json::Valu
                 } else {
                     KvType::F32
                 },
+                batch: if args.batch_precision == "bf16" {
+                    BatchPrecision::Bf16
+                } else {
+                    BatchPrecision::F32
+                },
                 ..CpuOptions::default()
             },
             ..EngineOptions::default()
@@ -175,7 +184,11 @@ async fn tessera(args: &Args, gguf: &std::path::Path) -> Result<serde_json::Valu
         decode.push(per_second(n, t.elapsed()));
     }
     let mut aggregate = serde_json::Map::new();
-    let batches: &[usize] = if args.no_aggregate { &[] } else { &args.batches };
+    let batches: &[usize] = if args.no_aggregate {
+        &[]
+    } else {
+        &args.batches
+    };
     for &batch in batches {
         let mut runs = Vec::new();
         for r in 0..args.repeat {

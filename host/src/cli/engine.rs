@@ -51,6 +51,13 @@ pub struct EngineArgs {
     #[arg(long, value_name = "f32|f16")]
     pub kv_cache: Option<KvCacheArg>,
 
+    /// How the CPU model multiplies batches (prompts of 4 tokens or more,
+    /// 4 sequences or more): f32 (the f32 model's answers) or bf16
+    /// (AVX-512 BF16 only: activations and weights rounded to bf16, about
+    /// twice the multiply-adds per instruction) [default: f32].
+    #[arg(long, value_name = "f32|bf16")]
+    pub batch_precision: Option<BatchPrecisionArg>,
+
     /// How wgpu holds the language model's matrices: q8 (8-bit blocks of
     /// 32 with an f32 scale: 1.125 bytes a weight, dequantized inside the
     /// matmul) or f32 (4 bytes a weight) [default: q8].
@@ -91,6 +98,19 @@ pub enum KvCacheArg {
     #[value(name = "f16")]
     #[serde(rename = "f16")]
     F16,
+}
+
+/// What `--batch-precision` accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+pub enum BatchPrecisionArg {
+    /// 32-bit floats.
+    #[value(name = "f32")]
+    #[serde(rename = "f32")]
+    F32,
+    /// bfloat16 operands, f32 sums.
+    #[value(name = "bf16")]
+    #[serde(rename = "bf16")]
+    Bf16,
 }
 
 /// What `--wgpu-weights` accepts.
@@ -147,6 +167,12 @@ impl EngineArgs {
                 kv: match self.kv_cache {
                     Some(KvCacheArg::F16) => tessera_host::inference::cpu_llama::KvType::F16,
                     _ => tessera_host::inference::cpu_llama::KvType::F32,
+                },
+                batch: match self.batch_precision {
+                    Some(BatchPrecisionArg::Bf16) => {
+                        tessera_host::inference::cpu_llama::BatchPrecision::Bf16
+                    }
+                    _ => tessera_host::inference::cpu_llama::BatchPrecision::F32,
                 },
             },
             wgpu_weights: match self.wgpu_weights {

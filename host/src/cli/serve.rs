@@ -245,6 +245,7 @@ struct ConfigFile {
     quantize: Option<super::engine::QuantizeArg>,
     activation_bits: Option<u8>,
     kv_cache: Option<super::engine::KvCacheArg>,
+    batch_precision: Option<super::engine::BatchPrecisionArg>,
     wgpu_weights: Option<super::engine::WgpuWeightsArg>,
     /// Adapter name → PEFT directory.
     adapters: Option<std::collections::BTreeMap<String, PathBuf>>,
@@ -425,6 +426,7 @@ impl ServeArgs {
         e.threads = e.threads.or(c.threads);
         e.quantize = e.quantize.or(c.quantize);
         e.kv_cache = e.kv_cache.or(c.kv_cache);
+        e.batch_precision = e.batch_precision.or(c.batch_precision);
         e.wgpu_weights = e.wgpu_weights.or(c.wgpu_weights);
         if let Some(bits) = c.activation_bits
             && bits != 16
@@ -901,6 +903,35 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("q8") && e.contains("f32"), "{e}");
+    }
+
+    #[test]
+    fn batch_precision_comes_from_the_flag_or_the_config_file() {
+        use super::super::engine::BatchPrecisionArg;
+        use tessera_host::inference::cpu_llama::BatchPrecision;
+
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            engine: super::super::engine::EngineArgs,
+        }
+        let parse = |args: &[&str]| {
+            <Cli as clap::Parser>::try_parse_from([&["tessera"], args].concat())
+                .map(|c| c.engine.options().cpu.batch)
+        };
+        assert_eq!(parse(&[]).unwrap(), BatchPrecision::F32);
+        assert_eq!(
+            parse(&["--batch-precision", "bf16"]).unwrap(),
+            BatchPrecision::Bf16
+        );
+        assert!(parse(&["--batch-precision", "f16"]).is_err());
+
+        let config: ConfigFile = toml::from_str("batch-precision = \"bf16\"\n").unwrap();
+        assert_eq!(config.batch_precision, Some(BatchPrecisionArg::Bf16));
+        let e = toml::from_str::<ConfigFile>("batch-precision = \"f16\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("f32") && e.contains("bf16"), "{e}");
     }
 
     #[test]

@@ -35,6 +35,23 @@ pub struct CpuOptions {
     pub activations: Activations,
     /// How the KV cache stores keys and values.
     pub kv: KvType,
+    /// How steps of [`TILE_MIN_ROWS`] rows or more multiply.
+    pub batch: BatchPrecision,
+}
+
+/// How steps of [`TILE_MIN_ROWS`] rows or more (a prompt's prefill, a
+/// batch of sequences) multiply activations and quantized weights.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BatchPrecision {
+    /// f32 activations on weight tiles dequantized to f32: the f32
+    /// model's answers (the default).
+    #[default]
+    F32,
+    /// Activations and dequantized weights rounded to bf16 (8 significant
+    /// bits), products summed in f32, on AVX-512 BF16: twice the
+    /// multiply-adds per instruction. Refused at load on a CPU without
+    /// it.
+    Bf16,
 }
 
 /// How the KV cache stores keys and values.
@@ -72,9 +89,17 @@ pub enum Activations {
     /// 1/65534 of its block's largest value).
     #[default]
     I16,
-    /// 8 bits per value, a scale per block, as llama.cpp does: fewer
-    /// instructions, but SmolLM2-135M's logits move by ~5% of the largest
-    /// and some greedy answers change.
+    /// 8 bits per value, a scale per block, as llama.cpp does, for steps
+    /// of fewer than [`TILE_MIN_ROWS`] rows: fewer instructions, but
+    /// SmolLM2-135M's logits move by ~5% of the largest and some greedy
+    /// answers change. From there, the tiles of [`BatchPrecision`], as
+    /// with 16 bits: on this project's AVX-512 VNNI machine f32 tiles ran
+    /// 32 rows of every SmolLM2 matrix in 74.5 ms against 147 ms for the
+    /// 8-bit kernels (`cargo bench -p tessera-kernels`), and 8-bit
+    /// register tiles (tried) ran slower than f32 ones: with a float scale
+    /// per 32-value block, each block and row pair needs a conversion and
+    /// two float operations besides its `vpdpbusd` (see
+    /// `kernels/benches/peak.rs`).
     I8,
 }
 
@@ -127,7 +152,10 @@ impl Matrix {
         let mut out = vec![0f32; n * self.rows()];
         match self {
             Matrix::Quant(m) => match x.activations {
-                Activations::I16 if n >= TILE_MIN_ROWS => m.matmul_f32(x.x, &mut out, Isa::best()),
+                _ if n >= TILE_MIN_ROWS => match x.batch {
+                    BatchPrecision::F32 => m.matmul_f32(x.x, &mut out, Isa::best()),
+                    BatchPrecision::Bf16 => m.matmul_bf16(x.x, &mut out),
+                },
                 Activations::I16 => m.matmul_wide(x.wide(self.cols()), &mut out, Isa::best()),
                 Activations::I8 => m.matmul_int8(x.x, &mut out),
             },
@@ -150,14 +178,16 @@ impl Matrix {
 struct Input<'a> {
     x: &'a [f32],
     activations: Activations,
+    batch: BatchPrecision,
     wide: std::sync::OnceLock<Vec<Q16Row>>,
 }
 
 impl<'a> Input<'a> {
-    fn new(x: &'a [f32], activations: Activations) -> Input<'a> {
+    fn new(x: &'a [f32], model: &CpuLlama) -> Input<'a> {
         Input {
             x,
-            activations,
+            activations: model.activations,
+            batch: model.batch,
             wide: std::sync::OnceLock::new(),
         }
     }
@@ -322,6 +352,7 @@ pub struct CpuLlama {
     sin: Vec<f32>,
     pool: rayon::ThreadPool,
     activations: Activations,
+    batch: BatchPrecision,
     kv: KvType,
 }
 
@@ -330,6 +361,13 @@ impl CpuLlama {
     pub fn load(source: &dyn WeightSource, options: &CpuOptions) -> Result<CpuLlama, LoadError> {
         let config = source.config().clone();
         config.validate().map_err(|m| source.error(m))?;
+        if options.batch == BatchPrecision::Bf16 && !tessera_kernels::bf16_available() {
+            return Err(source.error(
+                "bf16 batches need a CPU with AVX-512 BF16, which this one does not have; \
+                 use f32 batches (the default)"
+                    .into(),
+            ));
+        }
         let hd = config.head_dim();
         let (h, ffn) = (config.hidden, config.ffn);
         let kv = config.kv_heads * hd;
@@ -429,6 +467,7 @@ impl CpuLlama {
             sin,
             pool,
             activations: options.activations,
+            batch: options.batch,
             kv: options.kv,
         })
     }
@@ -480,8 +519,12 @@ impl CpuLlama {
             KvType::F32 => "f32",
             KvType::F16 => "f16",
         };
+        let batch = match self.batch {
+            BatchPrecision::F32 => "f32",
+            BatchPrecision::Bf16 => "bf16",
+        };
         format!(
-            "{} weights, {activations} activations on {}, {kv} KV cache, {} threads",
+            "{} weights, {activations} activations on {}, {batch} batches, {kv} KV cache, {} threads",
             types.join("/"),
             Isa::best().name(),
             self.threads()
@@ -544,7 +587,7 @@ impl CpuLlama {
                 adapt(&mut y, input.x, &runs, li, t);
                 y
             };
-            let normed = Input::new(&normed, self.activations);
+            let normed = Input::new(&normed, self);
             let mut q = project(&layer.wq, layer.bq.as_ref(), &normed, Target::Q);
             let mut k = project(&layer.wk, layer.bk.as_ref(), &normed, Target::K);
             let v = project(&layer.wv, layer.bv.as_ref(), &normed, Target::V);
@@ -562,25 +605,15 @@ impl CpuLlama {
                 row += n;
             }
             let attn = self.attention(&q, inputs, li, &spans);
-            let o = project(
-                &layer.wo,
-                None,
-                &Input::new(&attn, self.activations),
-                Target::O,
-            );
+            let o = project(&layer.wo, None, &Input::new(&attn, self), Target::O);
             axpy(&mut x, 1.0, &o);
 
             let normed = rms_norm(&x, &layer.ffn_norm, cfg.rms_eps);
-            let normed = Input::new(&normed, self.activations);
+            let normed = Input::new(&normed, self);
             let gate = project(&layer.w_gate, None, &normed, Target::Gate);
             let up = project(&layer.w_up, None, &normed, Target::Up);
             let act: Vec<f32> = gate.iter().zip(&up).map(|(g, u)| silu(*g) * u).collect();
-            let down = project(
-                &layer.w_down,
-                None,
-                &Input::new(&act, self.activations),
-                Target::Down,
-            );
+            let down = project(&layer.w_down, None, &Input::new(&act, self), Target::Down);
             axpy(&mut x, 1.0, &down);
         }
         for input in inputs.iter_mut() {
@@ -603,7 +636,7 @@ impl CpuLlama {
             row += n;
         }
         let normed = rms_norm(&picked, &self.norm, cfg.rms_eps);
-        let logits = self.head.matmul(&Input::new(&normed, self.activations));
+        let logits = self.head.matmul(&Input::new(&normed, self));
         let mut chunks = logits.chunks_exact(cfg.vocab).map(<[f32]>::to_vec);
         counts
             .into_iter()
