@@ -214,39 +214,12 @@ impl QMatrix {
     /// If `isa` is not available on this CPU, or the shapes do not match.
     pub fn matmul_f32(&self, x: &[f32], out: &mut [f32], isa: Isa) {
         check_isa(isa);
-        let (rows, cols) = (self.rows, self.cols);
-        assert!(
-            x.len().is_multiple_of(cols),
-            "{} activations are not rows of {cols}",
-            x.len()
-        );
-        let n = x.len() / cols;
-        assert_eq!(out.len(), n * rows, "the output must be [{n}, {rows}]");
-        if n == 0 {
-            return;
-        }
-        let tasks = rayon::current_num_threads() * 4;
-        let per_task = rows
-            .div_ceil(tasks)
-            .max(MIN_ROWS_PER_TASK)
-            .next_multiple_of(tile::W);
-        let row_bytes = self.ty.row_bytes(cols);
-        let mut transposed = vec![0f32; rows * n];
-        transposed
-            .par_chunks_mut(per_task * n)
-            .enumerate()
-            .for_each(|(task, out)| {
-                let mut w = Vec::with_capacity(tile::W * cols);
-                for (g, out) in out.chunks_mut(tile::W * n).enumerate() {
-                    let first = task * per_task + g * tile::W;
-                    let wr = out.len() / n;
-                    w.clear();
-                    let data = &self.data[first * row_bytes..(first + wr) * row_bytes];
-                    tile::dequantize(isa, self.ty, data, &mut w);
-                    tile::tile(isa, &w, wr, x, n, cols, out);
-                }
-            });
-        transpose(&transposed, n, rows, out);
+        let n = self.activation_rows(x, out);
+        self.par_groups(n, tile::W, out, |w: &mut Vec<f32>, blocks, out| {
+            w.clear();
+            tile::dequantize(isa, self.ty, blocks, w);
+            tile::tile(isa, w, out.len() / n, x, n, self.cols, out);
+        });
     }
 
     /// `out = x · selfᵀ` in bf16 register tiles (see the `bf16` module):
@@ -260,6 +233,26 @@ impl QMatrix {
     /// do not match.
     pub fn matmul_bf16(&self, x: &[f32], out: &mut [f32]) {
         assert!(bf16::available(), "this CPU has no AVX-512 BF16");
+        let n = self.activation_rows(x, out);
+        let mut xb = Vec::with_capacity(x.len());
+        bf16::round(x, &mut xb);
+        let isa = Isa::best();
+        self.par_groups(
+            n,
+            bf16::W,
+            out,
+            |(w, wb): &mut (Vec<f32>, Vec<u16>), blocks, out| {
+                w.clear();
+                wb.clear();
+                tile::dequantize(isa, self.ty, blocks, w);
+                bf16::round(w, wb);
+                bf16::tile(wb, out.len() / n, &xb, n, self.cols, out);
+            },
+        );
+    }
+
+    /// Rows of `x` (`[n, cols]`), checking that `out` is `[n, rows]`.
+    fn activation_rows(&self, x: &[f32], out: &[f32]) -> usize {
         let (rows, cols) = (self.rows, self.cols);
         assert!(
             x.len().is_multiple_of(cols),
@@ -268,34 +261,42 @@ impl QMatrix {
         );
         let n = x.len() / cols;
         assert_eq!(out.len(), n * rows, "the output must be [{n}, {rows}]");
+        n
+    }
+
+    /// Split the output rows over the pool in groups of `group` weight
+    /// rows: `f(scratch, blocks, part)` gets a group's blocks (at most
+    /// `group` whole rows) and its `[wr, n]` part of the output, with a
+    /// scratch value its task made once. The parts are transposed to
+    /// `out` (`[n, rows]`) at the end.
+    fn par_groups<S: Default>(
+        &self,
+        n: usize,
+        group: usize,
+        out: &mut [f32],
+        f: impl Fn(&mut S, &[u8], &mut [f32]) + Sync,
+    ) {
+        let rows = self.rows;
         if n == 0 {
             return;
         }
-        let mut xb = Vec::with_capacity(x.len());
-        bf16::round(x, &mut xb);
         let tasks = rayon::current_num_threads() * 4;
         let per_task = rows
             .div_ceil(tasks)
             .max(MIN_ROWS_PER_TASK)
-            .next_multiple_of(bf16::W);
-        let row_bytes = self.ty.row_bytes(cols);
-        let isa = Isa::best();
+            .next_multiple_of(group);
+        let row_bytes = self.ty.row_bytes(self.cols);
         let mut transposed = vec![0f32; rows * n];
         transposed
             .par_chunks_mut(per_task * n)
             .enumerate()
-            .for_each(|(task, out)| {
-                let mut w = Vec::with_capacity(bf16::W * cols);
-                let mut wb = Vec::with_capacity(bf16::W * cols);
-                for (g, out) in out.chunks_mut(bf16::W * n).enumerate() {
-                    let first = task * per_task + g * bf16::W;
-                    let wr = out.len() / n;
-                    w.clear();
-                    wb.clear();
-                    let data = &self.data[first * row_bytes..(first + wr) * row_bytes];
-                    tile::dequantize(isa, self.ty, data, &mut w);
-                    bf16::round(&w, &mut wb);
-                    bf16::tile(&wb, wr, &xb, n, cols, out);
+            .for_each(|(task, part)| {
+                let mut scratch = S::default();
+                for (g, part) in part.chunks_mut(group * n).enumerate() {
+                    let first = task * per_task + g * group;
+                    let wr = part.len() / n;
+                    let blocks = &self.data[first * row_bytes..(first + wr) * row_bytes];
+                    f(&mut scratch, blocks, part);
                 }
             });
         transpose(&transposed, n, rows, out);
