@@ -879,20 +879,25 @@ mod tests {
         assert!(e.contains("VLLM_API_KEY, which is not set"), "{e}");
     }
 
-    #[test]
-    fn wgpu_weights_come_from_the_flag_or_the_config_file() {
-        use super::super::engine::WgpuWeightsArg;
-        use tessera_host::inference::BurnWeights;
-
+    /// The engine options that `args` (the engine's flags) give.
+    fn engine_options(
+        args: &[&str],
+    ) -> Result<tessera_host::inference::EngineOptions, clap::Error> {
         #[derive(clap::Parser)]
         struct Cli {
             #[command(flatten)]
             engine: super::super::engine::EngineArgs,
         }
-        let parse = |args: &[&str]| {
-            <Cli as clap::Parser>::try_parse_from([&["tessera"], args].concat())
-                .map(|c| c.engine.options().wgpu_weights)
-        };
+        <Cli as clap::Parser>::try_parse_from([&["tessera"], args].concat())
+            .map(|c| c.engine.options())
+    }
+
+    #[test]
+    fn wgpu_weights_come_from_the_flag_or_the_config_file() {
+        use super::super::engine::WgpuWeightsArg;
+        use tessera_host::inference::BurnWeights;
+
+        let parse = |args: &[&str]| engine_options(args).map(|o| o.wgpu_weights);
         assert_eq!(parse(&[]).unwrap(), BurnWeights::Q8Blocks);
         assert_eq!(parse(&["--wgpu-weights", "f32"]).unwrap(), BurnWeights::F32);
         assert!(parse(&["--wgpu-weights", "q4"]).is_err());
@@ -910,15 +915,7 @@ mod tests {
         use super::super::engine::BatchPrecisionArg;
         use tessera_host::inference::cpu_llama::BatchPrecision;
 
-        #[derive(clap::Parser)]
-        struct Cli {
-            #[command(flatten)]
-            engine: super::super::engine::EngineArgs,
-        }
-        let parse = |args: &[&str]| {
-            <Cli as clap::Parser>::try_parse_from([&["tessera"], args].concat())
-                .map(|c| c.engine.options().cpu.batch)
-        };
+        let parse = |args: &[&str]| engine_options(args).map(|o| o.cpu.batch);
         assert_eq!(parse(&[]).unwrap(), BatchPrecision::F32);
         assert_eq!(
             parse(&["--batch-precision", "bf16"]).unwrap(),
